@@ -1,0 +1,159 @@
+//! Request and response bodies of every HTTP endpoint, public and internal.
+//! Both sides and `simulate` use these types, so nobody formats JSON by hand.
+
+use crate::{CommitIndex, CounterId, Item, TxnId};
+use serde::{Deserialize, Serialize};
+
+/// Header that carries the cluster token on internal calls.
+pub const TOKEN_HEADER: &str = "x-tally-token";
+
+/// Query parameter of a counter's count read that carries the read fence.
+pub const FENCE_PARAM: &str = "fence";
+
+/// `{"message": "..."}`: the success answer of `POST /items` and every error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub message: String,
+}
+
+impl Message {
+    pub fn new(message: impl Into<String>) -> Self {
+        Message {
+            message: message.into(),
+        }
+    }
+
+    pub fn success() -> Self {
+        Message::new("Success")
+    }
+}
+
+/// Answer of `GET /items/{tenant}/count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Count {
+    pub count: u64,
+}
+
+/// A counter's place in the cluster, as the coordinator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CounterState {
+    /// Registered and receiving new transactions, still fetching older ones.
+    Joining,
+    /// Answering health checks.
+    Live,
+    /// Failed its last health check, fewer than `--dead-after` in a row.
+    Suspect,
+    /// Failed `--dead-after` checks in a row: not asked to prepare, not read.
+    Dead,
+}
+
+/// One counter in `GET /cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterView {
+    pub id: CounterId,
+    pub url: String,
+    pub state: CounterState,
+    pub in_sync: bool,
+    /// Highest commit index up to which the counter reported holding everything.
+    pub applied_index: CommitIndex,
+    /// How many decided transactions the counter is behind.
+    pub lag: u64,
+    /// Milliseconds since the counter last answered, if it ever did.
+    pub last_seen_ms_ago: Option<u64>,
+    pub failed_checks: u32,
+}
+
+/// `GET /cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub counters: Vec<CounterView>,
+    /// The highest commit index the coordinator has durably decided.
+    pub decided_index: CommitIndex,
+    pub in_sync: usize,
+    pub min_insync: usize,
+}
+
+// ---- internal: coordinator -> counter ----
+
+/// Phase one: make these items durable as a prepared transaction, then vote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrepareRequest {
+    pub txn: TxnId,
+    pub items: Vec<Item>,
+}
+
+/// Phase two, commit: apply the prepared transaction at this index.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct CommitRequest {
+    pub txn: TxnId,
+    pub index: CommitIndex,
+}
+
+/// Phase two, abort: forget the prepared transaction.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct AbortRequest {
+    pub txn: TxnId,
+}
+
+/// A counter's answer to prepare, commit, abort and health checks alike, so
+/// the coordinator learns a counter's progress from every exchange.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CounterStatus {
+    pub id: CounterId,
+    pub applied_index: CommitIndex,
+    pub catching_up: bool,
+    pub prepared: usize,
+}
+
+/// Tells a joining counter to fetch what it misses up to `until` from peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUpRequest {
+    pub until: CommitIndex,
+    pub peers: Vec<String>,
+}
+
+/// One line of a counter's export stream: the items that the transaction at
+/// `index` added to the exporting replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportEntry {
+    pub index: CommitIndex,
+    pub items: Vec<Item>,
+}
+
+// ---- internal: counter -> coordinator ----
+
+/// A counter announces itself at start-up (and after it was forgotten).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub id: CounterId,
+    pub url: String,
+    pub applied_index: CommitIndex,
+}
+
+/// A counter reports that it has fetched everything it was told to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaughtUpRequest {
+    pub id: CounterId,
+    pub applied_index: CommitIndex,
+}
+
+/// What a counter must do to become in sync: nothing if `in_sync`, otherwise
+/// hold everything up to `until`, fetching it from `peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinPlan {
+    pub in_sync: bool,
+    pub until: CommitIndex,
+    pub peers: Vec<String>,
+}
+
+/// The coordinator's logged outcome of a transaction, asked for by a counter
+/// that restarted with it prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum Outcome {
+    Committed { index: CommitIndex },
+    Aborted,
+    /// Still being decided: ask again later.
+    Pending,
+}

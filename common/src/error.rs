@@ -1,0 +1,16 @@
+//! The one error type of this crate: what is wrong with a client's request.
+
+/// Why a `POST /items` body was refused. Each variant maps to one HTTP status
+/// in the coordinator, so the mapping lives in one place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The body is not a JSON array of item objects (400).
+    #[error("body must be a JSON array of {{\"id\": string, \"tenant\": string}} objects: {0}")]
+    Malformed(String),
+    /// One item is missing a field, or a field is empty or too long (400).
+    #[error("item {index}: {problem}")]
+    InvalidItem { index: usize, problem: String },
+    /// More items than one request may carry (413).
+    #[error("too many items in one request: {count}, the limit is {limit}")]
+    TooManyItems { count: usize, limit: usize },
+}

@@ -1,0 +1,18 @@
+//! Shared by every tally binary: the wire types of the public and internal
+//! APIs, request validation, and the protocol logic as plain code.
+//!
+//! Nothing here does I/O, reads a clock or spawns a task. The binaries feed
+//! events in (a vote, a health-check result, a registration) and carry out
+//! what comes back, which is what lets the unit tests below drive every
+//! interleaving of prepare, commit, crash and timeout without a network.
+
+pub mod api;
+pub mod applied;
+pub mod error;
+pub mod ids;
+pub mod items;
+pub mod membership;
+
+pub use error::Error;
+pub use ids::{CommitIndex, CounterId, TxnId};
+pub use items::Item;
