@@ -1,0 +1,50 @@
+//! Command line of the counter; every flag also reads its environment
+//! variable (`--data-dir` ↔ `DATA_DIR`).
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "counter", version, about = "One replica of tally's data set")]
+pub struct Args {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+    /// Directory of the replica's database; keep it across restarts.
+    #[arg(long, env = "DATA_DIR", default_value = "data/counter")]
+    pub data_dir: PathBuf,
+    /// Base URL of the coordinator to register with.
+    #[arg(long, env = "COORDINATOR", default_value = "http://127.0.0.1:8080")]
+    pub coordinator: String,
+    /// URL the coordinator and peers reach this counter at
+    /// [default: http://<host name>:<port>].
+    #[arg(long, env = "ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Stable member name [default: the host name].
+    #[arg(long, env = "ID")]
+    pub id: Option<String>,
+    /// Shared secret required on internal endpoints when set.
+    #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+    /// How long a read waits for this replica to apply up to its fence.
+    #[arg(long, env = "FENCE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub fence_timeout: Duration,
+    /// Register again after this long without a call from the coordinator.
+    #[arg(long, env = "REJOIN_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub rejoin_after: Duration,
+    /// Log format: `compact` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "compact")]
+    pub log_format: String,
+}
+
+/// The machine's host name, the default id and advertised host: in a
+/// container it is the container's name, stable across restarts.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

@@ -1,0 +1,217 @@
+//! The counter's HTTP surface. Public: `GET /health` and
+//! `GET /items/{tenant}/count` (so an operator can compare replicas).
+//! Internal, behind the cluster token: the 2PC calls, status, catch-up and
+//! the export stream that joining peers copy from.
+
+use crate::catchup;
+use crate::error::Error;
+use crate::replica::Replica;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tally_common::api::{
+    AbortRequest, CatchUpRequest, CommitRequest, Count, CounterStatus, ExportEntry, Message,
+    PrepareRequest, TOKEN_HEADER,
+};
+use tally_common::CommitIndex;
+
+/// Entries per chunk of the export stream: large enough to amortise the
+/// channel hop, small enough to keep both sides' memory flat.
+const EXPORT_CHUNK_BYTES: usize = 256 * 1024;
+
+/// What every handler needs.
+pub struct AppState {
+    pub replica: Replica,
+    pub coordinator: String,
+    pub token: Option<String>,
+    pub fence_timeout: Duration,
+    pub http: reqwest::Client,
+    /// When the coordinator last reached us: a counter it forgot re-registers.
+    pub last_contact: std::sync::Mutex<Instant>,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let internal = Router::new()
+        .route("/internal/prepare", post(prepare))
+        .route("/internal/commit", post(commit))
+        .route("/internal/abort", post(abort))
+        .route("/internal/status", get(status))
+        .route("/internal/catchup", post(catch_up))
+        .route("/internal/export", get(export))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/health", get(health))
+        .route("/items/{tenant}/count", get(count))
+        .merge(internal)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte
+/// from response times.
+pub fn token_matches(expected: &str, given: &[u8]) -> bool {
+    let expected = expected.as_bytes();
+    if expected.len() != given.len() {
+        return false;
+    }
+    expected
+        .iter()
+        .zip(given)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+async fn require_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    if let Some(token) = &state.token {
+        let given = request
+            .headers()
+            .get(TOKEN_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !token_matches(token, given) {
+            return Err(Error::Unauthorized);
+        }
+    }
+    *state.last_contact.lock().expect("poisoned") = Instant::now();
+    Ok(next.run(request).await)
+}
+
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, Json(Message::new("no such path")))
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Json<CounterStatus> {
+    Json(state.replica.status())
+}
+
+#[derive(Deserialize)]
+struct FenceQuery {
+    fence: Option<u64>,
+}
+
+async fn count(
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    Query(query): Query<FenceQuery>,
+) -> Result<Json<Count>, Error> {
+    let fence = CommitIndex(query.fence.unwrap_or(0));
+    let count = state
+        .replica
+        .count(&tenant, fence, state.fence_timeout)
+        .await?;
+    Ok(Json(Count { count }))
+}
+
+async fn prepare(
+    State(state): State<Arc<AppState>>,
+    Json(request): Json<PrepareRequest>,
+) -> Result<Json<CounterStatus>, Error> {
+    state.replica.prepare(request.txn, request.items).await?;
+    Ok(Json(state.replica.status()))
+}
+
+async fn commit(
+    State(state): State<Arc<AppState>>,
+    Json(request): Json<CommitRequest>,
+) -> Result<Json<CounterStatus>, Error> {
+    state.replica.commit(request.txn, request.index).await?;
+    Ok(Json(state.replica.status()))
+}
+
+async fn abort(
+    State(state): State<Arc<AppState>>,
+    Json(request): Json<AbortRequest>,
+) -> Result<Json<CounterStatus>, Error> {
+    state.replica.abort(request.txn).await?;
+    Ok(Json(state.replica.status()))
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Json<CounterStatus> {
+    Json(state.replica.status())
+}
+
+async fn catch_up(
+    State(state): State<Arc<AppState>>,
+    Json(request): Json<CatchUpRequest>,
+) -> StatusCode {
+    catchup::spawn(state, request);
+    StatusCode::ACCEPTED
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    since: u64,
+    until: u64,
+}
+
+/// Streams the commit log in `(since, until]` as newline-delimited JSON.
+/// It first waits briefly for this replica to hold `until`, so a peer that
+/// copies from us right after a commit gets the whole range in one pass.
+async fn export(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<ExportQuery>,
+) -> Response {
+    let (since, until) = (CommitIndex(query.since), CommitIndex(query.until));
+    let _ = state
+        .replica
+        .wait_applied(until, state.fence_timeout)
+        .await;
+    let store = state.replica.store();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(EXPORT_CHUNK_BYTES);
+        let mut sink = |entry: ExportEntry| {
+            serde_json::to_writer(&mut buf, &entry).expect("entries always serialise");
+            buf.push(b'\n');
+            if buf.len() >= EXPORT_CHUNK_BYTES {
+                let chunk = std::mem::replace(&mut buf, Vec::with_capacity(EXPORT_CHUNK_BYTES));
+                return tx.blocking_send(Bytes::from(chunk)).is_ok();
+            }
+            true
+        };
+        match store.export(since, until, &mut sink) {
+            Ok(()) if !buf.is_empty() => {
+                let _ = tx.blocking_send(Bytes::from(buf));
+            }
+            Ok(()) => {}
+            // Dropping the sender mid-stream cuts the response short, and
+            // the peer resumes from what it applied.
+            Err(e) => tracing::error!(error = %e, "export failed"),
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches("secret", b"secret"));
+        assert!(!token_matches("secret", b"secreT"));
+        assert!(!token_matches("secret", b"secret2"));
+        assert!(!token_matches("secret", b""));
+    }
+}
