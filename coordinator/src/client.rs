@@ -1,0 +1,170 @@
+//! Calls from the coordinator to counters. One pooled HTTP client with
+//! keep-alive connections serves every counter; each call has its own
+//! timeout, and any answer that is not a well-formed success is a failure,
+//! so a counter that answers garbage is never trusted.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+use tally_common::api::{
+    AbortRequest, CatchUpRequest, CommitRequest, Count, CounterStatus, FENCE_PARAM, TOKEN_HEADER,
+};
+use tally_common::{CommitIndex, CounterId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    #[error("answered {status}: {body}")]
+    Status {
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    #[error("answered for counter {0}, not the one asked")]
+    WrongCounter(CounterId),
+}
+
+#[derive(Clone)]
+pub struct CounterClient {
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl CounterClient {
+    pub fn new(token: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .expect("the HTTP client builds with static settings");
+        CounterClient { http, token }
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<T, CallError> {
+        if let Some(token) = &self.token {
+            request = request.header(TOKEN_HEADER, token);
+        }
+        let response = request.timeout(timeout).send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(CallError::Status { status, body });
+        }
+        Ok(response.json().await?)
+    }
+
+    /// Sends an already serialised prepare body, shared by all participants.
+    pub async fn prepare(
+        &self,
+        url: &str,
+        id: &CounterId,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<CounterStatus, CallError> {
+        let request = self
+            .http
+            .post(format!("{url}/internal/prepare"))
+            .header("content-type", "application/json")
+            .body(body);
+        let status: CounterStatus = self.send(request, timeout).await?;
+        check_identity(id, status)
+    }
+
+    pub async fn commit(
+        &self,
+        url: &str,
+        id: &CounterId,
+        request: CommitRequest,
+        timeout: Duration,
+    ) -> Result<CounterStatus, CallError> {
+        let request = self
+            .http
+            .post(format!("{url}/internal/commit"))
+            .json(&request);
+        check_identity(id, self.send(request, timeout).await?)
+    }
+
+    pub async fn abort(
+        &self,
+        url: &str,
+        request: AbortRequest,
+        timeout: Duration,
+    ) -> Result<CounterStatus, CallError> {
+        let request = self.http.post(format!("{url}/internal/abort")).json(&request);
+        self.send(request, timeout).await
+    }
+
+    pub async fn status(
+        &self,
+        url: &str,
+        id: &CounterId,
+        timeout: Duration,
+    ) -> Result<CounterStatus, CallError> {
+        let request = self.http.get(format!("{url}/internal/status"));
+        check_identity(id, self.send(request, timeout).await?)
+    }
+
+    pub async fn catch_up(
+        &self,
+        url: &str,
+        request: &CatchUpRequest,
+        timeout: Duration,
+    ) -> Result<(), CallError> {
+        let mut request = self
+            .http
+            .post(format!("{url}/internal/catchup"))
+            .json(request)
+            .timeout(timeout);
+        if let Some(token) = &self.token {
+            request = request.header(TOKEN_HEADER, token);
+        }
+        let response = request.send().await?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            return Err(CallError::Status { status, body });
+        }
+        Ok(())
+    }
+
+    pub async fn count(
+        &self,
+        url: &str,
+        tenant: &str,
+        fence: CommitIndex,
+        timeout: Duration,
+    ) -> Result<u64, CallError> {
+        let mut endpoint = reqwest::Url::parse(url).map_err(|e| CallError::Status {
+            status: reqwest::StatusCode::BAD_REQUEST,
+            body: format!("bad counter url {url}: {e}"),
+        })?;
+        endpoint
+            .path_segments_mut()
+            .map_err(|_| CallError::Status {
+                status: reqwest::StatusCode::BAD_REQUEST,
+                body: format!("bad counter url {url}"),
+            })?
+            .extend(["items", tenant, "count"]);
+        endpoint
+            .query_pairs_mut()
+            .append_pair(FENCE_PARAM, &fence.0.to_string());
+        let count: Count = self.send(self.http.get(endpoint), timeout).await?;
+        Ok(count.count)
+    }
+}
+
+/// A counter at a reused address (a restarted container, say) may be a
+/// different member: its votes and progress must not count for the old one.
+fn check_identity(id: &CounterId, status: CounterStatus) -> Result<CounterStatus, CallError> {
+    if &status.id == id {
+        Ok(status)
+    } else {
+        Err(CallError::WrongCounter(status.id))
+    }
+}

@@ -1,0 +1,70 @@
+//! The coordinator's one error type; every HTTP error answer comes from
+//! `impl IntoResponse` here.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tally_common::api::Message;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] tally_common::Error),
+    #[error("{0}")]
+    TooLarge(String),
+    /// Definite failure: nothing of the request was counted.
+    #[error("transaction aborted, nothing was counted: {0}")]
+    Aborted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("missing or wrong cluster token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("storage: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+macro_rules! storage_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Storage(e.into())
+            }
+        }
+    )*};
+}
+storage_error!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Error::Invalid(tally_common::Error::TooManyItems { .. }) | Error::TooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::Aborted(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Storage(_) | Error::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let mut response = (status, Json(Message::new(self.to_string()))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,204 @@
+//! The coordinator's HTTP surface: the public API of DESIGN.md and the
+//! internal endpoints counters call (registration, catch-up progress,
+//! transaction outcomes), the latter behind the cluster token.
+
+use crate::batcher::Batcher;
+use crate::error::Error;
+use crate::state::{now_ms, Shared};
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::sync::Arc;
+use tally_common::api::{
+    CaughtUpRequest, ClusterView, Count, JoinPlan, Message, Outcome, RegisterRequest, TOKEN_HEADER,
+};
+use tally_common::items::{check_tenant, parse_items};
+use tally_common::TxnId;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub shared: Arc<Shared>,
+    pub batcher: Batcher,
+    pub token: Option<String>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let internal = Router::new()
+        .route("/internal/register", post(register))
+        .route("/internal/caught-up", post(caught_up))
+        .route("/internal/outcome/{txn}", get(outcome))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/items", post(add_items))
+        .route("/items/{tenant}/count", get(count))
+        .route("/cluster", get(cluster))
+        .route("/health", get(health))
+        .merge(internal)
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> Error {
+    Error::NotFound("no such path".into())
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(Message::new("method not allowed on this path")),
+    )
+}
+
+/// Accepts the body whatever its Content-Type: the seed's clients send
+/// JSON with curl's default form type.
+async fn add_items(State(state): State<AppState>, body: Body) -> Result<Json<Message>, Error> {
+    let limit = state.shared.settings.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Error::TooLarge(format!("body is larger than {limit} bytes")))?;
+    let items = parse_items(&bytes, state.shared.settings.item_limits)?;
+    if !items.is_empty() {
+        state.batcher.submit(items).await?;
+    }
+    Ok(Json(Message::success()))
+}
+
+/// Reads from an in-sync counter with the current fence, trying the next
+/// one if it fails, starting from a different counter each time.
+async fn count(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+) -> Result<Json<Count>, Error> {
+    let shared = &state.shared;
+    check_tenant(&tenant, shared.settings.item_limits)?;
+    let fence = shared.fence();
+    let mut readable = shared.cluster.lock().expect("poisoned").readable();
+    if readable.is_empty() {
+        return Err(Error::Unavailable("no in-sync counter is live".into()));
+    }
+    let start = shared.next_read_start() % readable.len();
+    readable.rotate_left(start);
+    let mut last_error = String::new();
+    for (id, url) in readable {
+        match shared
+            .counters
+            .count(&url, &tenant, fence, shared.settings.read_timeout)
+            .await
+        {
+            Ok(count) => return Ok(Json(Count { count })),
+            Err(e) => {
+                tracing::debug!(counter = %id, error = %e, "read failed, trying another counter");
+                last_error = format!("{id}: {e}");
+            }
+        }
+    }
+    Err(Error::Unavailable(format!(
+        "no in-sync counter answered (last: {last_error})"
+    )))
+}
+
+async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
+    let view = state.shared.cluster.lock().expect("poisoned").view(now_ms());
+    Json(view)
+}
+
+async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let in_sync = state.shared.cluster.lock().expect("poisoned").in_sync_count();
+    Json(serde_json::json!({ "status": "ok", "in_sync": in_sync }))
+}
+
+async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    if let Some(token) = &state.token {
+        let given = request
+            .headers()
+            .get(TOKEN_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !token_matches(token, given) {
+            tracing::warn!(path = %request.uri().path(), "internal call with a wrong or missing token");
+            return Err(Error::Unauthorized);
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// Constant-time comparison, so response times do not leak the token.
+fn token_matches(expected: &str, given: &[u8]) -> bool {
+    let expected = expected.as_bytes();
+    expected.len() == given.len()
+        && expected
+            .iter()
+            .zip(given)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn register(
+    State(state): State<AppState>,
+    Json(request): Json<RegisterRequest>,
+) -> Json<JoinPlan> {
+    let (plan, effects) = state.shared.cluster.lock().expect("poisoned").register(
+        request.id.clone(),
+        request.url.clone(),
+        request.applied_index,
+        now_ms(),
+    );
+    tracing::info!(
+        counter = %request.id, url = %request.url, applied = %request.applied_index,
+        in_sync = plan.in_sync, until = %plan.until, "counter registered"
+    );
+    state.shared.carry_out(effects).await;
+    Json(plan)
+}
+
+async fn caught_up(
+    State(state): State<AppState>,
+    Json(request): Json<CaughtUpRequest>,
+) -> Result<Json<JoinPlan>, Error> {
+    let result = state.shared.cluster.lock().expect("poisoned").caught_up(
+        &request.id,
+        request.applied_index,
+        now_ms(),
+    );
+    let (plan, effects) =
+        result.ok_or_else(|| Error::NotFound(format!("unknown counter {}", request.id)))?;
+    state.shared.carry_out(effects).await;
+    Ok(Json(plan))
+}
+
+/// Presumed abort: no logged decision and not in flight means aborted.
+async fn outcome(
+    State(state): State<AppState>,
+    Path(txn): Path<u64>,
+) -> Result<Json<Outcome>, Error> {
+    let txn = TxnId(txn);
+    let shared = &state.shared;
+    if shared.in_flight.lock().expect("poisoned").contains(&txn) {
+        return Ok(Json(Outcome::Pending));
+    }
+    Ok(Json(match shared.log.decision(txn)? {
+        Some(index) => Outcome::Committed { index },
+        None => Outcome::Aborted,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches("t0k", b"t0k"));
+        assert!(!token_matches("t0k", b"t0K"));
+        assert!(!token_matches("t0k", b""));
+    }
+}

@@ -1,0 +1,173 @@
+//! The coordinator's durable state in redb: its epoch, the highest decided
+//! commit index, the commit decisions not yet trimmed, and the membership
+//! with the in-sync set. Presumed abort: a transaction with no decision here
+//! was aborted.
+
+use crate::error::Error;
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tally_common::membership::StoredMember;
+use tally_common::{CommitIndex, CounterId, TxnId};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const DECISIONS: TableDefinition<u64, u64> = TableDefinition::new("decisions");
+const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
+const EPOCH: &str = "epoch";
+const DECIDED: &str = "decided";
+
+#[derive(Serialize, Deserialize)]
+struct MemberRecord {
+    url: String,
+    in_sync: bool,
+}
+
+/// What a restarted coordinator resumes from.
+pub struct Restored {
+    pub epoch: u64,
+    pub decided: CommitIndex,
+    pub members: Vec<StoredMember>,
+    /// Logged commits, oldest first: re-sent until every counter has them.
+    pub decisions: Vec<(TxnId, CommitIndex)>,
+}
+
+pub struct DecisionLog {
+    db: Database,
+}
+
+impl DecisionLog {
+    /// Opens the log and starts a new epoch, so transaction ids of this run
+    /// never collide with those of an earlier one.
+    pub fn open(dir: &Path) -> Result<(Self, Restored), Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Storage(e.into()))?;
+        let db = Database::create(dir.join("coordinator.redb"))?;
+        let txn = db.begin_write()?;
+        let restored = {
+            let mut meta = txn.open_table(META)?;
+            let epoch = meta.get(EPOCH)?.map_or(0, |v| v.value()) + 1;
+            meta.insert(EPOCH, epoch)?;
+            let decided = CommitIndex(meta.get(DECIDED)?.map_or(0, |v| v.value()));
+            let mut decisions = Vec::new();
+            for entry in txn.open_table(DECISIONS)?.iter()? {
+                let (txn, index) = entry?;
+                decisions.push((TxnId(txn.value()), CommitIndex(index.value())));
+            }
+            decisions.sort_by_key(|(_, index)| *index);
+            let mut members = Vec::new();
+            for entry in txn.open_table(MEMBERS)?.iter()? {
+                let (id, record) = entry?;
+                let record: MemberRecord = serde_json::from_slice(record.value())?;
+                members.push(StoredMember {
+                    id: CounterId(id.value().to_string()),
+                    url: record.url,
+                    in_sync: record.in_sync,
+                });
+            }
+            Restored {
+                epoch,
+                decided,
+                members,
+                decisions,
+            }
+        };
+        txn.commit()?;
+        Ok((DecisionLog { db }, restored))
+    }
+
+    /// Starts one durable batch; only one is open at a time.
+    pub fn begin(&self) -> Result<Batch, Error> {
+        Ok(Batch {
+            txn: self.db.begin_write()?,
+        })
+    }
+
+    /// The logged commit index of `txn`, if it committed and is not trimmed.
+    pub fn decision(&self, txn: TxnId) -> Result<Option<CommitIndex>, Error> {
+        let read = self.db.begin_read()?;
+        let decisions = read.open_table(DECISIONS)?;
+        Ok(decisions.get(txn.0)?.map(|v| CommitIndex(v.value())))
+    }
+}
+
+/// One write transaction on the log: decisions, membership and trims made
+/// durable together by [`Batch::commit`].
+pub struct Batch {
+    txn: WriteTransaction,
+}
+
+impl Batch {
+    pub fn log_commit(&mut self, txn: TxnId, index: CommitIndex) -> Result<(), Error> {
+        self.txn.open_table(DECISIONS)?.insert(txn.0, index.0)?;
+        let mut meta = self.txn.open_table(META)?;
+        let decided = meta.get(DECIDED)?.map_or(0, |v| v.value());
+        meta.insert(DECIDED, decided.max(index.0))?;
+        Ok(())
+    }
+
+    /// Replaces the stored membership with `members`.
+    pub fn save_members(&mut self, members: &[StoredMember]) -> Result<(), Error> {
+        let mut table = self.txn.open_table(MEMBERS)?;
+        table.retain(|_, _| false)?;
+        for m in members {
+            let record = serde_json::to_vec(&MemberRecord {
+                url: m.url.clone(),
+                in_sync: m.in_sync,
+            })?;
+            table.insert(m.id.0.as_str(), record.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Forgets decisions at or below `upto`: every in-sync counter has them.
+    pub fn trim(&mut self, upto: CommitIndex) -> Result<usize, Error> {
+        let mut table = self.txn.open_table(DECISIONS)?;
+        let before = table.len()?;
+        table.retain(|_, index| index > upto.0)?;
+        Ok((before - table.len()?) as usize)
+    }
+
+    /// Makes the batch durable (one fsync).
+    pub fn commit(self) -> Result<(), Error> {
+        self.txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_membership_and_epochs_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, restored) = DecisionLog::open(dir.path()).unwrap();
+        assert_eq!(restored.epoch, 1);
+        let mut batch = log.begin().unwrap();
+        batch.log_commit(TxnId(7), CommitIndex(1)).unwrap();
+        batch.log_commit(TxnId(8), CommitIndex(2)).unwrap();
+        batch
+            .save_members(&[StoredMember {
+                id: CounterId::from("c1"),
+                url: "http://c1".into(),
+                in_sync: true,
+            }])
+            .unwrap();
+        batch.commit().unwrap();
+        let mut batch = log.begin().unwrap();
+        assert_eq!(batch.trim(CommitIndex(1)).unwrap(), 1);
+        batch.commit().unwrap();
+        assert_eq!(log.decision(TxnId(8)).unwrap(), Some(CommitIndex(2)));
+        assert_eq!(log.decision(TxnId(7)).unwrap(), None, "trimmed");
+        drop(log);
+
+        let (_, restored) = DecisionLog::open(dir.path()).unwrap();
+        assert_eq!(restored.epoch, 2);
+        assert_eq!(restored.decided, CommitIndex(2));
+        assert_eq!(restored.decisions, vec![(TxnId(8), CommitIndex(2))]);
+        assert_eq!(restored.members.len(), 1);
+        assert!(restored.members[0].in_sync);
+    }
+}

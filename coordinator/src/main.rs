@@ -1,0 +1,136 @@
+//! `coordinator`: restores the decision log and membership, then serves the
+//! public API while its tasks batch writes, decide, health-check and sweep.
+//!
+//! The write path, in order: `http.rs` (`add_items`) → `batcher.rs` →
+//! `txn.rs` → `decider.rs` → the counters' `replica.rs` and `store.rs`.
+
+mod batcher;
+mod client;
+mod config;
+mod decider;
+mod error;
+mod health;
+mod http;
+mod log;
+mod state;
+mod txn;
+
+use anyhow::Context;
+use clap::Parser;
+use std::sync::Arc;
+use std::time::Instant;
+use tally_common::items::ItemLimits;
+use tally_common::membership::{Cluster, MembershipConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = config::Args::parse();
+    init_logging(&args.log_format);
+
+    let (log, restored) = log::DecisionLog::open(&args.data_dir)
+        .with_context(|| format!("cannot open the decision log in {}", args.data_dir.display()))?;
+    let membership = MembershipConfig {
+        dead_after: args.dead_after.max(1),
+        remove_after: args.remove_after.max(args.dead_after.max(1)),
+        min_insync: args.min_insync.max(1),
+    };
+    let cluster = Cluster::restore(membership, restored.members, restored.decided);
+    tracing::info!(
+        epoch = restored.epoch, decided = %restored.decided, counters = cluster.members().count(),
+        pending_commits = restored.decisions.len(), "coordinator starting"
+    );
+    let settings = state::Settings {
+        prepare_timeout: args.prepare_timeout,
+        commit_timeout: args.prepare_timeout.max(std::time::Duration::from_secs(2)),
+        read_timeout: args.read_timeout,
+        health_interval: args.health_interval,
+        max_body_bytes: args.max_body_bytes,
+        item_limits: ItemLimits {
+            max_items: args.max_items,
+            ..ItemLimits::default()
+        },
+    };
+    let token = args.cluster_token.clone().filter(|t| !t.is_empty());
+    let (decider, decider_task) = decider::Decider::new();
+    let shared = Arc::new(state::Shared::new(
+        settings,
+        cluster,
+        log,
+        restored.epoch,
+        client::CounterClient::new(token.clone()),
+        decider,
+    ));
+    // Commits logged before a restart go out again to every counter; a
+    // counter that already applied one just acknowledges it.
+    {
+        let everyone: std::collections::BTreeSet<_> = shared
+            .cluster
+            .lock()
+            .expect("poisoned")
+            .members()
+            .map(|m| m.id.clone())
+            .collect();
+        let mut pending = shared.pending.lock().expect("poisoned");
+        let long_ago = Instant::now() - std::time::Duration::from_secs(60);
+        for (txn, index) in restored.decisions {
+            pending.insert(
+                index,
+                decider::Pending {
+                    txn,
+                    waiting: everyone.clone(),
+                    since: long_ago,
+                },
+            );
+        }
+    }
+
+    tokio::spawn(decider_task.run(shared.clone()));
+    tokio::spawn(health::run_checks(shared.clone()));
+    tokio::spawn(health::run_sweeper(shared.clone()));
+    let batcher = batcher::Batcher::start(
+        shared.clone(),
+        args.max_queued_writes,
+        args.max_txn_items,
+        args.max_inflight_txns,
+    );
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "coordinator serving");
+    let app = http::router(http::AppState {
+        shared,
+        batcher,
+        token,
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM; the server then stops accepting and lets
+/// in-flight requests (and so their transactions) finish.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("cannot install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.compact().init();
+    }
+}

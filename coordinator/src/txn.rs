@@ -1,0 +1,156 @@
+//! One two-phase-commit transaction, from prepare to the last commit.
+//!
+//! 1. Prepare goes to every counter that is not dead, with one serialised
+//!    body. The transaction waits for the in-sync counters and for the
+//!    others that are keeping up, never past `--prepare-timeout`.
+//! 2. The decider turns the yes votes into a decision and logs it durably.
+//! 3. Clients hear the outcome; commit (or abort) goes to the yes voters.
+//!    Unacknowledged commits stay pending and are re-sent until every
+//!    counter has them.
+
+use crate::error::Error;
+use crate::state::Shared;
+use bytes::Bytes;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tally_common::api::{AbortRequest, CommitRequest, PrepareRequest};
+use tally_common::membership::Decision;
+use tally_common::{CommitIndex, CounterId, Item, TxnId};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tracing::Instrument;
+
+type Reply = oneshot::Sender<Result<(), Error>>;
+
+pub async fn run(
+    shared: Arc<Shared>,
+    items: Vec<Item>,
+    replies: Vec<Reply>,
+    slot: OwnedSemaphorePermit,
+) {
+    let txn = shared.begin_txn();
+    let span = tracing::debug_span!("txn", %txn, items = items.len(), requests = replies.len());
+    async move {
+        let yes = prepare(&shared, txn, items).await;
+        let decision = shared.decider.decide(txn, yes.clone()).await;
+        drop(slot);
+        match decision {
+            Decision::Commit { index, dropped } => {
+                for reply in replies {
+                    let _ = reply.send(Ok(()));
+                }
+                if !dropped.is_empty() {
+                    tracing::warn!(%index, ?dropped, "committed without counters that did not vote");
+                }
+                send_commits(&shared, txn, index, yes).await;
+            }
+            Decision::Abort { reason } => {
+                tracing::warn!(%reason, "transaction aborted");
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Aborted(reason.clone())));
+                }
+                send_aborts(&shared, txn, yes).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Phase one. Returns the counters that voted yes in time.
+async fn prepare(shared: &Arc<Shared>, txn: TxnId, items: Vec<Item>) -> BTreeSet<CounterId> {
+    let participants = shared.cluster.lock().expect("poisoned").participants();
+    let lagging = shared.lagging.lock().expect("poisoned").clone();
+    let body = Bytes::from(
+        serde_json::to_vec(&PrepareRequest { txn, items }).expect("items always serialise"),
+    );
+    let timeout = shared.settings.prepare_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (votes, mut rx) = mpsc::unbounded_channel();
+    let mut awaited = BTreeSet::new();
+    for p in participants {
+        if p.in_sync || !lagging.contains(&p.id) {
+            awaited.insert(p.id.clone());
+        }
+        let (shared, body, votes) = (shared.clone(), body.clone(), votes.clone());
+        tokio::spawn(async move {
+            let result = shared.counters.prepare(&p.url, &p.id, body, timeout).await;
+            let mut lagging = shared.lagging.lock().expect("poisoned");
+            match &result {
+                Ok(_) => lagging.remove(&p.id),
+                Err(e) => {
+                    tracing::debug!(counter = %p.id, error = %e, "prepare failed");
+                    lagging.insert(p.id.clone())
+                }
+            };
+            drop(lagging);
+            let _ = votes.send((p.id, result.is_ok()));
+        });
+    }
+    drop(votes);
+    let mut yes = BTreeSet::new();
+    while !awaited.is_empty() {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((id, voted_yes))) => {
+                awaited.remove(&id);
+                if voted_yes {
+                    yes.insert(id);
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // Votes that already arrived from counters we did not wait for count too.
+    while let Ok((id, true)) = rx.try_recv() {
+        yes.insert(id);
+    }
+    yes
+}
+
+async fn send_commits(shared: &Arc<Shared>, txn: TxnId, index: CommitIndex, yes: BTreeSet<CounterId>) {
+    let request = CommitRequest { txn, index };
+    let timeout = shared.settings.commit_timeout;
+    let calls = yes.into_iter().filter_map(|id| {
+        let url = shared.cluster.lock().expect("poisoned").member(&id)?.url.clone();
+        let shared = shared.clone();
+        Some(async move {
+            match shared.counters.commit(&url, &id, request, timeout).await {
+                Ok(status) => acknowledge(&shared, index, &id, status.applied_index),
+                Err(e) => tracing::debug!(counter = %id, error = %e, "commit not acknowledged yet"),
+            }
+        })
+    });
+    futures_util::future::join_all(calls).await;
+}
+
+/// Records that `id` applied the commit at `index`.
+pub fn acknowledge(shared: &Shared, index: CommitIndex, id: &CounterId, applied: CommitIndex) {
+    shared
+        .cluster
+        .lock()
+        .expect("poisoned")
+        .record_applied(id, applied);
+    let mut pending = shared.pending.lock().expect("poisoned");
+    if let Some(entry) = pending.get_mut(&index) {
+        entry.waiting.remove(id);
+        if entry.waiting.is_empty() {
+            pending.remove(&index);
+        }
+    }
+}
+
+/// Best effort: a counter that misses the abort asks for the outcome later
+/// and, the decision being absent, aborts by itself.
+async fn send_aborts(shared: &Arc<Shared>, txn: TxnId, yes: BTreeSet<CounterId>) {
+    let timeout = shared.settings.commit_timeout;
+    let calls = yes.into_iter().filter_map(|id| {
+        let url = shared.cluster.lock().expect("poisoned").member(&id)?.url.clone();
+        let shared = shared.clone();
+        Some(async move {
+            let _ = shared
+                .counters
+                .abort(&url, AbortRequest { txn }, timeout)
+                .await;
+        })
+    });
+    futures_util::future::join_all(calls).await;
+}
