@@ -1,0 +1,122 @@
+//! A small client of tally's public API, used by every subcommand and test.
+
+use std::time::Duration;
+use tally_common::api::{ClusterView, Count, Message};
+use tally_common::Item;
+
+/// How a write ended, as the set checker needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// 200: every item must be counted.
+    Ok,
+    /// 4xx or 503: no item may be counted.
+    Failed(u16, String),
+    /// 5xx other than 503, or no answer: may or may not be counted.
+    Unknown(String),
+}
+
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    pub fn new(base: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(512)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(15))
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .expect("static client settings");
+        Api {
+            http,
+            base: base.into().trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Posts `items` and classifies the answer.
+    pub async fn add(&self, items: &[Item]) -> WriteOutcome {
+        match self.add_raw(serde_json::to_vec(items).expect("items serialise")).await {
+            Ok((200, _)) => WriteOutcome::Ok,
+            Ok((status, body)) if (400..500).contains(&status) || status == 503 => {
+                WriteOutcome::Failed(status, body)
+            }
+            Ok((status, body)) => WriteOutcome::Unknown(format!("{status}: {body}")),
+            Err(e) => WriteOutcome::Unknown(e),
+        }
+    }
+
+    /// Posts raw bytes (with curl's default form Content-Type, as the
+    /// seed's clients do) and returns the status and body.
+    pub async fn add_raw(&self, body: Vec<u8>) -> Result<(u16, String), String> {
+        let response = self
+            .http
+            .post(format!("{}/items", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await.map_err(|e| e.to_string())?))
+    }
+
+    /// The tenant's count as the coordinator answers it.
+    pub async fn count(&self, tenant: &str) -> Result<u64, String> {
+        count_at(&self.http, &self.base, tenant).await
+    }
+
+    /// The tenant's count read directly from one counter.
+    pub async fn counter_count(&self, counter_url: &str, tenant: &str) -> Result<u64, String> {
+        count_at(&self.http, counter_url, tenant).await
+    }
+
+    pub async fn cluster(&self) -> Result<ClusterView, String> {
+        let response = self
+            .http
+            .get(format!("{}/cluster", self.base))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("/cluster answered {}", response.status()));
+        }
+        response.json().await.map_err(|e| e.to_string())
+    }
+
+    /// A GET of any path, for status and body checks.
+    pub async fn get(&self, path: &str) -> Result<(u16, String), String> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await.map_err(|e| e.to_string())?))
+    }
+}
+
+async fn count_at(http: &reqwest::Client, base: &str, tenant: &str) -> Result<u64, String> {
+    let mut url = reqwest::Url::parse(base).map_err(|e| e.to_string())?;
+    url.path_segments_mut()
+        .map_err(|_| "bad base url".to_string())?
+        .extend(["items", tenant, "count"]);
+    let response = http.get(url).send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    if !status.is_success() {
+        let body: Result<Message, _> = response.json().await;
+        return Err(format!(
+            "{status}: {}",
+            body.map(|m| m.message).unwrap_or_default()
+        ));
+    }
+    let count: Count = response.json().await.map_err(|e| e.to_string())?;
+    Ok(count.count)
+}

@@ -1,0 +1,449 @@
+//! A cluster of real coordinator and counter processes on loopback, for
+//! `simulate cluster` and for the integration tests. Each process logs to
+//! a file in the cluster's directory (read it when a test fails), keeps its
+//! port and data directory across restarts, and is killed when the
+//! `LocalCluster` is dropped.
+
+use crate::api::Api;
+use crate::wait;
+use anyhow::{bail, Context};
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tally_common::api::CounterState;
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub counters: usize,
+    /// Coordinator port; counters take the next ones. `None`: free ports.
+    pub base_port: Option<u16>,
+    /// Where data directories and logs go.
+    pub dir: PathBuf,
+    pub health_interval: Duration,
+    /// Extra `--flag value` arguments for the coordinator.
+    pub coordinator_args: Vec<String>,
+    /// Extra environment for the coordinator (failpoints, say).
+    pub coordinator_env: Vec<(String, String)>,
+    /// The coordinator binary, if not the one next to the others.
+    pub coordinator_bin: Option<PathBuf>,
+    /// Inherit stdout/stderr instead of writing log files.
+    pub inherit_output: bool,
+}
+
+impl ClusterOptions {
+    pub fn new(dir: impl Into<PathBuf>, counters: usize) -> Self {
+        ClusterOptions {
+            counters,
+            base_port: None,
+            dir: dir.into(),
+            health_interval: Duration::from_millis(200),
+            coordinator_args: Vec::new(),
+            coordinator_env: Vec::new(),
+            coordinator_bin: None,
+            inherit_output: false,
+        }
+    }
+}
+
+/// One process the cluster owns.
+struct Proc {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn start(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("{} is already running", self.name);
+        }
+        let mut command = Command::new(&self.program);
+        command.args(&self.args).stdin(Stdio::null());
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        if let Some(log) = &self.log {
+            let file = OpenOptions::new().create(true).append(true).open(log)?;
+            command.stdout(file.try_clone()?).stderr(file);
+            command.env("NO_COLOR", "1");
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn signal(&self, signal: i32) -> anyhow::Result<()> {
+        let Some(child) = &self.child else {
+            bail!("{} is not running", self.name)
+        };
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        if rc != 0 {
+            bail!("kill({}, {signal}) failed", self.name);
+        }
+        Ok(())
+    }
+
+    /// kill -9 and reap.
+    fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for a clean exit (kill -9 after 10 s).
+    fn stop(&mut self) -> anyhow::Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        // SAFETY: as in `signal`; a stopped child must be continued to exit.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGCONT);
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                child.wait()?;
+                bail!("{} did not stop within 10 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A counter's fixed identity within the cluster.
+#[derive(Debug, Clone)]
+pub struct CounterInfo {
+    pub id: String,
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+pub struct LocalCluster {
+    options: ClusterOptions,
+    coordinator: Proc,
+    coordinator_url: String,
+    counters: Vec<Proc>,
+    infos: Vec<CounterInfo>,
+    api: Api,
+}
+
+/// The directory holding `coordinator` and `counter`: `TALLY_BIN_DIR`, else
+/// the directory of the running executable (or its parent for test
+/// executables under `deps/`).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("TALLY_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    if !dir.join("coordinator").exists() || !dir.join("counter").exists() {
+        bail!(
+            "no coordinator and counter binaries in {}: run `cargo build --release --bins` first \
+             or set TALLY_BIN_DIR",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl LocalCluster {
+    /// Starts the coordinator and the counters and waits until every counter
+    /// is live and in sync.
+    pub async fn start(options: ClusterOptions) -> anyhow::Result<Self> {
+        let cluster = Self::spawn(options)?;
+        cluster
+            .wait_all_in_sync(Duration::from_secs(30))
+            .await
+            .context("cluster did not come up")?;
+        Ok(cluster)
+    }
+
+    /// Starts the processes without waiting for them.
+    pub fn spawn(options: ClusterOptions) -> anyhow::Result<Self> {
+        let bins = bin_dir()?;
+        std::fs::create_dir_all(&options.dir)?;
+        let port = |i: usize| -> anyhow::Result<u16> {
+            match options.base_port {
+                Some(base) => Ok(base + i as u16),
+                None => free_port(),
+            }
+        };
+        let coordinator_port = port(0)?;
+        let coordinator_url = format!("http://127.0.0.1:{coordinator_port}");
+        let log = |name: &str| (!options.inherit_output).then(|| options.dir.join(format!("{name}.log")));
+        let mut coordinator_args = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{coordinator_port}"),
+            "--data-dir".to_string(),
+            path_arg(&options.dir.join("coordinator")),
+            "--health-interval".to_string(),
+            humantime::format_duration(options.health_interval).to_string(),
+        ];
+        coordinator_args.extend(options.coordinator_args.iter().cloned());
+        let mut coordinator = Proc {
+            name: "coordinator".into(),
+            program: options
+                .coordinator_bin
+                .clone()
+                .unwrap_or_else(|| bins.join("coordinator")),
+            args: coordinator_args,
+            env: options.coordinator_env.clone(),
+            log: log("coordinator"),
+            child: None,
+        };
+        coordinator.start()?;
+
+        let mut counters = Vec::new();
+        let mut infos = Vec::new();
+        for i in 1..=options.counters {
+            let port = port(i)?;
+            let info = CounterInfo {
+                id: format!("counter-{i}"),
+                url: format!("http://127.0.0.1:{port}"),
+                data_dir: options.dir.join(format!("counter-{i}")),
+            };
+            let mut proc = Proc {
+                name: info.id.clone(),
+                program: bins.join("counter"),
+                args: vec![
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--data-dir".into(),
+                    path_arg(&info.data_dir),
+                    "--coordinator".into(),
+                    coordinator_url.clone(),
+                    "--advertise".into(),
+                    info.url.clone(),
+                    "--id".into(),
+                    info.id.clone(),
+                ],
+                env: Vec::new(),
+                log: log(&info.id),
+                child: None,
+            };
+            proc.start()?;
+            counters.push(proc);
+            infos.push(info);
+        }
+        Ok(LocalCluster {
+            api: Api::new(coordinator_url.clone()),
+            options,
+            coordinator,
+            coordinator_url,
+            counters,
+            infos,
+        })
+    }
+
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
+    pub fn coordinator_url(&self) -> &str {
+        &self.coordinator_url
+    }
+
+    pub fn counters(&self) -> &[CounterInfo] {
+        &self.infos
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.options.dir
+    }
+
+    /// Process id of the coordinator, if running.
+    pub fn coordinator_pid(&self) -> Option<u32> {
+        self.coordinator.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn counter_running(&self, i: usize) -> bool {
+        self.counters[i].running()
+    }
+
+    pub fn coordinator_running(&self) -> bool {
+        self.coordinator.running()
+    }
+
+    pub fn kill_counter(&mut self, i: usize) -> anyhow::Result<()> {
+        self.counters[i].kill()
+    }
+
+    pub fn stop_counter(&mut self, i: usize) -> anyhow::Result<Option<i32>> {
+        self.counters[i].stop()
+    }
+
+    pub fn start_counter(&mut self, i: usize) -> anyhow::Result<()> {
+        self.counters[i].start()
+    }
+
+    /// SIGSTOP: the process hangs with its sockets open, like a stalled host.
+    pub fn freeze_counter(&self, i: usize) -> anyhow::Result<()> {
+        self.counters[i].signal(libc::SIGSTOP)
+    }
+
+    pub fn thaw_counter(&self, i: usize) -> anyhow::Result<()> {
+        self.counters[i].signal(libc::SIGCONT)
+    }
+
+    /// Deletes a stopped counter's data directory: a lost disk.
+    pub fn wipe_counter(&self, i: usize) -> anyhow::Result<()> {
+        if self.counters[i].running() {
+            bail!("stop counter {i} before wiping it");
+        }
+        let dir = &self.infos[i].data_dir;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        Ok(())
+    }
+
+    pub fn kill_coordinator(&mut self) -> anyhow::Result<()> {
+        self.coordinator.kill()
+    }
+
+    pub fn stop_coordinator(&mut self) -> anyhow::Result<Option<i32>> {
+        self.coordinator.stop()
+    }
+
+    pub fn start_coordinator(&mut self) -> anyhow::Result<()> {
+        self.coordinator.start()
+    }
+
+    /// Replaces the coordinator's environment for its next start.
+    pub fn set_coordinator_env(&mut self, env: Vec<(String, String)>) {
+        self.coordinator.env = env;
+    }
+
+    /// Stops everything with SIGTERM.
+    pub fn stop_all(&mut self) -> anyhow::Result<()> {
+        for counter in &mut self.counters {
+            counter.stop()?;
+        }
+        self.coordinator.stop()?;
+        Ok(())
+    }
+
+    /// Waits until the coordinator answers and every counter is live and in
+    /// sync.
+    pub async fn wait_all_in_sync(&self, timeout: Duration) -> anyhow::Result<()> {
+        let ids: Vec<String> = self.infos.iter().map(|c| c.id.clone()).collect();
+        self.wait_in_sync(&ids, timeout).await
+    }
+
+    /// Waits until the named counters are live and in sync.
+    pub async fn wait_in_sync(&self, ids: &[String], timeout: Duration) -> anyhow::Result<()> {
+        let api = self.api.clone();
+        wait::until("counters live and in sync", timeout, || {
+            let api = api.clone();
+            async move {
+                let view = api.cluster().await?;
+                let ready = ids.iter().all(|id| {
+                    view.counters
+                        .iter()
+                        .any(|c| &c.id.0 == id && c.in_sync && c.state == CounterState::Live)
+                });
+                if ready {
+                    Ok(())
+                } else {
+                    Err(format!("{view:?}"))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits until counter `i` is in `state` (and out of sync unless live).
+    pub async fn wait_counter_state(
+        &self,
+        i: usize,
+        want: &[CounterState],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let api = self.api.clone();
+        let id = self.infos[i].id.clone();
+        wait::until(&format!("{id} in {want:?}"), timeout, || {
+            let (api, id) = (api.clone(), id.clone());
+            async move {
+                let view = api.cluster().await?;
+                match view.counters.iter().find(|c| c.id.0 == id) {
+                    Some(c) if want.contains(&c.state) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits until counter `i` is out of the in-sync set (or gone).
+    pub async fn wait_out_of_sync(&self, i: usize, timeout: Duration) -> anyhow::Result<()> {
+        let api = self.api.clone();
+        let id = self.infos[i].id.clone();
+        wait::until(&format!("{id} out of sync"), timeout, || {
+            let (api, id) = (api.clone(), id.clone());
+            async move {
+                let view = api.cluster().await?;
+                match view.counters.iter().find(|c| c.id.0 == id) {
+                    Some(c) if c.in_sync => Err(format!("{c:?}")),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits until the coordinator answers `/health`.
+    pub async fn wait_coordinator(&self, timeout: Duration) -> anyhow::Result<()> {
+        let api = self.api.clone();
+        wait::until("coordinator health", timeout, || {
+            let api = api.clone();
+            async move {
+                match api.get("/health").await {
+                    Ok((200, _)) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for counter in &mut self.counters {
+            let _ = counter.kill();
+        }
+        let _ = self.coordinator.kill();
+    }
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}

@@ -1,0 +1,324 @@
+//! `simulate`: the operator's tool. Runs a local cluster, the seed's
+//! scenario, bounded load with verification, chaos with a set check, the
+//! benchmarks, and a status table.
+
+mod bench;
+mod chaos;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use simulate::api::Api;
+use simulate::cluster::{ClusterOptions, LocalCluster};
+use simulate::load::{self, LoadOptions};
+use simulate::scenario::{self, ProcessBackend};
+use simulate::table::{verdict, Table};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "simulate", version, about = "Run, exercise and measure a tally cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a coordinator and N counters as local processes until Ctrl-C.
+    Cluster {
+        #[arg(long, default_value_t = 3)]
+        counters: usize,
+        /// Coordinator port; counters listen on the following ports.
+        #[arg(long, default_value_t = 8080)]
+        base_port: u16,
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        health_interval: Duration,
+    },
+    /// The seed's seven-step scenario, every step checked.
+    Scenario {
+        #[arg(long, value_enum, default_value_t = BackendKind::Process)]
+        backend: BackendKind,
+        /// Where the process backend keeps its cluster [default: a temporary directory].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Longest wait for any one step.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        step_timeout: Duration,
+    },
+    /// Bounded load against a coordinator, then verify every tenant's count.
+    Load {
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Requests per client (default 100 unless --duration is given).
+        #[arg(long)]
+        requests: Option<u64>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long, default_value_t = 4)]
+        tenants: usize,
+        /// Items per request.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        target: String,
+        /// Write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Load while killing, restarting and freezing processes; then a set check.
+    Chaos {
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// The benchmark table (coordinator and 3 counters on loopback).
+    Bench {
+        /// Seconds per measurement.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Where to write the results (JSON; a Markdown table beside it).
+        #[arg(long, default_value = "target/bench/results.json")]
+        out: PathBuf,
+    },
+    /// A table of the cluster's counters.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        coordinator: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendKind {
+    Process,
+    Docker,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Cluster {
+            counters,
+            base_port,
+            data_dir,
+            health_interval,
+        } => run_cluster(counters, base_port, data_dir, health_interval).await,
+        Command::Scenario {
+            backend,
+            data_dir,
+            step_timeout,
+        } => {
+            if let BackendKind::Docker = backend {
+                bail!("the docker backend comes with the containers work; use --backend process");
+            }
+            let temp = tempdir()?;
+            let dir = data_dir.unwrap_or_else(|| temp.clone());
+            let mut options = ClusterOptions::new(&dir, 3);
+            options.health_interval = Duration::from_millis(200);
+            let cluster = LocalCluster::start(options)
+                .await
+                .context("cannot start the local cluster")?;
+            let mut backend = ProcessBackend(cluster);
+            let result = scenario::run(&mut backend, step_timeout).await;
+            drop(backend);
+            let _ = std::fs::remove_dir_all(&temp);
+            result
+        }
+        Command::Load {
+            clients,
+            requests,
+            duration,
+            tenants,
+            batch,
+            target,
+            json,
+        } => {
+            let api = Api::new(&target);
+            api.get("/health")
+                .await
+                .map_err(|e| anyhow::anyhow!("coordinator at {target} does not answer: {e}"))?;
+            let mut options = LoadOptions::new(clients, requests.unwrap_or(100), batch.max(1));
+            if duration.is_some() {
+                options.requests = requests;
+                options.duration = duration;
+            }
+            options.tenants = tenants;
+            options.progress = true;
+            let report = load::run(&api, &options).await;
+            print!("{}", load_table(&report).render());
+            let verification = load::verify(&api, &[], &report).await;
+            if let Some(path) = json {
+                write_json(&path, &load_json(&report, verification.passed()))?;
+            }
+            finish_verification(&report, &verification)
+        }
+        Command::Chaos {
+            duration,
+            seed,
+            clients,
+            data_dir,
+        } => {
+            let temp = tempdir()?;
+            let dir = data_dir.unwrap_or_else(|| temp.clone());
+            let result = chaos::run(&dir, duration, seed, clients).await;
+            let _ = std::fs::remove_dir_all(&temp);
+            let check = result?;
+            print!("{}", check.render());
+            if !check.passed() {
+                bail!("chaos run lost or invented items");
+            }
+            Ok(())
+        }
+        Command::Bench { duration, out } => bench::run(duration, &out).await,
+        Command::Status { coordinator } => status(&coordinator).await,
+    }
+}
+
+async fn run_cluster(
+    counters: usize,
+    base_port: u16,
+    data_dir: PathBuf,
+    health_interval: Duration,
+) -> anyhow::Result<()> {
+    let mut options = ClusterOptions::new(&data_dir, counters);
+    options.base_port = Some(base_port);
+    options.health_interval = health_interval;
+    options.inherit_output = true;
+    let mut cluster = LocalCluster::spawn(options)?;
+    cluster
+        .wait_all_in_sync(Duration::from_secs(30))
+        .await
+        .context("the cluster did not come up")?;
+    println!("\ntally is running (data in {}):", data_dir.display());
+    println!("  coordinator  {}", cluster.coordinator_url());
+    for c in cluster.counters() {
+        println!("  {:<11}  {}", c.id, c.url);
+    }
+    println!(
+        "\ntry:  curl {0}/items -d '[{{\"id\":\"item1\",\"tenant\":\"test\"}}]'\n      curl {0}/items/test/count\nCtrl-C stops everything.\n",
+        cluster.coordinator_url()
+    );
+    tokio::signal::ctrl_c().await?;
+    println!("stopping");
+    cluster.stop_all()
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tally-sim-{:x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}ms", d.as_secs_f64() * 1000.0)
+}
+
+fn load_table(report: &load::LoadReport) -> Table {
+    let mut t = Table::new(["requests ok", "req/s", "items/s", "p50", "p90", "p99", "max", "errors"]);
+    let errors = report.errors();
+    t.row([
+        report.requests_ok().to_string(),
+        format!("{:.0}", report.requests_per_sec()),
+        format!("{:.0}", report.items_per_sec()),
+        ms(report.latency(50.0)),
+        ms(report.latency(90.0)),
+        ms(report.latency(99.0)),
+        ms(report.latency(100.0)),
+        if errors.is_empty() {
+            "none".to_string()
+        } else {
+            errors
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    ]);
+    t
+}
+
+fn load_json(report: &load::LoadReport, verified: bool) -> serde_json::Value {
+    serde_json::json!({
+        "requests_ok": report.requests_ok(),
+        "items_ok": report.items_ok(),
+        "seconds": report.elapsed.as_secs_f64(),
+        "requests_per_sec": report.requests_per_sec(),
+        "items_per_sec": report.items_per_sec(),
+        "p50_ms": report.latency(50.0).as_secs_f64() * 1000.0,
+        "p90_ms": report.latency(90.0).as_secs_f64() * 1000.0,
+        "p99_ms": report.latency(99.0).as_secs_f64() * 1000.0,
+        "max_ms": report.latency(100.0).as_secs_f64() * 1000.0,
+        "errors": report.errors(),
+        "verified": verified,
+    })
+}
+
+fn write_json(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(value)?)?;
+    Ok(())
+}
+
+fn finish_verification(
+    report: &load::LoadReport,
+    verification: &load::Verification,
+) -> anyhow::Result<()> {
+    if verification.passed() {
+        println!(
+            "{}",
+            verdict(
+                true,
+                &format!(
+                    "verified: {} tenants hold exactly the {} acknowledged items",
+                    verification.tenants,
+                    report.items_ok()
+                )
+            )
+        );
+        Ok(())
+    } else {
+        for m in verification.mismatches.iter().take(20) {
+            println!("{m}");
+        }
+        println!("{}", verdict(false, "verification FAILED"));
+        bail!("{} count mismatches", verification.mismatches.len())
+    }
+}
+
+async fn status(coordinator: &str) -> anyhow::Result<()> {
+    let api = Api::new(coordinator);
+    let view = api
+        .cluster()
+        .await
+        .map_err(|e| anyhow::anyhow!("coordinator at {coordinator} does not answer: {e}"))?;
+    let mut t = Table::new(["id", "url", "state", "in sync", "applied", "lag", "last seen"]);
+    for c in &view.counters {
+        t.row([
+            c.id.0.clone(),
+            c.url.clone(),
+            format!("{:?}", c.state).to_lowercase(),
+            if c.in_sync { "yes" } else { "no" }.to_string(),
+            c.applied_index.to_string(),
+            c.lag.to_string(),
+            c.last_seen_ms_ago
+                .map_or("never".to_string(), |ms| format!("{ms}ms ago")),
+        ]);
+    }
+    print!("{}", t.render());
+    println!(
+        "\n{} counters, {} in sync (min {}), decided index {}",
+        view.counters.len(),
+        view.in_sync,
+        view.min_insync,
+        view.decided_index
+    );
+    Ok(())
+}
