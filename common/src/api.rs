@@ -152,7 +152,9 @@ pub struct JoinPlan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "lowercase")]
 pub enum Outcome {
-    Committed { index: CommitIndex },
+    Committed {
+        index: CommitIndex,
+    },
     Aborted,
     /// Still being decided: ask again later.
     Pending,

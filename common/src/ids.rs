@@ -26,7 +26,12 @@ impl TxnId {
 
 impl fmt::Display for TxnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.epoch(), self.0 & ((1 << Self::SEQ_BITS) - 1))
+        write!(
+            f,
+            "{}.{}",
+            self.epoch(),
+            self.0 & ((1 << Self::SEQ_BITS) - 1)
+        )
     }
 }
 

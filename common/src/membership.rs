@@ -68,7 +68,10 @@ pub enum Effect {
     /// durably before acting on the change.
     Persist,
     /// Ask the counter at `url` to fetch what it is missing.
-    CatchUp { url: String, request: CatchUpRequest },
+    CatchUp {
+        url: String,
+        request: CatchUpRequest,
+    },
     /// A counter changed state; `to` is `None` when it left the view.
     Transition {
         id: CounterId,
@@ -313,7 +316,9 @@ impl Cluster {
         let Some(member) = self.members.get_mut(id) else {
             return;
         };
-        if member.in_sync || member.state == CounterState::Dead || member.applied < member.join_until
+        if member.in_sync
+            || member.state == CounterState::Dead
+            || member.applied < member.join_until
         {
             return;
         }

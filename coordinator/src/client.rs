@@ -96,7 +96,10 @@ impl CounterClient {
         request: AbortRequest,
         timeout: Duration,
     ) -> Result<CounterStatus, CallError> {
-        let request = self.http.post(format!("{url}/internal/abort")).json(&request);
+        let request = self
+            .http
+            .post(format!("{url}/internal/abort"))
+            .json(&request);
         self.send(request, timeout).await
     }
 

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "coordinator", version, about = "tally's entry point and 2PC coordinator")]
+#[command(
+    name = "coordinator",
+    version,
+    about = "tally's entry point and 2PC coordinator"
+)]
 pub struct Args {
     /// Address to serve the public and internal API on.
     #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]

@@ -152,8 +152,7 @@ fn write_batch(shared: &Shared, jobs: Vec<Job>) {
     };
 
     #[cfg(feature = "failpoints")]
-    if !decided.is_empty() && std::env::var("TALLY_FAILPOINT").as_deref() == Ok("after-decision")
-    {
+    if !decided.is_empty() && std::env::var("TALLY_FAILPOINT").as_deref() == Ok("after-decision") {
         tracing::error!("failpoint after-decision: crashing before any commit is sent");
         std::process::abort();
     }

@@ -12,6 +12,8 @@ pub enum Error {
     Invalid(#[from] tally_common::Error),
     #[error("{0}")]
     TooLarge(String),
+    #[error("cannot read the request body: {0}")]
+    BadBody(String),
     /// Definite failure: nothing of the request was counted.
     #[error("transaction aborted, nothing was counted: {0}")]
     Aborted(String),
@@ -50,7 +52,7 @@ impl IntoResponse for Error {
             Error::Invalid(tally_common::Error::TooManyItems { .. }) | Error::TooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::Invalid(_) | Error::BadBody(_) => StatusCode::BAD_REQUEST,
             Error::Aborted(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::NotFound(_) => StatusCode::NOT_FOUND,

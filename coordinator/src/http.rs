@@ -12,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use std::sync::Arc;
 use tally_common::api::{
     CaughtUpRequest, ClusterView, Count, JoinPlan, Message, Outcome, RegisterRequest, TOKEN_HEADER,
@@ -58,14 +59,45 @@ async fn method_not_allowed() -> impl IntoResponse {
 /// JSON with curl's default form type.
 async fn add_items(State(state): State<AppState>, body: Body) -> Result<Json<Message>, Error> {
     let limit = state.shared.settings.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| Error::TooLarge(format!("body is larger than {limit} bytes")))?;
+    let bytes = read_body(body, limit).await?;
     let items = parse_items(&bytes, state.shared.settings.item_limits)?;
     if !items.is_empty() {
         state.batcher.submit(items).await?;
     }
     Ok(Json(Message::success()))
+}
+
+/// Most of an oversized body that is read and dropped before answering 413:
+/// a client still sending when the connection closes sees a reset instead
+/// of the answer.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Collects the body up to `limit` bytes; beyond, drains a bounded amount
+/// and refuses with 413.
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, Error> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::BadBody(e.to_string()))?;
+        seen += chunk.len();
+        if seen > limit {
+            let drain = async {
+                while let Some(Ok(chunk)) = stream.next().await {
+                    seen += chunk.len();
+                    if seen > DRAIN_LIMIT {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+            return Err(Error::TooLarge(format!(
+                "body is larger than {limit} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// Reads from an in-sync counter with the current fence, trying the next
@@ -103,12 +135,22 @@ async fn count(
 }
 
 async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
-    let view = state.shared.cluster.lock().expect("poisoned").view(now_ms());
+    let view = state
+        .shared
+        .cluster
+        .lock()
+        .expect("poisoned")
+        .view(now_ms());
     Json(view)
 }
 
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let in_sync = state.shared.cluster.lock().expect("poisoned").in_sync_count();
+    let in_sync = state
+        .shared
+        .cluster
+        .lock()
+        .expect("poisoned")
+        .in_sync_count();
     Json(serde_json::json!({ "status": "ok", "in_sync": in_sync }))
 }
 

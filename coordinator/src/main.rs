@@ -27,8 +27,12 @@ async fn main() -> anyhow::Result<()> {
     let args = config::Args::parse();
     init_logging(&args.log_format);
 
-    let (log, restored) = log::DecisionLog::open(&args.data_dir)
-        .with_context(|| format!("cannot open the decision log in {}", args.data_dir.display()))?;
+    let (log, restored) = log::DecisionLog::open(&args.data_dir).with_context(|| {
+        format!(
+            "cannot open the decision log in {}",
+            args.data_dir.display()
+        )
+    })?;
     let membership = MembershipConfig {
         dead_after: args.dead_after.max(1),
         remove_after: args.remove_after.max(args.dead_after.max(1)),

@@ -106,11 +106,22 @@ async fn prepare(shared: &Arc<Shared>, txn: TxnId, items: Vec<Item>) -> BTreeSet
     yes
 }
 
-async fn send_commits(shared: &Arc<Shared>, txn: TxnId, index: CommitIndex, yes: BTreeSet<CounterId>) {
+async fn send_commits(
+    shared: &Arc<Shared>,
+    txn: TxnId,
+    index: CommitIndex,
+    yes: BTreeSet<CounterId>,
+) {
     let request = CommitRequest { txn, index };
     let timeout = shared.settings.commit_timeout;
     let calls = yes.into_iter().filter_map(|id| {
-        let url = shared.cluster.lock().expect("poisoned").member(&id)?.url.clone();
+        let url = shared
+            .cluster
+            .lock()
+            .expect("poisoned")
+            .member(&id)?
+            .url
+            .clone();
         let shared = shared.clone();
         Some(async move {
             match shared.counters.commit(&url, &id, request, timeout).await {
@@ -143,7 +154,13 @@ pub fn acknowledge(shared: &Shared, index: CommitIndex, id: &CounterId, applied:
 async fn send_aborts(shared: &Arc<Shared>, txn: TxnId, yes: BTreeSet<CounterId>) {
     let timeout = shared.settings.commit_timeout;
     let calls = yes.into_iter().filter_map(|id| {
-        let url = shared.cluster.lock().expect("poisoned").member(&id)?.url.clone();
+        let url = shared
+            .cluster
+            .lock()
+            .expect("poisoned")
+            .member(&id)?
+            .url
+            .clone();
         let shared = shared.clone();
         Some(async move {
             let _ = shared

@@ -96,7 +96,9 @@ async fn run(state: Arc<AppState>, mut plan: JoinPlan) {
                 match copy_from(&state, peer, plan.until).await {
                     Ok(()) if state.replica.applied() >= plan.until => break,
                     Ok(()) => {}
-                    Err(e) => tracing::warn!(peer = %peer, error = %e, "copy from peer failed, trying another"),
+                    Err(e) => {
+                        tracing::warn!(peer = %peer, error = %e, "copy from peer failed, trying another")
+                    }
                 }
             }
         }

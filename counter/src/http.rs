@@ -159,15 +159,9 @@ struct ExportQuery {
 /// Streams the commit log in `(since, until]` as newline-delimited JSON.
 /// It first waits briefly for this replica to hold `until`, so a peer that
 /// copies from us right after a commit gets the whole range in one pass.
-async fn export(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<ExportQuery>,
-) -> Response {
+async fn export(State(state): State<Arc<AppState>>, Query(query): Query<ExportQuery>) -> Response {
     let (since, until) = (CommitIndex(query.since), CommitIndex(query.until));
-    let _ = state
-        .replica
-        .wait_applied(until, state.fence_timeout)
-        .await;
+    let _ = state.replica.wait_applied(until, state.fence_timeout).await;
     let store = state.replica.store();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::task::spawn_blocking(move || {

@@ -86,7 +86,12 @@ impl Replica {
     }
 
     /// The tenant's count once everything up to `fence` is applied.
-    pub async fn count(&self, tenant: &str, fence: CommitIndex, wait: Duration) -> Result<u64, Error> {
+    pub async fn count(
+        &self,
+        tenant: &str,
+        fence: CommitIndex,
+        wait: Duration,
+    ) -> Result<u64, Error> {
         self.wait_applied(fence, wait).await?;
         Ok(self
             .inner

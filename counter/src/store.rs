@@ -283,7 +283,12 @@ mod tests {
     fn commit_counts_distinct_ids_and_survives_reopen() {
         let (dir, store) = open();
         let mut applied = AppliedSet::default();
-        let items = vec![item("a", "t"), item("a", "t"), item("b", "t"), item("a", "u")];
+        let items = vec![
+            item("a", "t"),
+            item("a", "t"),
+            item("b", "t"),
+            item("a", "u"),
+        ];
         store
             .write(
                 &[WriteOp::Prepare {

@@ -42,7 +42,10 @@ impl Api {
 
     /// Posts `items` and classifies the answer.
     pub async fn add(&self, items: &[Item]) -> WriteOutcome {
-        match self.add_raw(serde_json::to_vec(items).expect("items serialise")).await {
+        match self
+            .add_raw(serde_json::to_vec(items).expect("items serialise"))
+            .await
+        {
             Ok((200, _)) => WriteOutcome::Ok,
             Ok((status, body)) if (400..500).contains(&status) || status == 503 => {
                 WriteOutcome::Failed(status, body)

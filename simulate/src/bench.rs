@@ -69,7 +69,9 @@ pub async fn run(duration: Duration, out: &Path) -> anyhow::Result<()> {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 
-    let mut table = Table::new(["workload", "clients", "req/s", "items/s", "p50", "p99", "errors"]);
+    let mut table = Table::new([
+        "workload", "clients", "req/s", "items/s", "p50", "p99", "errors",
+    ]);
     for r in &rows {
         table.row([
             r.workload.clone(),
@@ -107,7 +109,11 @@ pub async fn run(duration: Duration, out: &Path) -> anyhow::Result<()> {
     }
     std::fs::write(out, serde_json::to_string_pretty(&json)?)?;
     std::fs::write(out.with_extension("md"), table.markdown())?;
-    println!("results written to {} and {}", out.display(), out.with_extension("md").display());
+    println!(
+        "results written to {} and {}",
+        out.display(),
+        out.with_extension("md").display()
+    );
     if mismatches > 0 {
         bail!("{mismatches} count mismatches after the benchmark");
     }

@@ -3,12 +3,12 @@
 //! schedule), then the cluster is healed and the set checker reads every
 //! request's fate from every replica.
 
+use crate::checker::{self, SetCheck};
+use crate::cluster::{ClusterOptions, LocalCluster};
+use crate::load::{self, LoadOptions};
 use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use simulate::checker::{self, SetCheck};
-use simulate::cluster::{ClusterOptions, LocalCluster};
-use simulate::load::{self, LoadOptions};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -42,14 +42,24 @@ fn schedule(seed: u64, duration: Duration, counters: usize) -> Vec<(Duration, Fa
     faults
 }
 
-pub async fn run(dir: &Path, duration: Duration, seed: u64, clients: usize) -> anyhow::Result<SetCheck> {
+/// Runs a chaos session on a fresh 3-counter cluster in `dir`.
+pub async fn run(
+    dir: &Path,
+    duration: Duration,
+    seed: u64,
+    clients: usize,
+) -> anyhow::Result<SetCheck> {
     let mut options = ClusterOptions::new(dir, 3);
     options.health_interval = Duration::from_millis(200);
     options.coordinator_args = vec!["--prepare-timeout".into(), "500ms".into()];
     let mut cluster = LocalCluster::start(options).await?;
     let api = cluster.api().clone();
     let faults = schedule(seed, duration, 3);
-    println!("chaos: seed {seed}, {} faults over {}", faults.len(), humantime::format_duration(duration));
+    println!(
+        "chaos: seed {seed}, {} faults over {}",
+        faults.len(),
+        humantime::format_duration(duration)
+    );
 
     let mut load_options = LoadOptions::new(clients, 0, 3);
     load_options.requests = None;
@@ -79,7 +89,9 @@ pub async fn run(dir: &Path, duration: Duration, seed: u64, clients: usize) -> a
                 cluster.start_coordinator()?;
             }
             Fault::FreezeCoordinator => {
-                let pid = cluster.coordinator_pid().context("coordinator not running")?;
+                let pid = cluster
+                    .coordinator_pid()
+                    .context("coordinator not running")?;
                 // SAFETY: signals to the coordinator process this cluster spawned.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
                 tokio::time::sleep(lasts).await;

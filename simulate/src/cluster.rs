@@ -155,7 +155,10 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(dir));
     }
     let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
+    let mut dir = exe
+        .parent()
+        .context("executable has no directory")?
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
@@ -198,7 +201,8 @@ impl LocalCluster {
         };
         let coordinator_port = port(0)?;
         let coordinator_url = format!("http://127.0.0.1:{coordinator_port}");
-        let log = |name: &str| (!options.inherit_output).then(|| options.dir.join(format!("{name}.log")));
+        let log =
+            |name: &str| (!options.inherit_output).then(|| options.dir.join(format!("{name}.log")));
         let mut coordinator_args = vec![
             "--listen".to_string(),
             format!("127.0.0.1:{coordinator_port}"),

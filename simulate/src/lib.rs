@@ -3,6 +3,7 @@
 //! break it, wait for it, measure it.
 
 pub mod api;
+pub mod chaos;
 pub mod checker;
 pub mod cluster;
 pub mod load;

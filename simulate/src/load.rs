@@ -167,6 +167,15 @@ pub async fn run(api: &Api, options: &LoadOptions) -> LoadReport {
                 });
                 bar.inc(1);
                 seq += 1;
+                // A coordinator that is down refuses at once: pause rather
+                // than spin through thousands of refused requests.
+                if let Some(Op {
+                    outcome: WriteOutcome::Unknown(_),
+                    ..
+                }) = ops.last()
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
             ops
         }));
@@ -194,10 +203,8 @@ fn progress_bar(options: &LoadOptions) -> ProgressBar {
         (None, Some(n)) => {
             let bar = ProgressBar::new(n * options.clients as u64);
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{bar:40} {pos}/{len} requests  {per_sec}  eta {eta}",
-                )
-                .expect("static template"),
+                ProgressStyle::with_template("{bar:40} {pos}/{len} requests  {per_sec}  eta {eta}")
+                    .expect("static template"),
             );
             bar
         }

@@ -3,11 +3,11 @@
 //! benchmarks, and a status table.
 
 mod bench;
-mod chaos;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use simulate::api::Api;
+use simulate::chaos;
 use simulate::cluster::{ClusterOptions, LocalCluster};
 use simulate::load::{self, LoadOptions};
 use simulate::scenario::{self, ProcessBackend};
@@ -16,7 +16,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "simulate", version, about = "Run, exercise and measure a tally cluster")]
+#[command(
+    name = "simulate",
+    version,
+    about = "Run, exercise and measure a tally cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -220,7 +224,16 @@ fn ms(d: Duration) -> String {
 }
 
 fn load_table(report: &load::LoadReport) -> Table {
-    let mut t = Table::new(["requests ok", "req/s", "items/s", "p50", "p90", "p99", "max", "errors"]);
+    let mut t = Table::new([
+        "requests ok",
+        "req/s",
+        "items/s",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "errors",
+    ]);
     let errors = report.errors();
     t.row([
         report.requests_ok().to_string(),
@@ -299,7 +312,15 @@ async fn status(coordinator: &str) -> anyhow::Result<()> {
         .cluster()
         .await
         .map_err(|e| anyhow::anyhow!("coordinator at {coordinator} does not answer: {e}"))?;
-    let mut t = Table::new(["id", "url", "state", "in sync", "applied", "lag", "last seen"]);
+    let mut t = Table::new([
+        "id",
+        "url",
+        "state",
+        "in sync",
+        "applied",
+        "lag",
+        "last seen",
+    ]);
     for c in &view.counters {
         t.row([
             c.id.0.clone(),

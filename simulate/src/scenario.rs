@@ -35,7 +35,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub async fn run(backend: &mut dyn Backend, timeout: Duration) -> anyhow::Result<()> {
     let ids = backend.counter_ids();
     if ids.len() < 3 {
-        bail!("the scenario needs 3 counters, the cluster has {}", ids.len());
+        bail!(
+            "the scenario needs 3 counters, the cluster has {}",
+            ids.len()
+        );
     }
     let tenant = format!("scenario-{:x}", rand::random::<u32>());
     let mut step = Steps::default();
@@ -61,20 +64,29 @@ pub async fn run(backend: &mut dyn Backend, timeout: Duration) -> anyhow::Result
     expect_counts(backend, &tenant, &[0, 1, 2], 1, timeout).await?;
     step.pass("counter 1 in sync, count 1 everywhere");
 
-    step.begin("stop counters 2 and 3", "both dead, counter 1 alone in sync");
+    step.begin(
+        "stop counters 2 and 3",
+        "both dead, counter 1 alone in sync",
+    );
     backend.stop_counter(1).await?;
     backend.stop_counter(2).await?;
     wait_states(backend, &ids, &[1, 2], State::Dead, timeout).await?;
     wait_states(backend, &ids, &[0], State::InSync, timeout).await?;
     step.pass("counters 2 and 3 dead");
 
-    step.begin("add two items", "200 and a count of 3 with only counter 1 alive");
+    step.begin(
+        "add two items",
+        "200 and a count of 3 with only counter 1 alive",
+    );
     add(backend.api(), &tenant, &["item2", "item3"]).await?;
     expect_counts(backend, &tenant, &[0], 3, timeout).await?;
     expect_coordinator_count(backend.api(), &tenant, 3, timeout).await?;
     step.pass("count 3 on counter 1 and the coordinator");
 
-    step.begin("restart counters 2 and 3", "both catch up: count 3 on every counter");
+    step.begin(
+        "restart counters 2 and 3",
+        "both catch up: count 3 on every counter",
+    );
     backend.start_counter(1).await?;
     backend.start_counter(2).await?;
     wait_states(backend, &ids, &[0, 1, 2], State::InSync, timeout).await?;
@@ -135,16 +147,21 @@ async fn wait_states(
             let holds = wanted.iter().all(|id| {
                 let c = view.counters.iter().find(|c| &c.id.0 == id);
                 match want {
-                    State::InSync => {
-                        c.is_some_and(|c| c.in_sync && c.state == CounterState::Live)
-                    }
+                    State::InSync => c.is_some_and(|c| c.in_sync && c.state == CounterState::Live),
                     State::Dead => c.is_none_or(|c| c.state == CounterState::Dead && !c.in_sync),
                 }
             });
             let states: Vec<String> = view
                 .counters
                 .iter()
-                .map(|c| format!("{}={:?}{}", c.id, c.state, if c.in_sync { "+isr" } else { "" }))
+                .map(|c| {
+                    format!(
+                        "{}={:?}{}",
+                        c.id,
+                        c.state,
+                        if c.in_sync { "+isr" } else { "" }
+                    )
+                })
                 .collect();
             if holds {
                 Ok(())
@@ -168,13 +185,17 @@ async fn expect_counts(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     for &i in which {
-        let result = wait::until(&format!("counter {} count {want}", i + 1), timeout, || async move {
-            match backend.counter_count(i, tenant).await {
-                Ok(n) if n == want => Ok(()),
-                Ok(n) => Err(format!("count {n}")),
-                Err(e) => Err(e),
-            }
-        })
+        let result = wait::until(
+            &format!("counter {} count {want}", i + 1),
+            timeout,
+            || async move {
+                match backend.counter_count(i, tenant).await {
+                    Ok(n) if n == want => Ok(()),
+                    Ok(n) => Err(format!("count {n}")),
+                    Err(e) => Err(e),
+                }
+            },
+        )
         .await;
         if let Err(e) = &result {
             println!("        got:    {e}  {}", verdict(false, "FAILED"));
@@ -190,13 +211,17 @@ async fn expect_coordinator_count(
     want: u64,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let result = wait::until(&format!("coordinator count {want}"), timeout, || async move {
-        match api.count(tenant).await {
-            Ok(n) if n == want => Ok(()),
-            Ok(n) => Err(format!("count {n}")),
-            Err(e) => Err(e),
-        }
-    })
+    let result = wait::until(
+        &format!("coordinator count {want}"),
+        timeout,
+        || async move {
+            match api.count(tenant).await {
+                Ok(n) if n == want => Ok(()),
+                Ok(n) => Err(format!("count {n}")),
+                Err(e) => Err(e),
+            }
+        },
+    )
     .await;
     if let Err(e) = &result {
         println!("        got:    {e}  {}", verdict(false, "FAILED"));

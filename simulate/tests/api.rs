@@ -1,0 +1,259 @@
+//! The public API against a real cluster: the seed's clients work
+//! unchanged, and every bad input gets its status and a clear message while
+//! changing no count.
+
+use simulate::api::Api;
+use simulate::cluster::{ClusterOptions, LocalCluster};
+use std::time::Duration;
+use tally_common::api::CounterState;
+
+async fn cluster(dir: &tempfile::TempDir) -> LocalCluster {
+    LocalCluster::start(ClusterOptions::new(dir.path(), 3))
+        .await
+        .expect("cluster starts")
+}
+
+/// Every counter and the coordinator agree on `tenant`'s count.
+async fn assert_count(cluster: &LocalCluster, tenant: &str, want: u64) {
+    assert_eq!(
+        cluster.api().count(tenant).await,
+        Ok(want),
+        "{tenant} via coordinator"
+    );
+    for c in cluster.counters() {
+        assert_eq!(
+            cluster.api().counter_count(&c.url, tenant).await,
+            Ok(want),
+            "{tenant} at {}",
+            c.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_clients_work_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(&dir).await;
+    let api = cluster.api();
+
+    // curl -d sends application/x-www-form-urlencoded; Api::add_raw does too.
+    let (status, body) = api
+        .add_raw(br#"[{"id":"item1","tenant":"test"}]"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"message":"Success"}"#));
+    assert_count(&cluster, "test", 1).await;
+
+    let response = reqwest::get(format!("{}/items/test/count", cluster.coordinator_url()))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.text().await.unwrap(), r#"{"count":1}"#);
+
+    // Same id twice (in one request and across requests), spaces, unicode.
+    let body = r#"[{"id":"item 2","tenant":"tënant ü"},{"id":"item 2","tenant":"tënant ü"},
+                   {"id":"日本","tenant":"tënant ü"}]"#;
+    assert_eq!(api.add_raw(body.as_bytes().to_vec()).await.unwrap().0, 200);
+    assert_eq!(api.add_raw(body.as_bytes().to_vec()).await.unwrap().0, 200);
+    assert_count(&cluster, "tënant ü", 2).await;
+
+    // The same id in two tenants counts once in each.
+    let body = br#"[{"id":"shared","tenant":"a"},{"id":"shared","tenant":"b"}]"#;
+    assert_eq!(api.add_raw(body.to_vec()).await.unwrap().0, 200);
+    assert_count(&cluster, "a", 1).await;
+    assert_count(&cluster, "b", 1).await;
+
+    // An empty array is a successful no-op; an unknown tenant counts 0.
+    let (status, body) = api.add_raw(b"[]".to_vec()).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"message":"Success"}"#));
+    assert_count(&cluster, "never-written", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(&dir).await;
+    let api = cluster.api();
+    assert_eq!(
+        api.add_raw(br#"[{"id":"keep","tenant":"t"}]"#.to_vec())
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+
+    let long = "x".repeat(257);
+    let many: String = format!(
+        "[{}]",
+        (0..100_001)
+            .map(|i| format!(r#"{{"id":"{i}","tenant":"t"}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"not json".to_vec(), 400, "JSON array"),
+        (b"".to_vec(), 400, "JSON array"),
+        (
+            br#"{"id":"a","tenant":"t"}"#.to_vec(),
+            400,
+            "expected a sequence",
+        ),
+        (br#"[{"id":"a","tenant":"t"}"#.to_vec(), 400, "EOF"),
+        (
+            br#"[{"tenant":"t"}]"#.to_vec(),
+            400,
+            "item 0: id is missing",
+        ),
+        (
+            br#"[{"id":"a"}]"#.to_vec(),
+            400,
+            "item 0: tenant is missing",
+        ),
+        (br#"[{"id":"","tenant":"t"}]"#.to_vec(), 400, "id is empty"),
+        (br#"[{"id":7,"tenant":"t"}]"#.to_vec(), 400, "invalid type"),
+        (
+            br#"[[{"id":"a","tenant":"t"}]]"#.to_vec(),
+            400,
+            "invalid type",
+        ),
+        (
+            format!(r#"[{{"id":"ok","tenant":"t"}},{{"id":"{long}","tenant":"t"}}]"#).into_bytes(),
+            400,
+            "item 1: id is 257 bytes long",
+        ),
+        (
+            b"[{\"id\":\"\xff\xfe\",\"tenant\":\"t\"}]".to_vec(),
+            400,
+            "UTF-8",
+        ),
+        (vec![b' '; 5 * 1024 * 1024], 413, "larger than"),
+        (many.into_bytes(), 413, "too many items"),
+    ];
+    for (body, status, message) in cases {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(60)]).to_string();
+        let (got, text) = api.add_raw(body).await.unwrap();
+        assert_eq!(got, status, "{shown}: {text}");
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect("errors are JSON");
+        let msg = parsed["message"].as_str().expect("a message field");
+        assert!(msg.contains(message), "{shown}: {msg:?} lacks {message:?}");
+    }
+
+    // Paths and methods.
+    let (status, text) = api.get("/nope").await.unwrap();
+    assert_eq!(status, 404);
+    assert!(text.contains("message"));
+    let (status, _) = api.get(&format!("/items/{long}/count")).await.unwrap();
+    assert_eq!(status, 400);
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("{}/items", cluster.coordinator_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    assert!(response.text().await.unwrap().contains("message"));
+    let response = client
+        .delete(format!("{}/items/t/count", cluster.coordinator_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+
+    // Nothing of any refused request was counted.
+    assert_count(&cluster, "t", 1).await;
+}
+
+/// A process that registers as a counter and answers every request with a
+/// 200 whose body is not what the protocol expects.
+async fn garbage_counter() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let body = "{\"vote\": \"yes, definitely\"";
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if socket.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_that_answers_garbage_is_never_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(&dir).await;
+    let api = cluster.api();
+    let url = garbage_counter().await;
+    // It claims to hold far more than anything decided.
+    let register = serde_json::json!({"id": "liar", "url": url, "applied_index": 1_000_000});
+    let response = reqwest::Client::new()
+        .post(format!("{}/internal/register", cluster.coordinator_url()))
+        .json(&register)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    for i in 0..20 {
+        let items = vec![tally_common::Item::new(format!("g{i}"), "garbage")];
+        assert_eq!(api.add(&items).await, simulate::api::WriteOutcome::Ok);
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            api.count("garbage").await,
+            Ok(20),
+            "reads never reach the liar"
+        );
+    }
+    let view = api.cluster().await.unwrap();
+    let liar = view.counters.iter().find(|c| c.id.0 == "liar").unwrap();
+    assert!(!liar.in_sync, "{liar:?}");
+    // Its health checks fail to parse, so it is declared dead.
+    simulate::wait::until("liar dead", Duration::from_secs(10), || async {
+        let view = api.cluster().await?;
+        match view.counters.iter().find(|c| c.id.0 == "liar") {
+            Some(c) if c.state == CounterState::Dead && !c.in_sync => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert_count(&cluster, "garbage", 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_fail_over_and_health_reports_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(&dir).await;
+    let api: Api = cluster.api().clone();
+    assert_eq!(
+        api.add(&[tally_common::Item::new("x", "fo")]).await,
+        simulate::api::WriteOutcome::Ok
+    );
+    cluster.kill_counter(0).unwrap();
+    // Before the health check notices, reads that hit the dead counter must
+    // move on to another one within the same request.
+    for _ in 0..10 {
+        assert_eq!(api.count("fo").await, Ok(1));
+    }
+    let (status, body) = api.get("/health").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+}

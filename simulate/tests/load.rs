@@ -1,0 +1,121 @@
+//! Concurrent writers, with and without kill -9 of a counter or of the
+//! coordinator in the middle: afterwards every acknowledged item is counted
+//! by the coordinator and by every in-sync counter, and nothing else is.
+
+use simulate::api::{Api, WriteOutcome};
+use simulate::cluster::{ClusterOptions, LocalCluster};
+use simulate::load::{self, LoadOptions, LoadReport};
+use std::time::Duration;
+use tally_common::Item;
+
+async fn cluster(dir: &tempfile::TempDir) -> LocalCluster {
+    LocalCluster::start(ClusterOptions::new(dir.path(), 3))
+        .await
+        .expect("cluster starts")
+}
+
+/// Starts 16 clients × 500 single-item requests in the background.
+fn start_load(api: &Api) -> tokio::task::JoinHandle<LoadReport> {
+    let api = api.clone();
+    tokio::spawn(async move {
+        let options = LoadOptions::new(16, 500, 1);
+        load::run(&api, &options).await
+    })
+}
+
+/// Waits until the coordinator has decided at least `index` transactions,
+/// i.e. the load is well under way.
+async fn wait_for_progress(api: &Api, index: u64) {
+    simulate::wait::until("load progress", Duration::from_secs(60), || async {
+        let view = api.cluster().await?;
+        if view.decided_index.0 >= index {
+            Ok(())
+        } else {
+            Err(format!("decided {}", view.decided_index))
+        }
+    })
+    .await
+    .unwrap();
+}
+
+fn urls(cluster: &LocalCluster, which: &[usize]) -> Vec<String> {
+    which
+        .iter()
+        .map(|&i| cluster.counters()[i].url.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_are_counted_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(&dir).await;
+    let api = cluster.api().clone();
+    let singles = start_load(&api);
+    let bulk = {
+        let api = api.clone();
+        tokio::spawn(async move { load::run(&api, &LoadOptions::new(4, 5, 1000)).await })
+    };
+    let singles = singles.await.unwrap();
+    let bulk = bulk.await.unwrap();
+    assert_eq!(singles.requests_ok(), 16 * 500, "{:?}", singles.errors());
+    assert_eq!(bulk.items_ok(), 4 * 5 * 1000, "{:?}", bulk.errors());
+
+    let all = urls(&cluster, &[0, 1, 2]);
+    for report in [&singles, &bulk] {
+        let verification = load::verify(&api, &all, report).await;
+        assert!(verification.passed(), "{:?}", verification.mismatches);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_items_survive_counter_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(&dir).await;
+    let api = cluster.api().clone();
+    let running = start_load(&api);
+    wait_for_progress(&api, 20).await;
+    cluster.kill_counter(0).unwrap();
+    let report = running.await.unwrap();
+    assert!(report.requests_ok() > 0);
+    let survivors = urls(&cluster, &[1, 2]);
+    let verification = load::verify(&api, &survivors, &report).await;
+    assert!(verification.passed(), "{:?}", verification.mismatches);
+
+    // Back on the same data directory, it catches up and agrees exactly.
+    cluster.start_counter(0).unwrap();
+    cluster
+        .wait_all_in_sync(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let all = urls(&cluster, &[0, 1, 2]);
+    let verification = load::verify(&api, &all, &report).await;
+    assert!(verification.passed(), "{:?}", verification.mismatches);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_items_survive_coordinator_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(&dir).await;
+    let api = cluster.api().clone();
+    let running = start_load(&api);
+    wait_for_progress(&api, 20).await;
+    cluster.kill_coordinator().unwrap();
+    // Requests now fail to connect; start it again on the same data.
+    cluster.start_coordinator().unwrap();
+    let report = running.await.unwrap();
+    cluster
+        .wait_all_in_sync(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(report.requests_ok() > 0);
+
+    // Acknowledged items are all counted; 503s never; unknowns either way.
+    let all = urls(&cluster, &[0, 1, 2]);
+    let verification = load::verify(&api, &all, &report).await;
+    assert!(verification.passed(), "{:?}", verification.mismatches);
+
+    // And the cluster takes writes again.
+    let item = [Item::new("after-restart", "post-crash")];
+    assert_eq!(api.add(&item).await, WriteOutcome::Ok);
+    assert_eq!(api.count("post-crash").await, Ok(1));
+}
