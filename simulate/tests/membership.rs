@@ -1,0 +1,240 @@
+//! Counters fail, stall, lose their disks and come back; the coordinator
+//! crashes between deciding and telling. Through all of it the cluster
+//! serves correct counts and every replica converges.
+
+use simulate::api::{Api, WriteOutcome};
+use simulate::cluster::{bin_dir, ClusterOptions, LocalCluster};
+use simulate::load::{self, LoadOptions, LoadReport};
+use simulate::scenario::{self, ProcessBackend};
+use std::time::{Duration, Instant};
+use tally_common::api::CounterState;
+use tally_common::Item;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn cluster(dir: &tempfile::TempDir) -> LocalCluster {
+    LocalCluster::start(ClusterOptions::new(dir.path(), 3))
+        .await
+        .expect("cluster starts")
+}
+
+fn all_urls(cluster: &LocalCluster) -> Vec<String> {
+    cluster.counters().iter().map(|c| c.url.clone()).collect()
+}
+
+/// Adds `n` distinct items to `tenant` in requests of 1,000.
+async fn add_bulk(api: &Api, tenant: &str, prefix: &str, n: usize) {
+    for chunk in 0..n.div_ceil(1000) {
+        let items: Vec<Item> = (chunk * 1000..((chunk + 1) * 1000).min(n))
+            .map(|k| Item::new(format!("{prefix}-{k}"), tenant))
+            .collect();
+        assert_eq!(api.add(&items).await, WriteOutcome::Ok);
+    }
+}
+
+async fn assert_everywhere(cluster: &LocalCluster, tenant: &str, want: u64) {
+    assert_eq!(cluster.api().count(tenant).await, Ok(want), "coordinator");
+    for c in cluster.counters() {
+        assert_eq!(
+            cluster.api().counter_count(&c.url, tenant).await,
+            Ok(want),
+            "{}",
+            c.id
+        );
+    }
+}
+
+fn counter_log(cluster: &LocalCluster, i: usize) -> String {
+    let path = cluster
+        .dir()
+        .join(format!("{}.log", cluster.counters()[i].id));
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_scenario_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = ProcessBackend(cluster(&dir).await);
+    scenario::run(&mut backend, Duration::from_secs(30))
+        .await
+        .expect("every step of the seed scenario holds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_that_missed_20000_items_catches_up_with_only_the_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(&dir).await;
+    let api = cluster.api().clone();
+    add_bulk(&api, "catch", "before", 1000).await;
+    let decided_before = api.cluster().await.unwrap().decided_index.0;
+    assert!(decided_before > 0);
+    // Clients hear of a commit before counters apply it; wait until this
+    // counter holds it, so what it misses is exactly what comes next.
+    simulate::wait::until("counter 3 applied the first batch", WAIT, || async {
+        let view = api.cluster().await?;
+        match view.counters.iter().find(|c| c.id.0 == "counter-3") {
+            Some(c) if c.applied_index.0 >= decided_before => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    cluster.kill_counter(2).unwrap();
+    add_bulk(&api, "catch", "while-down", 20_000).await;
+    cluster.start_counter(2).unwrap();
+    cluster.wait_all_in_sync(WAIT).await.unwrap();
+    assert_everywhere(&cluster, "catch", 21_000).await;
+    let log = counter_log(&cluster, 2);
+    assert!(log.contains("copying from peer"), "{log}");
+    assert!(
+        !log.contains("since=0 "),
+        "an intact counter must fetch only what it missed:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_with_a_wiped_disk_copies_everything_and_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(&dir).await;
+    let api = cluster.api().clone();
+    add_bulk(&api, "wipe", "before", 5000).await;
+    cluster.kill_counter(1).unwrap();
+    cluster.wipe_counter(1).unwrap();
+    add_bulk(&api, "wipe", "while-down", 20_000).await;
+    cluster.start_counter(1).unwrap();
+    cluster.wait_all_in_sync(WAIT).await.unwrap();
+    assert_everywhere(&cluster, "wipe", 25_000).await;
+    assert!(counter_log(&cluster, 1).contains("since=0 "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_counter_leaves_the_in_sync_set_and_rejoins_after_thaw() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(&dir).await;
+    let api = cluster.api().clone();
+    let writer = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let mut options = LoadOptions::new(8, 0, 5);
+            options.requests = None;
+            options.duration = Some(Duration::from_secs(6));
+            load::run(&api, &options).await
+        })
+    };
+    cluster.freeze_counter(0).unwrap();
+    cluster.wait_out_of_sync(0, WAIT).await.unwrap();
+    // Reads never wait on the frozen counter: each answers well within the
+    // fence timeout, however many land while it is frozen.
+    for _ in 0..30 {
+        let started = Instant::now();
+        api.count("anything").await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(1500));
+    }
+    cluster.thaw_counter(0).unwrap();
+    let report: LoadReport = writer.await.unwrap();
+    assert!(
+        report.requests_ok() > 100,
+        "writes went on: {:?}",
+        report.errors()
+    );
+    cluster.wait_all_in_sync(WAIT).await.unwrap();
+    let verification = load::verify(&api, &all_urls(&cluster), &report).await;
+    assert!(verification.passed(), "{:?}", verification.mismatches);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_counter_down_nothing_is_served_or_counted_until_they_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(&dir).await;
+    let api = cluster.api().clone();
+    add_bulk(&api, "outage", "before", 10).await;
+    for i in 0..3 {
+        cluster.kill_counter(i).unwrap();
+    }
+    for i in 0..3 {
+        cluster
+            .wait_counter_state(i, &[CounterState::Dead], WAIT)
+            .await
+            .unwrap();
+    }
+    let refused = api.add(&[Item::new("refused", "outage")]).await;
+    assert!(
+        matches!(refused, WriteOutcome::Failed(503, _)),
+        "{refused:?}"
+    );
+    let read = api.count("outage").await;
+    assert!(
+        read.as_ref().is_err_and(|e| e.starts_with("503")),
+        "{read:?}"
+    );
+
+    for i in 0..3 {
+        cluster.start_counter(i).unwrap();
+    }
+    cluster.wait_all_in_sync(WAIT).await.unwrap();
+    assert_everywhere(&cluster, "outage", 10).await;
+    assert_eq!(
+        api.add(&[Item::new("after", "outage")]).await,
+        WriteOutcome::Ok
+    );
+    assert_everywhere(&cluster, "outage", 11).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_logged_before_a_coordinator_crash_reaches_every_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let failpoint_bin = bin_dir().unwrap().join("coordinator-failpoints");
+    assert!(
+        failpoint_bin.exists(),
+        "{} is missing: `make build` builds it",
+        failpoint_bin.display()
+    );
+    let mut options = ClusterOptions::new(dir.path(), 3);
+    options.coordinator_bin = Some(failpoint_bin);
+    options.coordinator_env = vec![("TALLY_FAILPOINT".into(), "after-decision".into())];
+    let mut cluster = LocalCluster::start(options).await.unwrap();
+    let api = cluster.api().clone();
+
+    // The coordinator logs the commit, then dies before sending it.
+    let outcome = api.add(&[Item::new("in-doubt", "crash")]).await;
+    assert!(matches!(outcome, WriteOutcome::Unknown(_)), "{outcome:?}");
+    for c in cluster.counters() {
+        assert_eq!(api.counter_count(&c.url, "crash").await, Ok(0), "not yet");
+    }
+    cluster.kill_coordinator().unwrap();
+    cluster.set_coordinator_env(vec![]);
+    cluster.start_coordinator().unwrap();
+    cluster.wait_all_in_sync(WAIT).await.unwrap();
+    for c in cluster.counters() {
+        let url = c.url.clone();
+        simulate::wait::until("commit applied", WAIT, || {
+            let (api, url) = (api.clone(), url.clone());
+            async move {
+                match api.counter_count(&url, "crash").await {
+                    Ok(1) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(api.count("crash").await, Ok(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_check_under_random_kills_finds_nothing_lost_or_unexpected() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = simulate::chaos::run(dir.path(), Duration::from_secs(20), 42, 8)
+        .await
+        .unwrap();
+    println!("{}", check.render());
+    assert!(check.ok > 0, "some writes must succeed");
+    assert!(check.lost.is_empty(), "lost: {:?}", check.lost);
+    assert!(
+        check.unexpected.is_empty(),
+        "unexpected: {:?}",
+        check.unexpected
+    );
+    assert!(check.passed());
+}
