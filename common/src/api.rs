@@ -113,12 +113,23 @@ pub struct CatchUpRequest {
     pub peers: Vec<String>,
 }
 
-/// One line of a counter's export stream: the items that the transaction at
-/// `index` added to the exporting replica.
+/// The items that the transaction at `index` added to the exporting
+/// replica (its first sight of each; the others it held already).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExportEntry {
     pub index: CommitIndex,
     pub items: Vec<Item>,
+}
+
+/// One line of a counter's export stream of `(since, until]`: entries in
+/// index order, then `End`. Only a stream that reached `End` proves that the
+/// importer now holds every transaction in the range, so a cut-off stream
+/// marks nothing as applied.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ExportLine {
+    Entry(ExportEntry),
+    End { through: CommitIndex },
 }
 
 // ---- internal: counter -> coordinator ----

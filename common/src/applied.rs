@@ -49,6 +49,23 @@ impl AppliedSet {
         true
     }
 
+    /// Records every index in `(since, through]` as applied: a whole range
+    /// copied from a peer. `since` is normally within the prefix.
+    pub fn insert_through(&mut self, since: CommitIndex, through: CommitIndex) {
+        if since <= self.contiguous {
+            self.contiguous = self.contiguous.max(through);
+            let contiguous = self.contiguous.0;
+            self.above.retain(|&i| i > contiguous);
+            while self.above.remove(&(self.contiguous.0 + 1)) {
+                self.contiguous = self.contiguous.next();
+            }
+        } else {
+            for i in since.0 + 1..=through.0 {
+                self.insert(CommitIndex(i));
+            }
+        }
+    }
+
     /// Applied indexes beyond the gap-free prefix.
     pub fn above(&self) -> impl Iterator<Item = CommitIndex> + '_ {
         self.above.iter().map(|&i| CommitIndex(i))
@@ -69,6 +86,17 @@ mod tests {
         assert_eq!(set.contiguous(), CommitIndex(3));
         assert!(!set.insert(CommitIndex(2)), "re-applying is a no-op");
         assert_eq!(set.above().count(), 0);
+    }
+
+    #[test]
+    fn a_copied_range_joins_the_prefix() {
+        let mut set = AppliedSet::new(CommitIndex(2), [CommitIndex(9), CommitIndex(7)]);
+        set.insert_through(CommitIndex(2), CommitIndex(8));
+        assert_eq!(set.contiguous(), CommitIndex(9));
+        assert_eq!(set.above().count(), 0);
+        set.insert_through(CommitIndex(11), CommitIndex(12));
+        assert_eq!(set.contiguous(), CommitIndex(9));
+        assert!(set.contains(CommitIndex(12)));
     }
 
     #[test]

@@ -486,6 +486,18 @@ impl Cluster {
         (Decision::Commit { index, dropped }, effects)
     }
 
+    /// The coordinator is about to forget the commit at `index`, which `id`
+    /// voted for but never acknowledged. Once forgotten, `id` would be told
+    /// the transaction aborted, so it must copy that commit from a peer
+    /// before it may (re-)enter the in-sync set.
+    pub fn must_copy(&mut self, id: &CounterId, index: CommitIndex) {
+        if let Some(member) = self.members.get_mut(id) {
+            if !member.in_sync {
+                member.join_until = member.join_until.max(index);
+            }
+        }
+    }
+
     /// Decisions at or below this index are applied by every in-sync counter
     /// and may be forgotten. Zero when no counter is in sync.
     pub fn trim_point(&self) -> CommitIndex {
@@ -668,6 +680,19 @@ mod tests {
         let effects = c.health_ok(&id("c2"), CommitIndex(1), false, 7);
         assert!(effects.contains(&Effect::Persist));
         assert!(c.member(&id("c2")).unwrap().in_sync);
+    }
+
+    #[test]
+    fn a_forgotten_commit_must_be_copied_before_joining() {
+        let mut c = three_in_sync();
+        // c3 misses index 1, then votes yes on index 2 while joining but
+        // never hears the commit.
+        c.decide(&yes(&["c1", "c2"]));
+        c.decide(&yes(&["c1", "c2", "c3"]));
+        c.must_copy(&id("c3"), CommitIndex(2));
+        let (plan, _) = c.caught_up(&id("c3"), CommitIndex(1), 0).unwrap();
+        assert!(!plan.in_sync, "holding index 1 is not enough any more");
+        assert_eq!(plan.until, CommitIndex(2));
     }
 
     #[test]

@@ -65,14 +65,24 @@ pub async fn run_sweeper(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         resend_commits(&shared, period).await;
-        let upto = shared.cluster.lock().expect("poisoned").trim_point();
+        let upto = {
+            let mut cluster = shared.cluster.lock().expect("poisoned");
+            let upto = cluster.trim_point();
+            if upto > trimmed {
+                // Counters still waiting for a commit about to be forgotten
+                // will hear "aborted" for it: they must copy it instead.
+                let mut pending = shared.pending.lock().expect("poisoned");
+                for (index, entry) in pending.range(..=upto) {
+                    for id in &entry.waiting {
+                        cluster.must_copy(id, *index);
+                    }
+                }
+                pending.retain(|index, _| *index > upto);
+            }
+            upto
+        };
         if upto > trimmed {
             shared.decider.trim(upto);
-            shared
-                .pending
-                .lock()
-                .expect("poisoned")
-                .retain(|index, _| *index > upto);
             trimmed = upto;
         }
     }

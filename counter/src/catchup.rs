@@ -11,7 +11,8 @@ use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_common::api::{
-    CatchUpRequest, CaughtUpRequest, ExportEntry, JoinPlan, Outcome, RegisterRequest, TOKEN_HEADER,
+    CatchUpRequest, CaughtUpRequest, ExportEntry, ExportLine, JoinPlan, Outcome, RegisterRequest,
+    TOKEN_HEADER,
 };
 use tally_common::{CommitIndex, TxnId};
 
@@ -131,7 +132,10 @@ async fn run(state: Arc<AppState>, mut plan: JoinPlan) {
     state.replica.end_catch_up();
 }
 
-/// Streams `(applied, until]` from one peer, importing as it goes.
+/// Streams `(applied, until]` from one peer, importing as it goes. The
+/// range counts as applied only when the stream ends complete: entries are
+/// what the *peer* saw first at each index, so a cut stream may lack items
+/// that a later entry of the same peer would have carried.
 async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::Result<()> {
     let since = state.replica.applied();
     let mut request = state
@@ -147,6 +151,7 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
     let mut pending: Vec<u8> = Vec::new();
     let mut batch: Vec<ExportEntry> = Vec::new();
     let mut batch_items = 0;
+    let mut copied = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk: bytes::Bytes = chunk?;
         pending.extend_from_slice(&chunk);
@@ -154,20 +159,35 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
         while let Some(end) = pending[consumed..].iter().position(|&b| b == b'\n') {
             let line = &pending[consumed..consumed + end];
             consumed += end + 1;
-            let entry: ExportEntry = serde_json::from_slice(line)?;
-            batch_items += entry.items.len();
-            batch.push(entry);
-            if batch_items >= IMPORT_BATCH_ITEMS {
-                state.replica.import(std::mem::take(&mut batch)).await?;
-                batch_items = 0;
+            match serde_json::from_slice(line)? {
+                ExportLine::Entry(entry) => {
+                    batch_items += entry.items.len();
+                    copied += entry.items.len();
+                    batch.push(entry);
+                    if batch_items >= IMPORT_BATCH_ITEMS {
+                        state
+                            .replica
+                            .import(std::mem::take(&mut batch), None)
+                            .await?;
+                        batch_items = 0;
+                    }
+                }
+                ExportLine::End { through } => {
+                    state
+                        .replica
+                        .import(std::mem::take(&mut batch), Some((since, through)))
+                        .await?;
+                    tracing::info!(peer, %since, %through, items = copied, "copied from peer");
+                    return Ok(());
+                }
             }
         }
         pending.drain(..consumed);
     }
     if !batch.is_empty() {
-        state.replica.import(batch).await?;
+        state.replica.import(batch, None).await?;
     }
-    Ok(())
+    anyhow::bail!("the stream from {peer} ended before its end marker")
 }
 
 /// Asks the coordinator for the outcome of every transaction that has been

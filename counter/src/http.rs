@@ -18,8 +18,8 @@ use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_common::api::{
-    AbortRequest, CatchUpRequest, CommitRequest, Count, CounterStatus, ExportEntry, Message,
-    PrepareRequest, TOKEN_HEADER,
+    AbortRequest, CatchUpRequest, CommitRequest, Count, CounterStatus, ExportEntry, ExportLine,
+    Message, PrepareRequest, TOKEN_HEADER,
 };
 use tally_common::CommitIndex;
 
@@ -156,19 +156,25 @@ struct ExportQuery {
     until: u64,
 }
 
-/// Streams the commit log in `(since, until]` as newline-delimited JSON.
-/// It first waits briefly for this replica to hold `until`, so a peer that
-/// copies from us right after a commit gets the whole range in one pass.
-async fn export(State(state): State<Arc<AppState>>, Query(query): Query<ExportQuery>) -> Response {
+/// Streams the commit log in `(since, until]` as newline-delimited JSON,
+/// ending with an `End` line. It serves only a range this replica holds
+/// whole: it waits briefly for `until` to be applied, and refuses with 503
+/// otherwise, so the importer may trust `End`.
+async fn export(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<ExportQuery>,
+) -> Result<Response, Error> {
     let (since, until) = (CommitIndex(query.since), CommitIndex(query.until));
-    let _ = state.replica.wait_applied(until, state.fence_timeout).await;
+    state
+        .replica
+        .wait_applied(until, state.fence_timeout)
+        .await?;
     let store = state.replica.store();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::task::spawn_blocking(move || {
         let mut buf = Vec::with_capacity(EXPORT_CHUNK_BYTES);
         let mut sink = |entry: ExportEntry| {
-            serde_json::to_writer(&mut buf, &entry).expect("entries always serialise");
-            buf.push(b'\n');
+            write_line(&mut buf, &ExportLine::Entry(entry));
             if buf.len() >= EXPORT_CHUNK_BYTES {
                 let chunk = std::mem::replace(&mut buf, Vec::with_capacity(EXPORT_CHUNK_BYTES));
                 return tx.blocking_send(Bytes::from(chunk)).is_ok();
@@ -176,12 +182,11 @@ async fn export(State(state): State<Arc<AppState>>, Query(query): Query<ExportQu
             true
         };
         match store.export(since, until, &mut sink) {
-            Ok(()) if !buf.is_empty() => {
+            Ok(()) => {
+                write_line(&mut buf, &ExportLine::End { through: until });
                 let _ = tx.blocking_send(Bytes::from(buf));
             }
-            Ok(()) => {}
-            // Dropping the sender mid-stream cuts the response short, and
-            // the peer resumes from what it applied.
+            // No `End` line: the importer sees a cut stream and retries.
             Err(e) => tracing::error!(error = %e, "export failed"),
         }
     });
@@ -190,11 +195,16 @@ async fn export(State(state): State<Arc<AppState>>, Query(query): Query<ExportQu
             .await
             .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
     });
-    (
+    Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(stream),
     )
-        .into_response()
+        .into_response())
+}
+
+fn write_line(buf: &mut Vec<u8>, line: &ExportLine) {
+    serde_json::to_writer(&mut *buf, line).expect("export lines always serialise");
+    buf.push(b'\n');
 }
 
 #[cfg(test)]

@@ -145,9 +145,16 @@ impl Replica {
         self.submit(WriteOp::Abort { txn }).await.map(drop)
     }
 
-    /// Merges entries fetched from a peer; safe to repeat.
-    pub async fn import(&self, entries: Vec<ExportEntry>) -> Result<(), Error> {
-        self.submit(WriteOp::Import { entries }).await.map(drop)
+    /// Merges entries fetched from a peer; safe to repeat. With `through`,
+    /// also records the whole copied range `(since, through]` as applied.
+    pub async fn import(
+        &self,
+        entries: Vec<ExportEntry>,
+        through: Option<(CommitIndex, CommitIndex)>,
+    ) -> Result<(), Error> {
+        self.submit(WriteOp::Import { entries, through })
+            .await
+            .map(drop)
     }
 
     /// Prepared transactions that have waited longer than `age` for an outcome.

@@ -9,10 +9,11 @@
 //! * `items`: (tenant, id) -> (). Inserting tells whether the item is new.
 //! * `counts`: tenant -> number of distinct ids, so a read is one lookup.
 //! * `prepared`: txn id -> the transaction's items, until commit or abort.
-//! * `commits`: commit index -> the items that commit added here. Catch-up
-//!   streams this table to a peer. An entry with no items is written only
-//!   when the commit applied out of order, so the applied set survives a
-//!   restart.
+//! * `commits`: commit index -> the items first seen here in that commit
+//!   (commits that added nothing new have no entry). Catch-up streams this
+//!   table to a peer.
+//! * `applied_above`: commit indexes applied beyond the gap-free prefix
+//!   (commits arrive out of order); emptied as the prefix advances.
 //! * `meta`: the gap-free applied index.
 
 use crate::error::Error;
@@ -27,16 +28,30 @@ const ITEMS: TableDefinition<(&str, &str), ()> = TableDefinition::new("items");
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 const PREPARED: TableDefinition<u64, &[u8]> = TableDefinition::new("prepared");
 const COMMITS: TableDefinition<u64, &[u8]> = TableDefinition::new("commits");
+const APPLIED_ABOVE: TableDefinition<u64, ()> = TableDefinition::new("applied_above");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const APPLIED_KEY: &str = "applied";
 
 /// One change to make durable.
 #[derive(Debug)]
 pub enum WriteOp {
-    Prepare { txn: TxnId, items: Vec<Item> },
-    Commit { txn: TxnId, index: CommitIndex },
-    Abort { txn: TxnId },
-    Import { entries: Vec<ExportEntry> },
+    Prepare {
+        txn: TxnId,
+        items: Vec<Item>,
+    },
+    Commit {
+        txn: TxnId,
+        index: CommitIndex,
+    },
+    Abort {
+        txn: TxnId,
+    },
+    /// Items copied from a peer. `through` is set once the peer's stream
+    /// ended complete: then every index in `(since, through]` is applied.
+    Import {
+        entries: Vec<ExportEntry>,
+        through: Option<(CommitIndex, CommitIndex)>,
+    },
 }
 
 /// What became of one [`WriteOp`].
@@ -52,7 +67,6 @@ pub struct BatchEffect {
     pub results: Vec<WriteResult>,
     /// New count of every tenant the batch touched.
     pub counts: HashMap<String, u64>,
-    pub applied: Vec<CommitIndex>,
     pub prepared: Vec<TxnId>,
     pub forgotten: Vec<TxnId>,
 }
@@ -91,29 +105,33 @@ struct CommitTables<'txn> {
     added: BTreeMap<String, u64>,
 }
 
-/// Inserts the items of the commit at `index` and logs those that were new.
-fn apply(
+/// Inserts items that were committed at `index`, and logs the ones this
+/// replica had not seen under that index.
+fn add_items(
     tables: &mut CommitTables<'_>,
     index: CommitIndex,
     batch: &[Item],
-    applied: &mut AppliedSet,
-    effect: &mut BatchEffect,
 ) -> Result<(), Error> {
     let mut fresh = Vec::new();
     for item in batch {
         let key = (item.tenant.as_str(), item.id.as_str());
         if tables.items.insert(key, ())?.is_none() {
             *tables.added.entry(item.tenant.clone()).or_default() += 1;
-            fresh.push(item);
+            fresh.push(item.clone());
         }
     }
-    let in_order = index == applied.contiguous().next();
-    if !fresh.is_empty() || !in_order {
-        let record = postcard::to_allocvec(&fresh)?;
-        tables.commits.insert(index.0, record.as_slice())?;
+    if fresh.is_empty() {
+        return Ok(());
     }
-    applied.insert(index);
-    effect.applied.push(index);
+    // A copied entry can land on an index this replica already logged.
+    let mut logged: Vec<Item> = match tables.commits.get(index.0)? {
+        Some(existing) => postcard::from_bytes(existing.value())?,
+        None => Vec::new(),
+    };
+    logged.extend(fresh);
+    tables
+        .commits
+        .insert(index.0, postcard::to_allocvec(&logged)?.as_slice())?;
     Ok(())
 }
 
@@ -132,6 +150,7 @@ impl RedbStore {
         txn.open_table(COUNTS)?;
         txn.open_table(PREPARED)?;
         txn.open_table(COMMITS)?;
+        txn.open_table(APPLIED_ABOVE)?;
         txn.open_table(META)?;
         txn.commit()?;
         Ok(RedbStore { db })
@@ -170,7 +189,8 @@ impl Store for RedbStore {
                             Some(record) => {
                                 let batch: Vec<Item> = postcard::from_bytes(record.value())?;
                                 drop(record);
-                                apply(&mut tables, *index, &batch, &mut next_applied, &mut effect)?;
+                                add_items(&mut tables, *index, &batch)?;
+                                next_applied.insert(*index);
                                 effect.forgotten.push(*txn);
                                 WriteResult::Done
                             }
@@ -182,17 +202,12 @@ impl Store for RedbStore {
                         effect.forgotten.push(*txn);
                         WriteResult::Done
                     }
-                    WriteOp::Import { entries } => {
+                    WriteOp::Import { entries, through } => {
                         for entry in entries {
-                            if !next_applied.contains(entry.index) {
-                                apply(
-                                    &mut tables,
-                                    entry.index,
-                                    &entry.items,
-                                    &mut next_applied,
-                                    &mut effect,
-                                )?;
-                            }
+                            add_items(&mut tables, entry.index, &entry.items)?;
+                        }
+                        if let Some((since, through)) = through {
+                            next_applied.insert_through(*since, *through);
                         }
                         WriteResult::Done
                     }
@@ -205,8 +220,15 @@ impl Store for RedbStore {
                 counts.insert(tenant.as_str(), count)?;
                 effect.counts.insert(tenant, count);
             }
-            txn.open_table(META)?
-                .insert(APPLIED_KEY, next_applied.contiguous().0)?;
+            let contiguous = next_applied.contiguous();
+            let mut above = txn.open_table(APPLIED_ABOVE)?;
+            above.retain_in(..=contiguous.0, |_, _| false)?;
+            for index in next_applied.above() {
+                if !applied.contains(index) {
+                    above.insert(index.0, ())?;
+                }
+            }
+            txn.open_table(META)?.insert(APPLIED_KEY, contiguous.0)?;
         }
         txn.commit()?;
         *applied = next_applied;
@@ -221,7 +243,7 @@ impl Store for RedbStore {
                 .map_or(0, |v| v.value()),
         );
         let mut above = Vec::new();
-        for entry in txn.open_table(COMMITS)?.range(contiguous.0 + 1..)? {
+        for entry in txn.open_table(APPLIED_ABOVE)?.iter()? {
             above.push(CommitIndex(entry?.0.value()));
         }
         let mut counts = HashMap::new();
@@ -400,11 +422,29 @@ mod tests {
                 true
             })
             .unwrap();
+        // Index 3 added nothing new at the source, so it has no entry: the
+        // range is only known complete from `through`.
         assert_eq!(entries.len(), 2);
-        let effect = replica
-            .write(&[WriteOp::Import { entries }], &mut replica_applied)
-            .unwrap();
+        let partial = WriteOp::Import {
+            entries: entries.clone(),
+            through: None,
+        };
+        let effect = replica.write(&[partial], &mut replica_applied).unwrap();
         assert_eq!(effect.counts["t"], 2, "a once, b once");
+        assert_eq!(
+            replica_applied.contiguous(),
+            CommitIndex(0),
+            "not proven yet"
+        );
+        let complete = WriteOp::Import {
+            entries,
+            through: Some((CommitIndex(0), CommitIndex(2))),
+        };
+        let effect = replica.write(&[complete], &mut replica_applied).unwrap();
+        assert!(
+            effect.counts.is_empty(),
+            "copying again counts nothing twice"
+        );
         assert_eq!(replica_applied.contiguous(), CommitIndex(3));
         drop(replica);
         let replica = RedbStore::open(dir.path()).unwrap();
