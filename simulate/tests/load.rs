@@ -119,3 +119,32 @@ async fn acknowledged_items_survive_coordinator_kill() {
     assert_eq!(api.add(&item).await, WriteOutcome::Ok);
     assert_eq!(api.count("post-crash").await, Ok(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(&dir).await;
+    let api = cluster.api().clone();
+    let running = start_load(&api);
+    wait_for_progress(&api, 20).await;
+    assert_eq!(
+        cluster.stop_counter(2).unwrap(),
+        Some(0),
+        "counter exit code"
+    );
+    assert_eq!(
+        cluster.stop_coordinator().unwrap(),
+        Some(0),
+        "coordinator exit code"
+    );
+    cluster.start_coordinator().unwrap();
+    cluster.start_counter(2).unwrap();
+    let report = running.await.unwrap();
+    cluster
+        .wait_all_in_sync(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let all = urls(&cluster, &[0, 1, 2]);
+    let verification = load::verify(&api, &all, &report).await;
+    assert!(verification.passed(), "{:?}", verification.mismatches);
+}
