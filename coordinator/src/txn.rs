@@ -8,6 +8,7 @@
 //!    Unacknowledged commits stay pending and are re-sent until every
 //!    counter has them.
 
+use crate::batcher::Slot;
 use crate::error::Error;
 use crate::state::Shared;
 use bytes::Bytes;
@@ -16,17 +17,12 @@ use std::sync::Arc;
 use tally_common::api::{AbortRequest, CommitRequest, PrepareRequest};
 use tally_common::membership::Decision;
 use tally_common::{CommitIndex, CounterId, Item, TxnId};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 type Reply = oneshot::Sender<Result<(), Error>>;
 
-pub async fn run(
-    shared: Arc<Shared>,
-    items: Vec<Item>,
-    replies: Vec<Reply>,
-    slot: OwnedSemaphorePermit,
-) {
+pub async fn run(shared: Arc<Shared>, items: Vec<Item>, replies: Vec<Reply>, slot: Slot) {
     let txn = shared.begin_txn();
     let span = tracing::debug_span!("txn", %txn, items = items.len(), requests = replies.len());
     async move {
