@@ -4,6 +4,7 @@
 
 use crate::batcher::Batcher;
 use crate::error::Error;
+use crate::reads;
 use crate::state::{now_ms, Shared};
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -100,38 +101,13 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
-/// Reads from an in-sync counter with the current fence, trying the next
-/// one if it fails, starting from a different counter each time.
 async fn count(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
 ) -> Result<Json<Count>, Error> {
-    let shared = &state.shared;
-    check_tenant(&tenant, shared.settings.item_limits)?;
-    let fence = shared.fence();
-    let mut readable = shared.cluster.lock().expect("poisoned").readable();
-    if readable.is_empty() {
-        return Err(Error::Unavailable("no in-sync counter is live".into()));
-    }
-    let start = shared.next_read_start() % readable.len();
-    readable.rotate_left(start);
-    let mut last_error = String::new();
-    for (id, url) in readable {
-        match shared
-            .counters
-            .count(&url, &tenant, fence, shared.settings.read_timeout)
-            .await
-        {
-            Ok(count) => return Ok(Json(Count { count })),
-            Err(e) => {
-                tracing::debug!(counter = %id, error = %e, "read failed, trying another counter");
-                last_error = format!("{id}: {e}");
-            }
-        }
-    }
-    Err(Error::Unavailable(format!(
-        "no in-sync counter answered (last: {last_error})"
-    )))
+    check_tenant(&tenant, state.shared.settings.item_limits)?;
+    let count = reads::count(&state.shared, &tenant).await?;
+    Ok(Json(Count { count }))
 }
 
 async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {

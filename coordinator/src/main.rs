@@ -12,6 +12,7 @@ mod error;
 mod health;
 mod http;
 mod log;
+mod reads;
 mod state;
 mod txn;
 
