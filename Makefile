@@ -3,9 +3,30 @@
 
 CARGO    ?= cargo
 BIN      := target/release
-COUNTERS ?= 3
 
-.PHONY: all build run test fmt-check clippy unit-and-integration bench bench-engines simulate status clean-data help
+# Containers (docs/containers.md): .env, when present, sets these, and a
+# variable given on the make command line wins over it. make up copies
+# .env.dist to .env when there is none.
+ifneq ($(wildcard .env),)
+include .env
+endif
+COUNTERS             ?= 3
+HTTP_PORT            ?= 8080
+DOCKERFILE           ?= Dockerfile.dev
+COMPOSE_PROJECT_NAME ?= tally
+ifeq ($(DOCKERFILE),Dockerfile.dev)
+IMAGE          ?= tally:dev
+DOCKER_CONTEXT ?= target/docker
+else
+IMAGE          ?= tally:latest
+DOCKER_CONTEXT ?= .
+endif
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE_RUN = IMAGE=$(IMAGE) DOCKERFILE=$(DOCKERFILE) DOCKER_CONTEXT=$(DOCKER_CONTEXT) \
+	HTTP_PORT=$(HTTP_PORT) $(COMPOSE) -p $(COMPOSE_PROJECT_NAME)
+
+.PHONY: all build run test fmt-check clippy unit-and-integration bench bench-engines simulate status clean-data help \
+	up dev log stop clean image docker-images docker-images-if-engine
 
 all: build
 
@@ -13,7 +34,11 @@ help:
 	@echo "make run        build and start a coordinator on :8080 and $(COUNTERS) counters (Ctrl-C stops)"
 	@echo "make test       fmt check, clippy, unit and integration tests"
 	@echo "make bench      benchmarks, table on stdout, results in target/bench/"
-	@echo "make simulate   the seed scenario (checked) and a 10 s load against :8080"
+	@echo "make up         the cluster in containers ($(COUNTERS) counters), image from $(DOCKERFILE)"
+	@echo "make dev        the same with the development image (Dockerfile.dev)"
+	@echo "make log        follow the containers' logs; make stop stops them"
+	@echo "make clean      remove the containers, their network and volumes (data)"
+	@echo "make simulate   the seed scenario (checked) and a 10 s load against :$(HTTP_PORT)"
 	@echo "make status     table of the running cluster"
 
 # The failpoint build of the coordinator is for tests only: it can crash
@@ -28,7 +53,7 @@ run:
 	$(CARGO) build --release --workspace --bins
 	$(BIN)/simulate cluster --counters $(COUNTERS) --base-port 8080 --data-dir data
 
-test: fmt-check clippy build unit-and-integration
+test: fmt-check clippy build docker-images-if-engine unit-and-integration
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -40,17 +65,79 @@ unit-and-integration:
 	TALLY_BIN_DIR=$(CURDIR)/$(BIN) $(CARGO) test --release --workspace
 
 bench: build
+	scripts/install-bench-deps.sh
 	$(BIN)/simulate bench --out target/bench/results.json
 
 bench-engines:
 	cd bench/engines && $(CARGO) run --release -- --out ../../target/engine-bench.json
 
+# The scenario runs against the containers when the compose project is up
+# (make up), else on its own local processes; the load goes to :HTTP_PORT.
 simulate: build
-	$(BIN)/simulate scenario
-	$(BIN)/simulate load --duration 10s --clients 16 --target http://127.0.0.1:8080
+	@if [ -n "$$(docker ps -q --filter label=com.docker.compose.project=$(COMPOSE_PROJECT_NAME) \
+	      --filter label=com.docker.compose.service=coordinator 2>/dev/null)" ]; then \
+	  echo "scenario against the containers of project $(COMPOSE_PROJECT_NAME)"; \
+	  $(BIN)/simulate scenario --backend docker --project $(COMPOSE_PROJECT_NAME) \
+	    --target http://127.0.0.1:$(HTTP_PORT) --step-timeout 60s; \
+	else \
+	  echo "no containers of project $(COMPOSE_PROJECT_NAME): scenario on local processes"; \
+	  $(BIN)/simulate scenario; \
+	fi
+	$(BIN)/simulate load --duration 10s --clients 16 --target http://127.0.0.1:$(HTTP_PORT)
 
 status:
 	$(BIN)/simulate status
 
 clean-data:
 	rm -rf data
+
+# ---- containers ----
+
+.env:
+	cp .env.dist .env
+
+# Dockerfile.dev's context: the release binaries and the libraries they
+# link, in target/docker (scripts/docker-context.sh).
+docker-images:
+	$(CARGO) build --release --workspace --bins
+	scripts/docker-context.sh $(BIN) target/docker
+	docker build -q -f target/docker/Dockerfile.dev -t tally:dev target/docker
+
+# make test: the Docker tests need the image; without an engine they skip.
+docker-images-if-engine:
+	@if docker info >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory docker-images; \
+	else \
+	  echo "no Docker engine reachable: the Docker tests (simulate/tests/docker.rs) will be SKIPPED"; \
+	fi
+
+# The image DOCKERFILE names: Dockerfile.dev from this machine's binaries,
+# Dockerfile by compose (multi-stage, pulls rust and debian).
+image:
+ifeq ($(DOCKERFILE),Dockerfile.dev)
+	$(MAKE) --no-print-directory docker-images
+else
+	$(COMPOSE_RUN) build
+endif
+
+up: .env image
+	$(COMPOSE_RUN) up -d --no-build --scale counter=$(COUNTERS)
+	$(COMPOSE_RUN) exec -T coordinator /usr/local/bin/simulate status \
+	  --coordinator http://127.0.0.1:8080 --wait-counters $(COUNTERS)
+	@echo
+	@echo "tally is up: $(COUNTERS) counters (make log, make stop, make clean)"
+	@echo "  coordinator  http://localhost:$(HTTP_PORT)"
+	@echo "  dashboard    http://localhost:$(HTTP_PORT)/"
+
+dev:
+	$(MAKE) --no-print-directory up DOCKERFILE=Dockerfile.dev IMAGE=tally:dev DOCKER_CONTEXT=target/docker
+
+log:
+	$(COMPOSE_RUN) logs -f --tail=100
+
+stop:
+	$(COMPOSE_RUN) stop
+
+clean:
+	$(COMPOSE_RUN) down -v --remove-orphans
+	rm -rf target/docker

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use simulate::api::Api;
 use simulate::chaos;
 use simulate::cluster::{ClusterOptions, LocalCluster};
+use simulate::docker::DockerBackend;
 use simulate::load::{self, LoadOptions};
 use simulate::scenario::{self, ProcessBackend};
 use simulate::table::{verdict, Table};
@@ -47,6 +48,12 @@ enum Command {
         /// Where the process backend keeps its cluster [default: a temporary directory].
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The docker backend's compose project (`make up` starts it).
+        #[arg(long, env = "COMPOSE_PROJECT_NAME", default_value = "tally")]
+        project: String,
+        /// The docker backend's coordinator URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        target: String,
         /// Longest wait for any one step.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         step_timeout: Duration,
@@ -87,6 +94,9 @@ enum Command {
         /// Seconds per measurement.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Items a restarted counter must copy in the catch-up row.
+        #[arg(long, default_value_t = 1_000_000)]
+        catch_up_items: usize,
         /// Where to write the results (JSON; a Markdown table beside it).
         #[arg(long, default_value = "target/bench/results.json")]
         out: PathBuf,
@@ -95,6 +105,12 @@ enum Command {
     Status {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         coordinator: String,
+        /// First wait (up to --wait-timeout) until this many counters are
+        /// live and in sync; `make up` uses it to end with a serving cluster.
+        #[arg(long)]
+        wait_counters: Option<usize>,
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        wait_timeout: Duration,
     },
 }
 
@@ -116,10 +132,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Scenario {
             backend,
             data_dir,
+            project,
+            target,
             step_timeout,
         } => {
             if let BackendKind::Docker = backend {
-                bail!("the docker backend comes with the containers work; use --backend process");
+                let mut backend = DockerBackend::connect(&project, &target).await?;
+                return scenario::run(&mut backend, step_timeout).await;
             }
             let temp = tempdir()?;
             let dir = data_dir.unwrap_or_else(|| temp.clone());
@@ -179,8 +198,21 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench { duration, out } => bench::run(duration, &out).await,
-        Command::Status { coordinator } => status(&coordinator).await,
+        Command::Bench {
+            duration,
+            catch_up_items,
+            out,
+        } => bench::run(duration, catch_up_items, &out).await,
+        Command::Status {
+            coordinator,
+            wait_counters,
+            wait_timeout,
+        } => {
+            if let Some(n) = wait_counters {
+                wait_for_counters(&coordinator, n, wait_timeout).await?;
+            }
+            status(&coordinator).await
+        }
     }
 }
 
@@ -304,6 +336,29 @@ fn finish_verification(
         println!("{}", verdict(false, "verification FAILED"));
         bail!("{} count mismatches", verification.mismatches.len())
     }
+}
+
+/// Waits until the coordinator lists at least `n` counters live and in sync.
+async fn wait_for_counters(coordinator: &str, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    let api = Api::new(coordinator);
+    simulate::wait::until(
+        &format!("{n} counters live and in sync at {coordinator}"),
+        timeout,
+        || async {
+            let view = api.cluster().await?;
+            let ready = view
+                .counters
+                .iter()
+                .filter(|c| c.in_sync && c.state == tally_common::api::CounterState::Live)
+                .count();
+            if ready >= n {
+                Ok(())
+            } else {
+                Err(format!("{ready} of {n} ready"))
+            }
+        },
+    )
+    .await
 }
 
 async fn status(coordinator: &str) -> anyhow::Result<()> {
