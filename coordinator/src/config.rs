@@ -59,4 +59,8 @@ pub struct Args {
     /// Log format: `compact` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "compact")]
     pub log_format: String,
+    /// Check the health of the server these flags describe and exit 0 or 1
+    /// (the container health check; no environment variable on purpose).
+    #[arg(long)]
+    pub healthcheck: bool,
 }

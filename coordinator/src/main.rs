@@ -10,6 +10,7 @@ mod config;
 mod decider;
 mod error;
 mod health;
+mod healthcheck;
 mod http;
 mod log;
 mod reads;
@@ -31,6 +32,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = config::Args::parse();
+    if args.healthcheck {
+        std::process::exit(healthcheck::probe(args.listen));
+    }
     init_logging(&args.log_format);
 
     let (log, restored) = log::DecisionLog::open(&args.data_dir).with_context(|| {

@@ -4,6 +4,7 @@
 mod catchup;
 mod config;
 mod error;
+mod healthcheck;
 mod http;
 mod replica;
 mod store;
@@ -22,6 +23,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = config::Args::parse();
+    if args.healthcheck {
+        std::process::exit(healthcheck::probe(args.listen));
+    }
     init_logging(&args.log_format);
 
     let listener = tokio::net::TcpListener::bind(args.listen)

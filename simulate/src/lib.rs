@@ -6,6 +6,7 @@ pub mod api;
 pub mod chaos;
 pub mod checker;
 pub mod cluster;
+pub mod docker;
 pub mod load;
 pub mod scenario;
 pub mod table;
