@@ -105,6 +105,7 @@ impl DeciderTask {
 }
 
 fn write_batch(shared: &Shared, jobs: Vec<Job>) {
+    metrics::histogram!("tally_decision_log_batch").record(jobs.len() as f64);
     let result = (|| -> Result<_, crate::error::Error> {
         let mut batch = shared.log.begin()?;
         let mut decided = Vec::new();
@@ -138,7 +139,11 @@ fn write_batch(shared: &Shared, jobs: Vec<Job>) {
             batch.log_commit(*txn, *index)?;
         }
         batch.save_members(&members)?;
+        let writing = Instant::now();
         batch.commit()?;
+        // The commit is the fsync that every decision in the batch waits on.
+        metrics::histogram!("tally_decision_log_write_seconds")
+            .record(writing.elapsed().as_secs_f64());
         Ok((decided, effects, replies, persisted))
     })();
     let (decided, effects, replies, persisted) = match result {

@@ -27,6 +27,8 @@ pub enum Error {
     Storage(#[from] redb::Error),
     #[error("stored record is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(String),
 }
 
 macro_rules! storage_error {
@@ -56,7 +58,9 @@ impl IntoResponse for Error {
             Error::Aborted(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Storage(_) | Error::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Storage(_) | Error::Corrupt(_) | Error::Metrics(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");

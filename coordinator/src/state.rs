@@ -43,6 +43,8 @@ pub struct Shared {
     pub counters: CounterClient,
     pub decider: Decider,
     pub reads: crate::reads::ReadsInFlight,
+    /// Totals for the dashboard's writes/s chart.
+    pub stats: crate::metrics::Stats,
     epoch: u64,
     next_seq: AtomicU64,
     read_cursor: AtomicUsize,
@@ -69,6 +71,7 @@ impl Shared {
             counters,
             decider,
             reads: Default::default(),
+            stats: Default::default(),
             epoch,
             next_seq: AtomicU64::new(1),
             read_cursor: AtomicUsize::new(0),

@@ -14,6 +14,7 @@ use crate::state::Shared;
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Instant;
 use tally_common::api::{AbortRequest, CommitRequest, PrepareRequest};
 use tally_common::membership::Decision;
 use tally_common::{CommitIndex, CounterId, Item, TxnId};
@@ -25,8 +26,11 @@ type Reply = oneshot::Sender<Result<(), Error>>;
 pub async fn run(shared: Arc<Shared>, items: Vec<Item>, replies: Vec<Reply>, slot: Slot) {
     let txn = shared.begin_txn();
     let span = tracing::debug_span!("txn", %txn, items = items.len(), requests = replies.len());
+    let (item_count, request_count) = (items.len(), replies.len());
     async move {
+        let started = Instant::now();
         let yes = prepare(&shared, txn, items).await;
+        metrics::histogram!("tally_prepare_phase_seconds").record(started.elapsed().as_secs_f64());
         let decision = shared.decider.decide(txn, yes.clone()).await;
         drop(slot);
         match decision {
@@ -34,13 +38,19 @@ pub async fn run(shared: Arc<Shared>, items: Vec<Item>, replies: Vec<Reply>, slo
                 for reply in replies {
                     let _ = reply.send(Ok(()));
                 }
+                record_outcome("committed", item_count, request_count);
+                shared.stats.committed(request_count, item_count);
                 if !dropped.is_empty() {
-                    tracing::warn!(%index, ?dropped, "committed without counters that did not vote");
+                    tracing::warn!(%txn, %index, ?dropped, "committed without counters that did not vote");
                 }
+                let committing = Instant::now();
                 send_commits(&shared, txn, index, yes).await;
+                metrics::histogram!("tally_commit_phase_seconds")
+                    .record(committing.elapsed().as_secs_f64());
             }
             Decision::Abort { reason } => {
-                tracing::warn!(%reason, "transaction aborted");
+                record_outcome("aborted", item_count, request_count);
+                tracing::warn!(%txn, %reason, "transaction aborted");
                 for reply in replies {
                     let _ = reply.send(Err(Error::Aborted(reason.clone())));
                 }
@@ -50,6 +60,14 @@ pub async fn run(shared: Arc<Shared>, items: Vec<Item>, replies: Vec<Reply>, slo
     }
     .instrument(span)
     .await
+}
+
+/// Transactions by outcome, and their size: items and requests per
+/// transaction show how much group commit is folding together.
+fn record_outcome(outcome: &'static str, items: usize, requests: usize) {
+    metrics::counter!("tally_transactions_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("tally_txn_items", "outcome" => outcome).record(items as f64);
+    metrics::histogram!("tally_txn_requests", "outcome" => outcome).record(requests as f64);
 }
 
 /// Phase one. Returns the counters that voted yes in time.

@@ -147,6 +147,7 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
     }
     let response = request.send().await?.error_for_status()?;
     tracing::info!(peer, %since, %until, "copying from peer");
+    metrics::gauge!("tally_catchup_target_index").set(until.0 as f64);
     let mut stream = response.bytes_stream();
     let mut pending: Vec<u8> = Vec::new();
     let mut batch: Vec<ExportEntry> = Vec::new();
@@ -163,6 +164,8 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
                 ExportLine::Entry(entry) => {
                     batch_items += entry.items.len();
                     copied += entry.items.len();
+                    metrics::counter!("tally_catchup_items_copied_total")
+                        .increment(entry.items.len() as u64);
                     batch.push(entry);
                     if batch_items >= IMPORT_BATCH_ITEMS {
                         state

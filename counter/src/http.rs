@@ -36,6 +36,7 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// When the coordinator last reached us: a counter it forgot re-registers.
     pub last_contact: std::sync::Mutex<Instant>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -50,8 +51,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/items/{tenant}/count", get(count))
+        .route("/metrics", get(metrics))
         .merge(internal)
         .fallback(not_found)
+        .layer(middleware::from_fn(crate::metrics::track_requests))
         .with_state(state)
 }
 
@@ -90,6 +93,16 @@ async fn require_token(
 
 async fn not_found() -> impl IntoResponse {
     (StatusCode::NOT_FOUND, Json(Message::new("no such path")))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&state.metrics, &state.replica),
+    )
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Json<CounterStatus> {

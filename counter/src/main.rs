@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod healthcheck;
 mod http;
+mod metrics;
 mod replica;
 mod store;
 
@@ -56,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
             .timeout(std::time::Duration::from_secs(30))
             .build()?,
         last_contact: Mutex::new(Instant::now()),
+        metrics: metrics::install()?,
     });
 
     tokio::spawn(catchup::join(state.clone(), advertise.clone()));

@@ -206,7 +206,11 @@ fn run_writer(
                 Err(_) => break,
             }
         }
+        let writing = Instant::now();
         let outcome = store.write(&ops, &mut applied);
+        // One durable storage transaction (one fsync) for the whole batch.
+        metrics::histogram!("tally_store_write_seconds").record(writing.elapsed().as_secs_f64());
+        metrics::histogram!("tally_store_batch_ops").record(ops.len() as f64);
         let Some(inner) = inner.upgrade() else { break };
         match outcome {
             Ok(effect) => {
