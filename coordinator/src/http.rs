@@ -6,6 +6,7 @@ use crate::batcher::Batcher;
 use crate::error::Error;
 use crate::reads;
 use crate::state::{now_ms, Shared};
+use crate::{dashboard, stream};
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
@@ -26,6 +27,7 @@ pub struct AppState {
     pub shared: Arc<Shared>,
     pub batcher: Batcher,
     pub token: Option<String>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -37,11 +39,18 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/items", post(add_items))
         .route("/items/{tenant}/count", get(count))
+        .route("/items/{tenant}/count/stream", get(count_stream))
         .route("/cluster", get(cluster))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/stats", get(stats))
+        .route("/", get(dashboard::page))
+        .route("/assets/dashboard.css", get(dashboard::style))
+        .route("/assets/dashboard.js", get(dashboard::script))
         .merge(internal)
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .layer(middleware::from_fn(crate::metrics::track_requests))
         .with_state(state)
 }
 
@@ -108,6 +117,29 @@ async fn count(
     check_tenant(&tenant, state.shared.settings.item_limits)?;
     let count = reads::count(&state.shared, &tenant).await?;
     Ok(Json(Count { count }))
+}
+
+/// Server-Sent Events of the tenant's count; see `stream.rs`.
+async fn count_stream(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+) -> Result<Response, Error> {
+    check_tenant(&tenant, state.shared.settings.item_limits)?;
+    Ok(stream::count_stream(state.shared.clone(), tenant).into_response())
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&state.metrics, &state.shared),
+    )
+}
+
+async fn stats(State(state): State<AppState>) -> Json<crate::metrics::StatsView> {
+    Json(state.shared.stats.view())
 }
 
 async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {

@@ -7,14 +7,17 @@
 mod batcher;
 mod client;
 mod config;
+mod dashboard;
 mod decider;
 mod error;
 mod health;
 mod healthcheck;
 mod http;
 mod log;
+mod metrics;
 mod reads;
 mod state;
+mod stream;
 mod txn;
 
 use anyhow::Context;
@@ -36,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(healthcheck::probe(args.listen));
     }
     init_logging(&args.log_format);
+    let metrics = metrics::install()?;
 
     let (log, restored) = log::DecisionLog::open(&args.data_dir).with_context(|| {
         format!(
@@ -116,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         shared,
         batcher,
         token,
+        metrics,
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
