@@ -26,7 +26,7 @@ COMPOSE_RUN = IMAGE=$(IMAGE) DOCKERFILE=$(DOCKERFILE) DOCKER_CONTEXT=$(DOCKER_CO
 	HTTP_PORT=$(HTTP_PORT) $(COMPOSE) -p $(COMPOSE_PROJECT_NAME)
 
 .PHONY: all build run test fmt-check clippy unit-and-integration bench bench-engines simulate status clean-data help \
-	up dev log stop clean image docker-images docker-images-if-engine
+	up dev log stop clean image docker-images docker-images-if-engine test-deps
 
 all: build
 
@@ -53,7 +53,11 @@ run:
 	$(CARGO) build --release --workspace --bins
 	$(BIN)/simulate cluster --counters $(COUNTERS) --base-port 8080 --data-dir data
 
-test: fmt-check clippy build docker-images-if-engine unit-and-integration
+test: fmt-check clippy build docker-images-if-engine test-deps unit-and-integration
+
+# A headless chromium for the dashboard's browser test (apt, if missing).
+test-deps:
+	scripts/install-test-deps.sh
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,163 @@
+//! The web dashboard in a real (headless) chromium against a real local
+//! cluster: the counters appear live, items added through the form show up
+//! in the live count without a reload, the bounded load button reports its
+//! result, and a killed counter turns dead on the page. Leaves a screenshot
+//! in `target/dashboard.png` for a person to look at.
+
+mod browser;
+
+use browser::Browser;
+use serde_json::Value;
+use simulate::cluster::{ClusterOptions, LocalCluster};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `target/dashboard.png` of the workspace (or of `CARGO_TARGET_DIR`).
+fn screenshot_path() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("dashboard.png")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_live_counts_and_a_dead_counter_in_a_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(ClusterOptions::new(dir.path(), 3))
+        .await
+        .expect("cluster starts");
+    let browser = Browser::launch(1280, 800).await.expect("chromium starts");
+    let page = browser.page();
+    page.navigate(&format!("{}/", cluster.coordinator_url()))
+        .await
+        .unwrap();
+
+    page.wait_for(
+        "three live, in-sync counters on the page",
+        WAIT,
+        "document.querySelectorAll('#counters tr[data-state=live][data-in-sync=true]').length",
+        |v| v == 3,
+    )
+    .await
+    .unwrap();
+    // Set in the page; a reload would lose it.
+    page.eval("window.__sameDocument = true").await.unwrap();
+
+    // Follow tenant "browser" through the count stream.
+    page.eval(
+        "document.getElementById('watch-tenant').value = 'browser';
+         document.getElementById('watch-button').click()",
+    )
+    .await
+    .unwrap();
+    page.wait_for(
+        "the initial live count",
+        WAIT,
+        "document.getElementById('live-count').textContent",
+        |v| v == "0",
+    )
+    .await
+    .unwrap();
+
+    // Add items through the form.
+    page.eval(
+        "document.getElementById('add-tenant').value = 'browser';
+         document.getElementById('add-ids').value = 'a, b\\nc';
+         document.getElementById('add-button').click()",
+    )
+    .await
+    .unwrap();
+    page.wait_for(
+        "the form's result",
+        WAIT,
+        "document.getElementById('add-result').textContent",
+        |v| v == "added 3 item(s)",
+    )
+    .await
+    .unwrap();
+    page.wait_for(
+        "the live count to reach 3 without a reload",
+        WAIT,
+        "document.getElementById('live-count').textContent",
+        |v| v == "3",
+    )
+    .await
+    .unwrap();
+    assert_eq!(cluster.api().count("browser").await, Ok(3));
+
+    // A write by another client shows up too.
+    let (status, _) = cluster
+        .api()
+        .add_raw(br#"[{"id":"d","tenant":"browser"}]"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    page.wait_for(
+        "the live count to reach 4",
+        WAIT,
+        "document.getElementById('live-count').textContent",
+        |v| v == "4",
+    )
+    .await
+    .unwrap();
+
+    // The bounded load: 200 requests, all acknowledged, all counted.
+    page.eval("document.getElementById('load-button').click()")
+        .await
+        .unwrap();
+    let result = page
+        .wait_for(
+            "the load result",
+            Duration::from_secs(60),
+            "(() => { const r = document.getElementById('load-result');
+                      return r.dataset.ok === undefined ? null
+                        : {ok: +r.dataset.ok, failed: +r.dataset.failed, items: +r.dataset.items,
+                           text: r.textContent}; })()",
+            |v| !v.is_null(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (&result["ok"], &result["failed"]),
+        (&Value::from(200), &Value::from(0)),
+        "{result}"
+    );
+    let items = result["items"].as_u64().unwrap();
+    assert!((200..=2000).contains(&items), "{result}");
+    assert_eq!(cluster.api().count("load").await, Ok(items));
+    page.wait_for(
+        "a non-zero rate on the chart",
+        WAIT,
+        "document.getElementById('rate').textContent",
+        |v| v.as_str().is_some_and(|s| s != "0 /s"),
+    )
+    .await
+    .unwrap();
+
+    // A killed counter turns dead on the page.
+    cluster.kill_counter(1).unwrap();
+    page.wait_for(
+        "counter-2 dead on the page",
+        WAIT,
+        "document.querySelector('#counters tr[data-counter=\"counter-2\"]')?.dataset.state",
+        |v| v == "dead",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        page.eval("window.__sameDocument === true").await.unwrap(),
+        Value::Bool(true),
+        "the page reloaded"
+    );
+
+    let path = screenshot_path();
+    let png = page.screenshot(&path).await.unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // Width and height are big-endian u32s at bytes 16..24 of the IHDR chunk.
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert_eq!((width, height), (1280, 800), "screenshot size");
+    eprintln!("screenshot: {}", path.display());
+}
