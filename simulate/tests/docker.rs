@@ -1,0 +1,337 @@
+//! The cluster in containers, across a real bridge network: the seed
+//! scenario with the docker backend, a network partition, `docker kill` of
+//! the coordinator, and scaling from 3 to 5 counters, each under load.
+//!
+//! Each test runs its own compose project (own network, containers and
+//! volumes, removed by a drop guard even on failure) from the image that
+//! `make docker-images` builds from Dockerfile.dev. Without a Docker engine
+//! the tests say they are skipped and pass.
+
+use simulate::api::Api;
+use simulate::docker::{self, ComposeProject, DockerBackend};
+use simulate::load::{self, LoadOptions, LoadReport};
+use simulate::scenario;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tally_common::api::CounterState;
+
+const WAIT: Duration = Duration::from_secs(90);
+const IMAGE: &str = "tally:dev";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds the development image once if it is missing (`make test` builds
+/// it before the tests, from the current binaries).
+fn ensure_image() {
+    static BUILT: Mutex<bool> = Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if *built {
+        return;
+    }
+    let present = std::process::Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        let bins = simulate::cluster::bin_dir().expect("release binaries");
+        let context = repo().join("target/docker");
+        let status = std::process::Command::new(repo().join("scripts/docker-context.sh"))
+            .arg(&bins)
+            .arg(&context)
+            .status()
+            .expect("scripts/docker-context.sh runs");
+        assert!(status.success());
+        let status = std::process::Command::new("docker")
+            .args(["build", "-q", "-t", IMAGE, "-f"])
+            .arg(context.join("Dockerfile.dev"))
+            .arg(&context)
+            .status()
+            .expect("docker build runs");
+        assert!(status.success());
+    }
+    *built = true;
+}
+
+/// A compose project and its settings file. Fields drop in order: the
+/// project (`down -v`) before the directory.
+struct Project {
+    compose: ComposeProject,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Project {
+    type Target = ComposeProject;
+    fn deref(&self) -> &ComposeProject {
+        &self.compose
+    }
+}
+
+/// A fresh compose project named after the test, or `None` (after saying
+/// so) when no Docker engine is reachable.
+async fn project(test: &str, counters: usize) -> Option<Project> {
+    if !docker::engine_reachable() {
+        eprintln!("SKIPPED {test}: no Docker engine reachable");
+        return None;
+    }
+    ensure_image();
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("test.env");
+    // The coordinator checks counters every 200 ms, so failures and
+    // recoveries show within a second; a counter cut off stays in the
+    // cluster view for 50 checks (10 s), as it would for 50 s by default.
+    std::fs::write(
+        &env_file,
+        "HEALTH_INTERVAL=200ms\nREMOVE_AFTER=50\nRUST_LOG=info\n",
+    )
+    .unwrap();
+    let name = format!(
+        "tallytest{}{:x}",
+        test.replace('_', ""),
+        rand::random::<u16>()
+    );
+    let compose =
+        ComposeProject::new(&name, &repo().join("docker-compose.yml"), &env_file, IMAGE).unwrap();
+    // The guard exists before anything starts, so a failed `up` is
+    // cleaned up too.
+    let project = Project { compose, _dir: dir };
+    project.up(counters).await.expect("compose up");
+    wait_in_sync(&project, counters).await;
+    Some(project)
+}
+
+/// Waits until the coordinator lists `n` counters, every one live and in
+/// sync, and returns their ids (host names).
+async fn wait_in_sync(project: &ComposeProject, n: usize) -> Vec<String> {
+    let api = Api::new(project.url());
+    simulate::wait::until(&format!("{n} counters in sync"), WAIT, || async {
+        let view = api.cluster().await?;
+        let ready: Vec<String> = view
+            .counters
+            .iter()
+            .filter(|c| c.in_sync && c.state == CounterState::Live)
+            .map(|c| c.id.0.clone())
+            .collect();
+        if ready.len() == n && view.counters.len() == n {
+            Ok(ready)
+        } else {
+            Err(format!("{view:?}"))
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Counter URLs as the host reaches them now (IPs change on restart).
+async fn counter_urls(project: &ComposeProject) -> Vec<String> {
+    project
+        .counters()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.counter_url().expect("running counter has an IP"))
+        .collect()
+}
+
+fn start_load(
+    api: &Api,
+    clients: usize,
+    batch: usize,
+    seconds: u64,
+) -> tokio::task::JoinHandle<LoadReport> {
+    let api = api.clone();
+    tokio::spawn(async move {
+        let mut options = LoadOptions::new(clients, 0, batch);
+        options.requests = None;
+        options.duration = Some(Duration::from_secs(seconds));
+        load::run(&api, &options).await
+    })
+}
+
+/// Waits until the coordinator's decided index reaches `index`.
+async fn wait_decided(api: &Api, index: u64) {
+    simulate::wait::until(&format!("decided index {index}"), WAIT, || async {
+        let view = api.cluster().await?;
+        if view.decided_index.0 >= index {
+            Ok(())
+        } else {
+            Err(format!("decided {}", view.decided_index))
+        }
+    })
+    .await
+    .unwrap();
+}
+
+async fn decided(api: &Api) -> u64 {
+    api.cluster().await.unwrap().decided_index.0
+}
+
+/// Every acknowledged item is counted by the coordinator and by each
+/// counter, and the counters agree exactly with each other.
+async fn assert_converged(api: &Api, urls: &[String], report: &LoadReport) {
+    let verification = load::verify(api, urls, report).await;
+    assert!(verification.passed(), "{:?}", verification.mismatches);
+    for tenant in report.acknowledged_per_tenant().keys() {
+        let mut counts = Vec::new();
+        for url in urls {
+            counts.push(api.counter_count(url, tenant).await.unwrap());
+        }
+        assert!(
+            counts.windows(2).all(|w| w[0] == w[1]),
+            "{tenant}: counters disagree: {counts:?}"
+        );
+    }
+}
+
+async fn started_at(container: &str) -> String {
+    docker::docker(&["inspect", "-f", "{{.State.StartedAt}}", container])
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_scenario_holds_in_containers() {
+    let Some(project) = project("scenario", 3).await else {
+        return;
+    };
+    let mut backend = DockerBackend::connect(&project.project, &project.url())
+        .await
+        .unwrap();
+    assert_eq!(backend.counters().len(), 3);
+    scenario::run(&mut backend, Duration::from_secs(60))
+        .await
+        .expect("every step of the seed scenario holds in containers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_counter_leaves_the_in_sync_set_and_converges_after_reconnect() {
+    let Some(project) = project("partition", 3).await else {
+        return;
+    };
+    let api = Api::new(project.url());
+    let network = project.network().await.unwrap();
+    let victim = project.counters().await.unwrap().remove(0);
+    let writer = start_load(&api, 8, 5, 12);
+    wait_decided(&api, 20).await;
+
+    docker::docker(&["network", "disconnect", &network, &victim.id])
+        .await
+        .unwrap();
+    simulate::wait::until("partitioned counter out of sync", WAIT, || async {
+        let view = api.cluster().await?;
+        match view.counters.iter().find(|c| c.id.0 == victim.host_name) {
+            Some(c) if c.in_sync || c.state == CounterState::Live => Err(format!("{c:?}")),
+            _ => Ok(()),
+        }
+    })
+    .await
+    .unwrap();
+    // Writes go on without it.
+    let at_partition = decided(&api).await;
+    wait_decided(&api, at_partition + 20).await;
+    // No read goes to it: a read sent there would wait for a connect
+    // timeout on an address that is gone; every read answers quickly.
+    for _ in 0..30 {
+        let started = Instant::now();
+        api.count("anything").await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "a read took {:?}",
+            started.elapsed()
+        );
+    }
+    let view = api.cluster().await.unwrap();
+    let cut_off = view.counters.iter().find(|c| c.id.0 == victim.host_name);
+    assert!(cut_off.is_none_or(|c| !c.in_sync), "{cut_off:?}");
+
+    // Reconnect under the same DNS names (its host name and the service).
+    docker::docker(&[
+        "network",
+        "connect",
+        "--alias",
+        &victim.host_name,
+        "--alias",
+        "counter",
+        &network,
+        &victim.id,
+    ])
+    .await
+    .unwrap();
+    let report = writer.await.unwrap();
+    assert!(report.requests_ok() > 100, "{:?}", report.errors());
+    wait_in_sync(&project, 3).await;
+    assert_converged(&api, &counter_urls(&project).await, &report).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_items_survive_docker_kill_of_the_coordinator() {
+    let Some(project) = project("kill", 3).await else {
+        return;
+    };
+    let api = Api::new(project.url());
+    let coordinator = project.coordinator().await.unwrap();
+    let writer = start_load(&api, 8, 1, 12);
+    wait_decided(&api, 30).await;
+
+    let first_start = started_at(&coordinator.id).await;
+    docker::docker(&["kill", &coordinator.id]).await.unwrap();
+    let killed = Instant::now();
+    // `restart: on-failure` may already have restarted it; start is then
+    // a no-op.
+    docker::docker(&["start", &coordinator.id]).await.unwrap();
+    simulate::wait::until("coordinator back", WAIT, || async {
+        match api.get("/health").await {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    eprintln!("coordinator back after {:?}", killed.elapsed());
+    assert_ne!(
+        started_at(&coordinator.id).await,
+        first_start,
+        "it was restarted"
+    );
+    let after_restart = decided(&api).await;
+    let report = writer.await.unwrap();
+    assert!(
+        decided(&api).await > after_restart,
+        "writes resumed after the restart"
+    );
+    assert!(report.requests_ok() > 100, "{:?}", report.errors());
+    wait_in_sync(&project, 3).await;
+    assert_converged(&api, &counter_urls(&project).await, &report).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_scaled_from_3_to_5_during_load_catch_up_exactly() {
+    let Some(project) = project("scale", 3).await else {
+        return;
+    };
+    let api = Api::new(project.url());
+    let writer = start_load(&api, 8, 5, 12);
+    wait_decided(&api, 30).await;
+
+    project.up(5).await.expect("scale to 5");
+    let report = writer.await.unwrap();
+    assert!(report.requests_ok() > 100, "{:?}", report.errors());
+    let ids = wait_in_sync(&project, 5).await;
+    let hosts: Vec<String> = project
+        .counters()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.host_name)
+        .collect();
+    let mut sorted_ids = ids.clone();
+    sorted_ids.sort();
+    let mut sorted_hosts = hosts.clone();
+    sorted_hosts.sort();
+    assert_eq!(sorted_ids, sorted_hosts, "member ids are the host names");
+    let urls = counter_urls(&project).await;
+    assert_eq!(urls.len(), 5);
+    assert_converged(&api, &urls, &report).await;
+}
