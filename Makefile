@@ -16,13 +16,13 @@ DOCKERFILE           ?= Dockerfile.dev
 COMPOSE_PROJECT_NAME ?= tally
 ifeq ($(DOCKERFILE),Dockerfile.dev)
 IMAGE          ?= tally:dev
-DOCKER_CONTEXT ?= target/docker
+BUILD_CONTEXT ?= target/docker
 else
 IMAGE          ?= tally:latest
-DOCKER_CONTEXT ?= .
+BUILD_CONTEXT ?= .
 endif
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
-COMPOSE_RUN = IMAGE=$(IMAGE) DOCKERFILE=$(DOCKERFILE) DOCKER_CONTEXT=$(DOCKER_CONTEXT) \
+COMPOSE_RUN = IMAGE=$(IMAGE) DOCKERFILE=$(DOCKERFILE) BUILD_CONTEXT=$(BUILD_CONTEXT) \
 	HTTP_PORT=$(HTTP_PORT) $(COMPOSE) -p $(COMPOSE_PROJECT_NAME)
 
 .PHONY: all build run test fmt-check clippy unit-and-integration bench bench-engines simulate status clean-data help \
@@ -134,14 +134,14 @@ up: .env image
 	@echo "  dashboard    http://localhost:$(HTTP_PORT)/"
 
 dev:
-	$(MAKE) --no-print-directory up DOCKERFILE=Dockerfile.dev IMAGE=tally:dev DOCKER_CONTEXT=target/docker
+	$(MAKE) --no-print-directory up DOCKERFILE=Dockerfile.dev IMAGE=tally:dev BUILD_CONTEXT=target/docker
 
-log:
+log: .env
 	$(COMPOSE_RUN) logs -f --tail=100
 
-stop:
+stop: .env
 	$(COMPOSE_RUN) stop
 
-clean:
+clean: .env
 	$(COMPOSE_RUN) down -v --remove-orphans
 	rm -rf target/docker
