@@ -73,7 +73,13 @@ impl std::ops::Deref for Project {
 /// so) when no Docker engine is reachable.
 async fn project(test: &str, counters: usize) -> Option<Project> {
     if !docker::engine_reachable() {
-        eprintln!("SKIPPED {test}: no Docker engine reachable");
+        // Straight to stderr, past the test harness's capture, so the
+        // skip shows in `make test`'s output.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: no Docker engine reachable"
+        );
         return None;
     }
     ensure_image();
