@@ -85,7 +85,9 @@ function drawChart() {
   const points = rates();
   const last = points.length ? points[points.length - 1].rate : 0;
   $("rate").textContent = Math.round(last) + " /s";
-  const max = Math.max(10, ...points.map((p) => p.rate)) * 1.1;
+  const peak = Math.max(0, ...points.map((p) => p.rate));
+  canvas.dataset.peak = Math.round(peak);
+  const max = Math.max(10, peak) * 1.1;
   const left = 48, bottom = height - 20, top = 8, right = width - 8;
   g.strokeStyle = "#e6e9ee"; g.fillStyle = "#8a93a0"; g.font = "11px system-ui, sans-serif"; g.lineWidth = 1;
   for (let i = 0; i <= 4; i++) {

@@ -4,12 +4,11 @@
 //! through the `metrics` facade; progress gauges are read from the replica
 //! at scrape time so they always match `GET /health`.
 
-use crate::error::Error;
 use crate::replica::Replica;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use std::time::{Duration, Instant};
 
 /// Latency buckets in seconds, from a fast fsync to a slow catch-up call.
@@ -19,15 +18,15 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Operations per storage transaction: how much the writer batches.
 const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
-/// Installs the process-wide recorder. Call once, before any task records.
-pub fn install() -> Result<PrometheusHandle, Error> {
+/// Installs the process-wide recorder. Call once, before any task records;
+/// a failure stops start-up, so it goes straight to `main`.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full("tally_store_batch_ops".into()), SIZE_BUCKETS)
         })
-        .and_then(|b| b.install_recorder())
-        .map_err(|e| Error::BadRequest(format!("cannot set up metrics: {e}")))?;
+        .and_then(|b| b.install_recorder())?;
     // Histograms keep raw samples until upkeep folds them into buckets.
     let upkeep = handle.clone();
     tokio::spawn(async move {
