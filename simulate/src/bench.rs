@@ -498,8 +498,7 @@ fn redis_benchmark(args: &[&str]) -> anyhow::Result<Row> {
     // --csv: a header line, then "name","rps","avg","min","p50","p95","p99","max".
     let line = text
         .lines()
-        .filter(|l| !l.starts_with("\"test\""))
-        .last()
+        .rfind(|l| !l.starts_with("\"test\""))
         .context("no redis-benchmark result")?;
     let fields: Vec<f64> = line
         .split(',')
