@@ -81,6 +81,12 @@ pub struct ClusterView {
 pub struct PrepareRequest {
     pub txn: TxnId,
     pub items: Vec<Item>,
+    /// Commits decided since the previous prepare went out. Under load the
+    /// next prepare follows a decision within a millisecond, so carrying
+    /// them here saves each counter a separate commit call and storage
+    /// write; a counter applies those it has prepared and ignores the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commits: Vec<CommitRequest>,
 }
 
 /// Phase two, commit: apply the prepared transaction at this index.
@@ -104,6 +110,9 @@ pub struct CounterStatus {
     pub applied_index: CommitIndex,
     pub catching_up: bool,
     pub prepared: usize,
+    /// In a prepare answer: the carried commits now applied here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub committed: Vec<CommitIndex>,
 }
 
 /// Tells a joining counter to fetch what it misses up to `until` from peers.

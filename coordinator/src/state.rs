@@ -38,6 +38,8 @@ pub struct Shared {
     /// wait for them unless they are in sync, so a stalled counter slows
     /// writes for one timeout, not for every transaction.
     pub lagging: Mutex<HashSet<CounterId>>,
+    /// Commits decided but not yet carried by a prepare (see txn.rs).
+    pub undelivered: Mutex<Vec<tally_common::api::CommitRequest>>,
     /// Logged commits that some counter has not acknowledged yet.
     pub pending: Mutex<BTreeMap<CommitIndex, Pending>>,
     pub counters: CounterClient,
@@ -68,6 +70,7 @@ impl Shared {
             in_flight: Mutex::new(HashSet::new()),
             lagging: Mutex::new(HashSet::new()),
             pending: Mutex::new(BTreeMap::new()),
+            undelivered: Mutex::new(Vec::new()),
             counters,
             decider,
             reads: Default::default(),

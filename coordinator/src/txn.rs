@@ -5,6 +5,10 @@
 //!    others that are keeping up, never past `--prepare-timeout`.
 //! 2. The decider turns the yes votes into a decision and logs it durably.
 //! 3. Clients hear the outcome; commit (or abort) goes to the yes voters.
+//!    A commit first waits `COMMIT_LINGER` to ride along with the next
+//!    transaction's prepare (under load one follows at once, and the
+//!    counter then applies the commit in the same storage write as the
+//!    prepare); if none picked it up, it goes out on its own.
 //!    Unacknowledged commits stay pending and are re-sent until every
 //!    counter has them.
 
@@ -14,7 +18,7 @@ use crate::state::Shared;
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tally_common::api::{AbortRequest, CommitRequest, PrepareRequest};
 use tally_common::membership::Decision;
 use tally_common::{CommitIndex, CounterId, Item, TxnId};
@@ -22,6 +26,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 type Reply = oneshot::Sender<Result<(), Error>>;
+
+/// How long a decided commit waits for the next prepare to carry it. It
+/// delays only the counters' applying, which read fences already wait for,
+/// never the client's answer.
+const COMMIT_LINGER: Duration = Duration::from_millis(1);
 
 pub async fn run(shared: Arc<Shared>, items: Vec<Item>, replies: Vec<Reply>, slot: Slot) {
     let txn = shared.begin_txn();
@@ -74,8 +83,14 @@ fn record_outcome(outcome: &'static str, items: usize, requests: usize) {
 async fn prepare(shared: &Arc<Shared>, txn: TxnId, items: Vec<Item>) -> BTreeSet<CounterId> {
     let participants = shared.cluster.lock().expect("poisoned").participants();
     let lagging = shared.lagging.lock().expect("poisoned").clone();
+    let commits = std::mem::take(&mut *shared.undelivered.lock().expect("poisoned"));
     let body = Bytes::from(
-        serde_json::to_vec(&PrepareRequest { txn, items }).expect("items always serialise"),
+        serde_json::to_vec(&PrepareRequest {
+            txn,
+            items,
+            commits,
+        })
+        .expect("items always serialise"),
     );
     let timeout = shared.settings.prepare_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -88,6 +103,11 @@ async fn prepare(shared: &Arc<Shared>, txn: TxnId, items: Vec<Item>) -> BTreeSet
         let (shared, body, votes) = (shared.clone(), body.clone(), votes.clone());
         tokio::spawn(async move {
             let result = shared.counters.prepare(&p.url, &p.id, body, timeout).await;
+            if let Ok(status) = &result {
+                for index in &status.committed {
+                    acknowledge(&shared, *index, &p.id, status.applied_index);
+                }
+            }
             let mut lagging = shared.lagging.lock().expect("poisoned");
             match &result {
                 Ok(_) => lagging.remove(&p.id),
@@ -127,6 +147,21 @@ async fn send_commits(
     yes: BTreeSet<CounterId>,
 ) {
     let request = CommitRequest { txn, index };
+    shared.undelivered.lock().expect("poisoned").push(request);
+    tokio::time::sleep(COMMIT_LINGER).await;
+    let carried = {
+        let mut undelivered = shared.undelivered.lock().expect("poisoned");
+        match undelivered.iter().position(|c| c.txn == txn) {
+            Some(at) => {
+                undelivered.swap_remove(at);
+                false
+            }
+            None => true,
+        }
+    };
+    if carried {
+        return;
+    }
     let timeout = shared.settings.commit_timeout;
     let calls = yes.into_iter().filter_map(|id| {
         let url = shared

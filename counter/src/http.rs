@@ -131,8 +131,13 @@ async fn prepare(
     State(state): State<Arc<AppState>>,
     Json(request): Json<PrepareRequest>,
 ) -> Result<Json<CounterStatus>, Error> {
-    state.replica.prepare(request.txn, request.items).await?;
-    Ok(Json(state.replica.status()))
+    let committed = state
+        .replica
+        .commit_and_prepare(request.commits, request.txn, request.items)
+        .await?;
+    let mut status = state.replica.status();
+    status.committed = committed;
+    Ok(Json(status))
 }
 
 async fn commit(

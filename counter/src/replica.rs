@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tally_common::api::{CounterStatus, ExportEntry};
+use tally_common::api::{CommitRequest, CounterStatus, ExportEntry};
 use tally_common::applied::AppliedSet;
 use tally_common::{CommitIndex, CounterId, Item, TxnId};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -82,6 +82,7 @@ impl Replica {
             applied_index: self.applied(),
             catching_up: self.inner.catching_up.load(Ordering::SeqCst),
             prepared: self.inner.prepared.lock().expect("poisoned").len(),
+            committed: Vec::new(),
         }
     }
 
@@ -132,6 +133,39 @@ impl Replica {
     /// Phase one: durable before it returns, so a yes vote survives a crash.
     pub async fn prepare(&self, txn: TxnId, items: Vec<Item>) -> Result<(), Error> {
         self.submit(WriteOp::Prepare { txn, items }).await.map(drop)
+    }
+
+    /// Applies the commits a prepare carries, then prepares; queued back to
+    /// back, they normally share one storage write. Returns the indexes of
+    /// the carried commits that are applied here (those this replica never
+    /// prepared are not its business).
+    pub async fn commit_and_prepare(
+        &self,
+        commits: Vec<CommitRequest>,
+        txn: TxnId,
+        items: Vec<Item>,
+    ) -> Result<Vec<CommitIndex>, Error> {
+        let mut pending = Vec::with_capacity(commits.len());
+        for c in commits {
+            let (tx, rx) = oneshot::channel();
+            let op = WriteOp::Commit {
+                txn: c.txn,
+                index: c.index,
+            };
+            self.inner
+                .writer
+                .send((op, tx))
+                .map_err(|_| Error::WriterGone)?;
+            pending.push((c.index, rx));
+        }
+        let prepared = self.prepare(txn, items).await;
+        let mut committed = Vec::new();
+        for (index, rx) in pending {
+            if let Ok(Ok(WriteResult::Done)) = rx.await {
+                committed.push(index);
+            }
+        }
+        prepared.map(|()| committed)
     }
 
     pub async fn commit(&self, txn: TxnId, index: CommitIndex) -> Result<(), Error> {

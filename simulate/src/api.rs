@@ -1,7 +1,7 @@
 //! A small client of tally's public API, used by every subcommand and test.
 
 use std::time::Duration;
-use tally_common::api::{ClusterView, Count, Message};
+use tally_common::api::{ClusterView, Count, CounterStatus, Message};
 use tally_common::Item;
 
 /// How a write ended, as the set checker needs to know it.
@@ -91,6 +91,39 @@ impl Api {
             return Err(format!("/cluster answered {}", response.status()));
         }
         response.json().await.map_err(|e| e.to_string())
+    }
+
+    /// Waits until every counter at `counters` has applied everything the
+    /// coordinator had decided when the call began. Clients hear of a
+    /// commit before the counters apply it, so reading a counter directly
+    /// right after a write needs this; reads through the coordinator do not.
+    pub async fn wait_applied(&self, counters: &[String], timeout: Duration) -> Result<(), String> {
+        let decided = self.cluster().await?.decided_index;
+        let deadline = std::time::Instant::now() + timeout;
+        for url in counters {
+            loop {
+                let status: Result<CounterStatus, String> = async {
+                    let response = self
+                        .http
+                        .get(format!("{url}/health"))
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    response.json().await.map_err(|e| e.to_string())
+                }
+                .await;
+                let last = match status {
+                    Ok(s) if s.applied_index >= decided => break,
+                    Ok(s) => format!("applied {} of {decided}", s.applied_index),
+                    Err(e) => e,
+                };
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("{url} did not apply up to {decided}: {last}"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
     }
 
     /// A GET of any path, for status and body checks.

@@ -69,6 +69,13 @@ impl SetCheck {
 /// Reads every request's tenant from the coordinator and every counter URL.
 pub async fn check(api: &Api, counters: &[String], report: &LoadReport) -> SetCheck {
     let mut result = SetCheck::default();
+    if let Err(e) = api
+        .wait_applied(counters, std::time::Duration::from_secs(30))
+        .await
+    {
+        result.unreadable.push(e);
+        return result;
+    }
     for op in &report.ops {
         let mut counts = Vec::new();
         let mut sources = vec![("coordinator".to_string(), api.count(&op.tenant).await)];

@@ -228,6 +228,7 @@ impl Verification {
 /// Checks that every tenant's count (through `api`, and at each counter URL
 /// given) equals its acknowledged items, allowing indeterminate requests to
 /// have landed or not. Assumes no other writer used this run's tenants.
+/// Counters are read once they have applied everything decided so far.
 pub async fn verify(api: &Api, counters: &[String], report: &LoadReport) -> Verification {
     let acknowledged = report.acknowledged_per_tenant();
     let unknown = report.unknown_per_tenant();
@@ -238,6 +239,10 @@ pub async fn verify(api: &Api, counters: &[String], report: &LoadReport) -> Veri
         tenants: tenants.len(),
         ..Verification::default()
     };
+    if let Err(e) = api.wait_applied(counters, Duration::from_secs(30)).await {
+        verification.mismatches.push(e);
+        return verification;
+    }
     for tenant in tenants {
         let low = acknowledged.get(tenant).copied().unwrap_or(0);
         let high = low + unknown.get(tenant).copied().unwrap_or(0);

@@ -15,6 +15,12 @@ async fn cluster(dir: &tempfile::TempDir) -> LocalCluster {
 
 /// Every counter and the coordinator agree on `tenant`'s count.
 async fn assert_count(cluster: &LocalCluster, tenant: &str, want: u64) {
+    let urls: Vec<String> = cluster.counters().iter().map(|c| c.url.clone()).collect();
+    cluster
+        .api()
+        .wait_applied(&urls, std::time::Duration::from_secs(30))
+        .await
+        .expect("counters apply what was decided");
     assert_eq!(
         cluster.api().count(tenant).await,
         Ok(want),

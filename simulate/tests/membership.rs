@@ -33,6 +33,12 @@ async fn add_bulk(api: &Api, tenant: &str, prefix: &str, n: usize) {
 }
 
 async fn assert_everywhere(cluster: &LocalCluster, tenant: &str, want: u64) {
+    let urls: Vec<String> = cluster.counters().iter().map(|c| c.url.clone()).collect();
+    cluster
+        .api()
+        .wait_applied(&urls, std::time::Duration::from_secs(30))
+        .await
+        .expect("counters apply what was decided");
     assert_eq!(cluster.api().count(tenant).await, Ok(want), "coordinator");
     for c in cluster.counters() {
         assert_eq!(
