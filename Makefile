@@ -44,10 +44,13 @@ help:
 # The failpoint build of the coordinator is for tests only: it can crash
 # between logging a commit decision and sending it. Cargo keeps both
 # feature sets' artifacts, so switching back and forth does not recompile.
+# Both builds select every target of the workspace, so dependencies resolve
+# to the same features as `cargo test` and are compiled once for all three
+# (the second build recompiles only the coordinator crate).
 build:
-	$(CARGO) build --release -p tally-coordinator --features failpoints
+	$(CARGO) build --release --workspace --all-targets --features tally-coordinator/failpoints
 	cp $(BIN)/coordinator $(BIN)/coordinator-failpoints
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release --workspace --all-targets
 
 run:
 	$(CARGO) build --release --workspace --bins
