@@ -9,9 +9,11 @@ use tally_common::{CommitIndex, TxnId};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("storage: {0}")]
-    Storage(#[from] redb::Error),
+    Storage(#[from] fjall::Error),
     #[error("stored record is corrupt: {0}")]
     Corrupt(#[from] postcard::Error),
+    #[error("stored {0} is corrupt")]
+    CorruptEncoding(&'static str),
     #[error("transaction {0} is not prepared here")]
     UnknownTxn(TxnId),
     #[error("not caught up to index {fence} (applied {applied})")]
@@ -27,24 +29,6 @@ pub enum Error {
     BadRequest(String),
 }
 
-/// redb splits its errors by operation; all of them are storage failures here.
-macro_rules! storage_error {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Error::Storage(e.into())
-            }
-        }
-    )*};
-}
-storage_error!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
-
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -52,7 +36,9 @@ impl IntoResponse for Error {
             Error::FenceTimeout { .. } | Error::WriterGone => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Error::Storage(_) | Error::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Storage(_) | Error::Corrupt(_) | Error::CorruptEncoding(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");

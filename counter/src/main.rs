@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{}:{port}", config::host_name()));
 
-    let store = store::RedbStore::open(&args.data_dir)
+    let store = store::FjallStore::open(&args.data_dir)
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
     let replica = replica::Replica::start(id.clone(), Arc::new(store))?;
     tracing::info!(
