@@ -26,7 +26,7 @@ COMPOSE_RUN = IMAGE=$(IMAGE) DOCKERFILE=$(DOCKERFILE) BUILD_CONTEXT=$(BUILD_CONT
 	HTTP_PORT=$(HTTP_PORT) $(COMPOSE) -p $(COMPOSE_PROJECT_NAME)
 
 .PHONY: all build run test fmt-check clippy unit-and-integration bench bench-engines simulate status clean-data help \
-	up dev log stop clean image docker-images docker-images-if-engine test-deps
+	up dev log stop clean image docker-images docker-images-if-engine docker-images-from-binaries test-deps
 
 all: build
 
@@ -107,13 +107,18 @@ clean-data:
 # link, in target/docker (scripts/docker-context.sh).
 docker-images:
 	$(CARGO) build --release --workspace --bins
+	$(MAKE) --no-print-directory docker-images-from-binaries
+
+docker-images-from-binaries:
 	scripts/docker-context.sh $(BIN) target/docker
 	docker build -q -f target/docker/Dockerfile.dev -t tally:dev target/docker
 
 # make test: the Docker tests need the image; without an engine they skip.
-docker-images-if-engine:
+# `build` has just built the binaries (all targets, so with the features the
+# tests use); building --bins here would compile part of the tree again.
+docker-images-if-engine: build
 	@if docker info >/dev/null 2>&1; then \
-	  $(MAKE) --no-print-directory docker-images; \
+	  $(MAKE) --no-print-directory docker-images-from-binaries; \
 	else \
 	  echo "no Docker engine reachable: the Docker tests (simulate/tests/docker.rs) will be SKIPPED"; \
 	fi
