@@ -17,7 +17,7 @@ use tally_common::api::{
 use tally_common::{CommitIndex, TxnId};
 
 /// Items per import batch: bounds memory while copying a large data set.
-const IMPORT_BATCH_ITEMS: usize = 20_000;
+const IMPORT_BATCH_ITEMS: usize = 2_000;
 
 /// How long a prepared transaction may wait for its outcome before the
 /// counter asks the coordinator for it.
