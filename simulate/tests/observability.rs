@@ -477,12 +477,13 @@ async fn count_stream_pushes_growing_counts_while_another_client_writes() {
     const REQUESTS: usize = 40;
     const PER_REQUEST: usize = 5;
     let writer = tokio::spawn(async move {
+        let mut pace = tokio::time::interval(Duration::from_millis(25));
         for r in 0..REQUESTS {
+            pace.tick().await;
             let outcome = api
                 .add(&items("streamed", &format!("w{r}"), PER_REQUEST))
                 .await;
             assert_eq!(outcome, simulate::api::WriteOutcome::Ok);
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     });
     let last = (2 + REQUESTS * PER_REQUEST) as u64;
