@@ -12,6 +12,7 @@ pub mod error;
 pub mod ids;
 pub mod items;
 pub mod membership;
+pub mod token;
 
 pub use error::Error;
 pub use ids::{CommitIndex, CounterId, TxnId};

@@ -20,6 +20,7 @@ use tally_common::api::{
     CaughtUpRequest, ClusterView, Count, JoinPlan, Message, Outcome, RegisterRequest, TOKEN_HEADER,
 };
 use tally_common::items::{check_tenant, parse_items};
+use tally_common::token::token_matches;
 use tally_common::TxnId;
 
 #[derive(Clone)]
@@ -181,17 +182,6 @@ async fn require_token(
     Ok(next.run(request).await)
 }
 
-/// Constant-time comparison, so response times do not leak the token.
-fn token_matches(expected: &str, given: &[u8]) -> bool {
-    let expected = expected.as_bytes();
-    expected.len() == given.len()
-        && expected
-            .iter()
-            .zip(given)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
 async fn register(
     State(state): State<AppState>,
     Json(request): Json<RegisterRequest>,
@@ -239,16 +229,4 @@ async fn outcome(
         Some(index) => Outcome::Committed { index },
         None => Outcome::Aborted,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::token_matches;
-
-    #[test]
-    fn token_comparison() {
-        assert!(token_matches("t0k", b"t0k"));
-        assert!(!token_matches("t0k", b"t0K"));
-        assert!(!token_matches("t0k", b""));
-    }
 }

@@ -93,6 +93,12 @@ impl Shared {
         self.read_cursor.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Where a counter is reached, if it is still in the cluster.
+    pub fn member_url(&self, id: &CounterId) -> Option<String> {
+        let cluster = self.cluster.lock().expect("poisoned");
+        cluster.member(id).map(|m| m.url.clone())
+    }
+
     pub fn fence(&self) -> CommitIndex {
         *self.decided.borrow()
     }

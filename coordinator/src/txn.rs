@@ -164,13 +164,7 @@ async fn send_commits(
     }
     let timeout = shared.settings.commit_timeout;
     let calls = yes.into_iter().filter_map(|id| {
-        let url = shared
-            .cluster
-            .lock()
-            .expect("poisoned")
-            .member(&id)?
-            .url
-            .clone();
+        let url = shared.member_url(&id)?;
         let shared = shared.clone();
         Some(async move {
             match shared.counters.commit(&url, &id, request, timeout).await {
@@ -203,13 +197,7 @@ pub fn acknowledge(shared: &Shared, index: CommitIndex, id: &CounterId, applied:
 async fn send_aborts(shared: &Arc<Shared>, txn: TxnId, yes: BTreeSet<CounterId>) {
     let timeout = shared.settings.commit_timeout;
     let calls = yes.into_iter().filter_map(|id| {
-        let url = shared
-            .cluster
-            .lock()
-            .expect("poisoned")
-            .member(&id)?
-            .url
-            .clone();
+        let url = shared.member_url(&id)?;
         let shared = shared.clone();
         Some(async move {
             let _ = shared

@@ -21,6 +21,7 @@ use tally_common::api::{
     AbortRequest, CatchUpRequest, CommitRequest, Count, CounterStatus, ExportEntry, ExportLine,
     Message, PrepareRequest, TOKEN_HEADER,
 };
+use tally_common::token::token_matches;
 use tally_common::CommitIndex;
 
 /// Entries per chunk of the export stream: large enough to amortise the
@@ -56,20 +57,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn(crate::metrics::track_requests))
         .with_state(state)
-}
-
-/// Constant-time comparison, so the token cannot be guessed byte by byte
-/// from response times.
-pub fn token_matches(expected: &str, given: &[u8]) -> bool {
-    let expected = expected.as_bytes();
-    if expected.len() != given.len() {
-        return false;
-    }
-    expected
-        .iter()
-        .zip(given)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
 }
 
 async fn require_token(
@@ -223,17 +210,4 @@ async fn export(
 fn write_line(buf: &mut Vec<u8>, line: &ExportLine) {
     serde_json::to_writer(&mut *buf, line).expect("export lines always serialise");
     buf.push(b'\n');
-}
-
-#[cfg(test)]
-mod tests {
-    use super::token_matches;
-
-    #[test]
-    fn token_comparison() {
-        assert!(token_matches("secret", b"secret"));
-        assert!(!token_matches("secret", b"secreT"));
-        assert!(!token_matches("secret", b"secret2"));
-        assert!(!token_matches("secret", b""));
-    }
 }
