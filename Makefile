@@ -26,7 +26,7 @@ COMPOSE_RUN = IMAGE=$(IMAGE) DOCKERFILE=$(DOCKERFILE) BUILD_CONTEXT=$(BUILD_CONT
 	HTTP_PORT=$(HTTP_PORT) $(COMPOSE) -p $(COMPOSE_PROJECT_NAME)
 
 .PHONY: all build run test fmt-check clippy unit-and-integration bench bench-engines simulate status clean-data help \
-	up dev log stop clean image docker-images docker-images-if-engine docker-images-from-binaries test-deps
+	up dev log stop clean cluster-token image docker-images docker-images-if-engine docker-images-from-binaries test-deps
 
 all: build
 
@@ -103,6 +103,11 @@ clean-data:
 .env:
 	cp .env.dist .env
 
+# Every `make up` cluster runs with a cluster token: one is generated into
+# .env when none is set there.
+cluster-token: .env
+	@scripts/ensure-cluster-token.sh .env
+
 # Dockerfile.dev's context: the release binaries and the libraries they
 # link, in target/docker (scripts/docker-context.sh).
 docker-images:
@@ -132,7 +137,7 @@ else
 	$(COMPOSE_RUN) build
 endif
 
-up: .env image
+up: .env cluster-token image
 	$(COMPOSE_RUN) up -d --no-build --scale counter=$(COUNTERS)
 	$(COMPOSE_RUN) exec -T coordinator /usr/local/bin/simulate status \
 	  --coordinator http://127.0.0.1:8080 --wait-counters $(COUNTERS)

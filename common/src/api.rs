@@ -110,7 +110,12 @@ pub struct CounterStatus {
     pub applied_index: CommitIndex,
     pub catching_up: bool,
     pub prepared: usize,
-    /// In a prepare answer: the carried commits now applied here.
+    /// In a prepare answer: the transaction this vote is for. A yes that
+    /// names another transaction (a confused or replayed answer) is no vote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voted: Option<TxnId>,
+    /// In a prepare answer: the carried commits now applied here. In a
+    /// commit answer: the index just applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub committed: Vec<CommitIndex>,
 }

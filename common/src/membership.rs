@@ -156,6 +156,14 @@ impl Cluster {
         self.decided
     }
 
+    /// Nobody can have applied what was never decided. A counter claiming
+    /// more is lying, or holds another cluster's data (this coordinator's
+    /// log was lost): believing it could make it the one everyone copies
+    /// from, so such a claim is refused.
+    pub fn claim_is_possible(&self, applied: CommitIndex) -> bool {
+        applied <= self.decided
+    }
+
     pub fn member(&self, id: &CounterId) -> Option<&Member> {
         self.members.get(id)
     }
@@ -431,6 +439,7 @@ impl Cluster {
 
     /// A counter reported progress (in a commit acknowledgement, say).
     pub fn record_applied(&mut self, id: &CounterId, applied: CommitIndex) {
+        let applied = applied.min(self.decided);
         if let Some(member) = self.members.get_mut(id) {
             member.applied = member.applied.max(applied);
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tally_common::api::{
     AbortRequest, CatchUpRequest, CommitRequest, Count, CounterStatus, FENCE_PARAM, TOKEN_HEADER,
 };
-use tally_common::{CommitIndex, CounterId};
+use tally_common::{CommitIndex, CounterId, TxnId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -22,6 +22,10 @@ pub enum CallError {
     },
     #[error("answered for counter {0}, not the one asked")]
     WrongCounter(CounterId),
+    /// A well-formed answer to a question that was not asked: a vote for
+    /// another transaction, an acknowledgement of another commit.
+    #[error("answered for something not asked: {0}")]
+    Unasked(String),
 }
 
 #[derive(Clone)]
@@ -31,10 +35,12 @@ pub struct CounterClient {
 }
 
 impl CounterClient {
-    pub fn new(token: Option<String>) -> Self {
+    /// `idle`: how long a pooled connection may idle; less than the
+    /// counters' idle close (`ServeLimits::client_idle_timeout`).
+    pub fn new(token: Option<String>, idle: Duration) -> Self {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(idle)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(1))
             .build()
@@ -64,6 +70,7 @@ impl CounterClient {
         &self,
         url: &str,
         id: &CounterId,
+        txn: TxnId,
         body: Bytes,
         timeout: Duration,
     ) -> Result<CounterStatus, CallError> {
@@ -72,8 +79,14 @@ impl CounterClient {
             .post(format!("{url}/internal/prepare"))
             .header("content-type", "application/json")
             .body(body);
-        let status: CounterStatus = self.send(request, timeout).await?;
-        check_identity(id, status)
+        let status = check_identity(id, self.send(request, timeout).await?)?;
+        if status.voted != Some(txn) {
+            return Err(CallError::Unasked(format!(
+                "a vote for {:?} in answer to prepare {txn}",
+                status.voted
+            )));
+        }
+        Ok(status)
     }
 
     pub async fn commit(
@@ -83,11 +96,19 @@ impl CounterClient {
         request: CommitRequest,
         timeout: Duration,
     ) -> Result<CounterStatus, CallError> {
+        let index = request.index;
         let request = self
             .http
             .post(format!("{url}/internal/commit"))
             .json(&request);
-        check_identity(id, self.send(request, timeout).await?)
+        let status = check_identity(id, self.send(request, timeout).await?)?;
+        if !status.committed.contains(&index) {
+            return Err(CallError::Unasked(format!(
+                "commit {index} not among those acknowledged ({:?})",
+                status.committed
+            )));
+        }
+        Ok(status)
     }
 
     pub async fn abort(
@@ -143,21 +164,12 @@ impl CounterClient {
         fence: CommitIndex,
         timeout: Duration,
     ) -> Result<u64, CallError> {
-        let mut endpoint = reqwest::Url::parse(url).map_err(|e| CallError::Status {
-            status: reqwest::StatusCode::BAD_REQUEST,
-            body: format!("bad counter url {url}: {e}"),
-        })?;
-        endpoint
-            .path_segments_mut()
-            .map_err(|_| CallError::Status {
-                status: reqwest::StatusCode::BAD_REQUEST,
-                body: format!("bad counter url {url}"),
-            })?
-            .extend(["items", tenant, "count"]);
-        endpoint
-            .query_pairs_mut()
-            .append_pair(FENCE_PARAM, &fence.0.to_string());
-        let count: Count = self.send(self.http.get(endpoint), timeout).await?;
+        let fence = fence.0.to_string();
+        let request = self
+            .http
+            .get(format!("{url}/internal/count"))
+            .query(&[("tenant", tenant), (FENCE_PARAM, &fence)]);
+        let count: Count = self.send(request, timeout).await?;
         Ok(count.count)
     }
 }

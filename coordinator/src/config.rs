@@ -44,6 +44,9 @@ pub struct Args {
     /// Largest accepted `POST /items` body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Time a client has to send the whole `POST /items` body; beyond, 408.
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
     /// Most items accepted in one request.
     #[arg(long, env = "MAX_ITEMS", default_value_t = 100_000)]
     pub max_items: usize,
@@ -56,6 +59,8 @@ pub struct Args {
     /// Write requests that may wait for a transaction; beyond, 503.
     #[arg(long, env = "MAX_QUEUED_WRITES", default_value_t = 20_000)]
     pub max_queued_writes: usize,
+    #[command(flatten)]
+    pub serve: tally_server::ServeLimits,
     /// Log format: `compact` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "compact")]
     pub log_format: String,

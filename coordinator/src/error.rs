@@ -14,15 +14,19 @@ pub enum Error {
     TooLarge(String),
     #[error("cannot read the request body: {0}")]
     BadBody(String),
+    /// The client sent its body too slowly (or stopped): the connection
+    /// is not held for it.
+    #[error("the request body did not arrive within {0:?}")]
+    SlowBody(std::time::Duration),
     /// Definite failure: nothing of the request was counted.
     #[error("transaction aborted, nothing was counted: {0}")]
     Aborted(String),
     #[error("{0}")]
     Unavailable(String),
-    #[error("missing or wrong cluster token")]
-    Unauthorized,
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("storage: {0}")]
     Storage(#[from] redb::Error),
     #[error("stored record is corrupt: {0}")]
@@ -56,8 +60,9 @@ impl IntoResponse for Error {
             }
             Error::Invalid(_) | Error::BadBody(_) => StatusCode::BAD_REQUEST,
             Error::Aborted(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Storage(_) | Error::Corrupt(_) | Error::Metrics(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -8,26 +8,26 @@ use crate::reads;
 use crate::state::{now_ms, Shared};
 use crate::{dashboard, stream};
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use tally_common::api::{
-    CaughtUpRequest, ClusterView, Count, JoinPlan, Message, Outcome, RegisterRequest, TOKEN_HEADER,
+    CaughtUpRequest, ClusterView, Count, JoinPlan, Message, Outcome, RegisterRequest,
 };
 use tally_common::items::{check_tenant, parse_items};
-use tally_common::token::token_matches;
 use tally_common::TxnId;
+use tally_server::{require_token, ClusterToken};
 
 #[derive(Clone)]
 pub struct AppState {
     pub shared: Arc<Shared>,
     pub batcher: Batcher,
-    pub token: Option<String>,
+    pub token: ClusterToken,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -36,7 +36,10 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/register", post(register))
         .route("/internal/caught-up", post(caught_up))
         .route("/internal/outcome/{txn}", get(outcome))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(
+            state.token.clone(),
+            require_token,
+        ));
     Router::new()
         .route("/items", post(add_items))
         .route("/items/{tenant}/count", get(count))
@@ -69,8 +72,13 @@ async fn method_not_allowed() -> impl IntoResponse {
 /// Accepts the body whatever its Content-Type: the seed's clients send
 /// JSON with curl's default form type.
 async fn add_items(State(state): State<AppState>, body: Body) -> Result<Json<Message>, Error> {
-    let limit = state.shared.settings.max_body_bytes;
-    let bytes = read_body(body, limit).await?;
+    let settings = &state.shared.settings;
+    let bytes = tokio::time::timeout(
+        settings.body_read_timeout,
+        read_body(body, settings.max_body_bytes),
+    )
+    .await
+    .map_err(|_| Error::SlowBody(settings.body_read_timeout))??;
     let items = parse_items(&bytes, state.shared.settings.item_limits)?;
     if !items.is_empty() {
         state.batcher.submit(items).await?;
@@ -163,52 +171,55 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok", "in_sync": in_sync }))
 }
 
-async fn require_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, Error> {
-    if let Some(token) = &state.token {
-        let given = request
-            .headers()
-            .get(TOKEN_HEADER)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        if !token_matches(token, given) {
-            tracing::warn!(path = %request.uri().path(), "internal call with a wrong or missing token");
-            return Err(Error::Unauthorized);
-        }
-    }
-    Ok(next.run(request).await)
-}
-
 async fn register(
     State(state): State<AppState>,
     Json(request): Json<RegisterRequest>,
-) -> Json<JoinPlan> {
-    let (plan, effects) = state.shared.cluster.lock().expect("poisoned").register(
-        request.id.clone(),
-        request.url.clone(),
-        request.applied_index,
-        now_ms(),
-    );
+) -> Result<Json<JoinPlan>, Error> {
+    let (plan, effects) = {
+        let mut cluster = state.shared.cluster.lock().expect("poisoned");
+        refuse_impossible_claim(&cluster, &request.id, request.applied_index)?;
+        cluster.register(
+            request.id.clone(),
+            request.url.clone(),
+            request.applied_index,
+            now_ms(),
+        )
+    };
     tracing::info!(
         counter = %request.id, url = %request.url, applied = %request.applied_index,
         in_sync = plan.in_sync, until = %plan.until, "counter registered"
     );
     state.shared.carry_out(effects).await;
-    Json(plan)
+    Ok(Json(plan))
+}
+
+fn refuse_impossible_claim(
+    cluster: &tally_common::membership::Cluster,
+    id: &tally_common::CounterId,
+    applied: tally_common::CommitIndex,
+) -> Result<(), Error> {
+    if cluster.claim_is_possible(applied) {
+        return Ok(());
+    }
+    tracing::error!(
+        counter = %id, claimed = %applied, decided = %cluster.decided(),
+        "counter claims to hold commits never decided here: refused (another cluster's data, or a lost decision log?)"
+    );
+    Err(Error::Conflict(format!(
+        "applied index {applied} is beyond the last decided index {}",
+        cluster.decided()
+    )))
 }
 
 async fn caught_up(
     State(state): State<AppState>,
     Json(request): Json<CaughtUpRequest>,
 ) -> Result<Json<JoinPlan>, Error> {
-    let result = state.shared.cluster.lock().expect("poisoned").caught_up(
-        &request.id,
-        request.applied_index,
-        now_ms(),
-    );
+    let result = {
+        let mut cluster = state.shared.cluster.lock().expect("poisoned");
+        refuse_impossible_claim(&cluster, &request.id, request.applied_index)?;
+        cluster.caught_up(&request.id, request.applied_index, now_ms())
+    };
     let (plan, effects) =
         result.ok_or_else(|| Error::NotFound(format!("unknown counter {}", request.id)))?;
     state.shared.carry_out(effects).await;

@@ -11,7 +11,6 @@ mod dashboard;
 mod decider;
 mod error;
 mod health;
-mod healthcheck;
 mod http;
 mod log;
 mod metrics;
@@ -36,9 +35,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let args = config::Args::parse();
     if args.healthcheck {
-        std::process::exit(healthcheck::probe(args.listen));
+        std::process::exit(tally_server::probe(args.listen));
     }
-    init_logging(&args.log_format);
+    tally_server::init_logging(&args.log_format);
     let metrics = metrics::install()?;
 
     let (log, restored) = log::DecisionLog::open(&args.data_dir).with_context(|| {
@@ -63,19 +62,23 @@ async fn main() -> anyhow::Result<()> {
         read_timeout: args.read_timeout,
         health_interval: args.health_interval,
         max_body_bytes: args.max_body_bytes,
+        body_read_timeout: args.body_read_timeout,
         item_limits: ItemLimits {
             max_items: args.max_items,
             ..ItemLimits::default()
         },
     };
-    let token = args.cluster_token.clone().filter(|t| !t.is_empty());
+    let token = tally_server::ClusterToken::new(args.cluster_token.as_deref());
     let (decider, decider_task) = decider::Decider::new();
     let shared = Arc::new(state::Shared::new(
         settings,
         cluster,
         log,
         restored.epoch,
-        client::CounterClient::new(token.clone()),
+        client::CounterClient::new(
+            token.get().map(str::to_string),
+            args.serve.client_idle_timeout(),
+        ),
         decider,
     ));
     // Commits logged before a restart go out again to every counter; a
@@ -122,34 +125,7 @@ async fn main() -> anyhow::Result<()> {
         token,
         metrics,
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    tally_server::serve(listener, app, &args.serve, tally_server::shutdown_signal()).await?;
     tracing::info!("coordinator stopped");
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM; the server then stops accepting and lets
-/// in-flight requests (and so their transactions) finish.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("cannot install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.compact().init();
-    }
 }

@@ -22,6 +22,7 @@ pub struct Settings {
     pub read_timeout: Duration,
     pub health_interval: Duration,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
     pub item_limits: tally_common::items::ItemLimits,
 }
 

@@ -84,6 +84,7 @@ async fn prepare(shared: &Arc<Shared>, txn: TxnId, items: Vec<Item>) -> BTreeSet
     let participants = shared.cluster.lock().expect("poisoned").participants();
     let lagging = shared.lagging.lock().expect("poisoned").clone();
     let commits = std::mem::take(&mut *shared.undelivered.lock().expect("poisoned"));
+    let carried: Arc<BTreeSet<CommitIndex>> = Arc::new(commits.iter().map(|c| c.index).collect());
     let body = Bytes::from(
         serde_json::to_vec(&PrepareRequest {
             txn,
@@ -101,10 +102,16 @@ async fn prepare(shared: &Arc<Shared>, txn: TxnId, items: Vec<Item>) -> BTreeSet
             awaited.insert(p.id.clone());
         }
         let (shared, body, votes) = (shared.clone(), body.clone(), votes.clone());
+        let carried = carried.clone();
         tokio::spawn(async move {
-            let result = shared.counters.prepare(&p.url, &p.id, body, timeout).await;
+            let result = shared
+                .counters
+                .prepare(&p.url, &p.id, txn, body, timeout)
+                .await;
             if let Ok(status) = &result {
-                for index in &status.committed {
+                // Only commits this prepare carried can have been applied
+                // by it; anything else in the answer is not believed.
+                for index in status.committed.iter().filter(|i| carried.contains(i)) {
                     acknowledge(&shared, *index, &p.id, status.applied_index);
                 }
             }

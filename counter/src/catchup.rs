@@ -78,7 +78,7 @@ async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
         .http
         .post(format!("{}{path}", state.coordinator))
         .json(body);
-    if let Some(token) = &state.token {
+    if let Some(token) = state.token.get() {
         request = request.header(TOKEN_HEADER, token);
     }
     request.send().await?.error_for_status()?.json().await
@@ -142,7 +142,7 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
         .http
         .get(format!("{peer}/internal/export"))
         .query(&[("since", since.0), ("until", until.0)]);
-    if let Some(token) = &state.token {
+    if let Some(token) = state.token.get() {
         request = request.header(TOKEN_HEADER, token);
     }
     let response = request.send().await?.error_for_status()?;
@@ -236,7 +236,7 @@ async fn outcome(state: &AppState, txn: TxnId) -> Result<Outcome, reqwest::Error
     let mut request = state
         .http
         .get(format!("{}/internal/outcome/{}", state.coordinator, txn.0));
-    if let Some(token) = &state.token {
+    if let Some(token) = state.token.get() {
         request = request.header(TOKEN_HEADER, token);
     }
     request.send().await?.error_for_status()?.json().await

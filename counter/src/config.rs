@@ -34,6 +34,8 @@ pub struct Args {
     /// Register again after this long without a call from the coordinator.
     #[arg(long, env = "REJOIN_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
     pub rejoin_after: Duration,
+    #[command(flatten)]
+    pub serve: tally_server::ServeLimits,
     /// Log format: `compact` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "compact")]
     pub log_format: String,

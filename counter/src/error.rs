@@ -23,8 +23,6 @@ pub enum Error {
     },
     #[error("the writer has stopped")]
     WriterGone,
-    #[error("missing or wrong cluster token")]
-    Unauthorized,
     #[error("{0}")]
     BadRequest(String),
 }
@@ -34,7 +32,6 @@ impl IntoResponse for Error {
         let status = match &self {
             Error::UnknownTxn(_) => StatusCode::CONFLICT,
             Error::FenceTimeout { .. } | Error::WriterGone => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Storage(_) | Error::Corrupt(_) | Error::CorruptEncoding(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR

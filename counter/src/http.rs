@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_common::api::{
     AbortRequest, CatchUpRequest, CommitRequest, Count, CounterStatus, ExportEntry, ExportLine,
-    Message, PrepareRequest, TOKEN_HEADER,
+    Message, PrepareRequest,
 };
-use tally_common::token::token_matches;
 use tally_common::CommitIndex;
+use tally_server::{require_token, ClusterToken};
 
 /// Entries per chunk of the export stream: large enough to amortise the
 /// channel hop, small enough to keep both sides' memory flat.
@@ -32,7 +32,7 @@ const EXPORT_CHUNK_BYTES: usize = 256 * 1024;
 pub struct AppState {
     pub replica: Replica,
     pub coordinator: String,
-    pub token: Option<String>,
+    pub token: ClusterToken,
     pub fence_timeout: Duration,
     pub http: reqwest::Client,
     /// When the coordinator last reached us: a counter it forgot re-registers.
@@ -46,9 +46,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/internal/commit", post(commit))
         .route("/internal/abort", post(abort))
         .route("/internal/status", get(status))
+        .route("/internal/count", get(internal_count))
         .route("/internal/catchup", post(catch_up))
         .route("/internal/export", get(export))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), note_contact))
+        .route_layer(middleware::from_fn_with_state(
+            state.token.clone(),
+            require_token,
+        ));
     Router::new()
         .route("/health", get(health))
         .route("/items/{tenant}/count", get(count))
@@ -59,23 +64,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn require_token(
+/// A call that passed the token check came from the coordinator (or a
+/// peer): a counter the coordinator stops calling registers again.
+async fn note_contact(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
-) -> Result<Response, Error> {
-    if let Some(token) = &state.token {
-        let given = request
-            .headers()
-            .get(TOKEN_HEADER)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        if !token_matches(token, given) {
-            return Err(Error::Unauthorized);
-        }
-    }
+) -> Response {
     *state.last_contact.lock().expect("poisoned") = Instant::now();
-    Ok(next.run(request).await)
+    next.run(request).await
 }
 
 async fn not_found() -> impl IntoResponse {
@@ -106,10 +103,34 @@ async fn count(
     Path(tenant): Path<String>,
     Query(query): Query<FenceQuery>,
 ) -> Result<Json<Count>, Error> {
-    let fence = CommitIndex(query.fence.unwrap_or(0));
+    fenced_count(&state, &tenant, query.fence).await
+}
+
+#[derive(Deserialize)]
+struct CountQuery {
+    tenant: String,
+    fence: Option<u64>,
+}
+
+/// The coordinator's reads. The tenant travels in the query because a URL
+/// path cannot carry every name: clients normalise `.` and `..` segments
+/// (even percent-encoded ones) away.
+async fn internal_count(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<CountQuery>,
+) -> Result<Json<Count>, Error> {
+    fenced_count(&state, &query.tenant, query.fence).await
+}
+
+async fn fenced_count(
+    state: &AppState,
+    tenant: &str,
+    fence: Option<u64>,
+) -> Result<Json<Count>, Error> {
+    let fence = CommitIndex(fence.unwrap_or(0));
     let count = state
         .replica
-        .count(&tenant, fence, state.fence_timeout)
+        .count(tenant, fence, state.fence_timeout)
         .await?;
     Ok(Json(Count { count }))
 }
@@ -123,6 +144,7 @@ async fn prepare(
         .commit_and_prepare(request.commits, request.txn, request.items)
         .await?;
     let mut status = state.replica.status();
+    status.voted = Some(request.txn);
     status.committed = committed;
     Ok(Json(status))
 }
@@ -132,7 +154,9 @@ async fn commit(
     Json(request): Json<CommitRequest>,
 ) -> Result<Json<CounterStatus>, Error> {
     state.replica.commit(request.txn, request.index).await?;
-    Ok(Json(state.replica.status()))
+    let mut status = state.replica.status();
+    status.committed = vec![request.index];
+    Ok(Json(status))
 }
 
 async fn abort(

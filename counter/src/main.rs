@@ -4,7 +4,6 @@
 mod catchup;
 mod config;
 mod error;
-mod healthcheck;
 mod http;
 mod metrics;
 mod replica;
@@ -25,9 +24,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let args = config::Args::parse();
     if args.healthcheck {
-        std::process::exit(healthcheck::probe(args.listen));
+        std::process::exit(tally_server::probe(args.listen));
     }
-    init_logging(&args.log_format);
+    tally_server::init_logging(&args.log_format);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -50,9 +49,10 @@ async fn main() -> anyhow::Result<()> {
     let state = Arc::new(http::AppState {
         replica,
         coordinator: args.coordinator.trim_end_matches('/').to_string(),
-        token: args.cluster_token.clone().filter(|t| !t.is_empty()),
+        token: tally_server::ClusterToken::new(args.cluster_token.as_deref()),
         fence_timeout: args.fence_timeout,
         http: reqwest::Client::builder()
+            .pool_idle_timeout(args.serve.client_idle_timeout())
             .connect_timeout(std::time::Duration::from_secs(2))
             .timeout(std::time::Duration::from_secs(30))
             .build()?,
@@ -67,34 +67,13 @@ async fn main() -> anyhow::Result<()> {
         args.rejoin_after,
     ));
 
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    tally_server::serve(
+        listener,
+        http::router(state),
+        &args.serve,
+        tally_server::shutdown_signal(),
+    )
+    .await?;
     tracing::info!("counter stopped");
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM. Every acknowledged write is already
-/// durable, so stopping only has to let in-flight requests finish.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("cannot install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.compact().init();
-    }
 }

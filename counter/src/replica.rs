@@ -82,6 +82,7 @@ impl Replica {
             applied_index: self.applied(),
             catching_up: self.inner.catching_up.load(Ordering::SeqCst),
             prepared: self.inner.prepared.lock().expect("poisoned").len(),
+            voted: None,
             committed: Vec::new(),
         }
     }

@@ -25,6 +25,8 @@ impl Api {
     pub fn new(base: impl Into<String>) -> Self {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(512)
+            // Inside tally's default idle close (30 s, --header-read-timeout).
+            .pool_idle_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(15))
             .connect_timeout(Duration::from_secs(2))

@@ -31,6 +31,8 @@ pub struct ClusterOptions {
     pub coordinator_bin: Option<PathBuf>,
     /// Inherit stdout/stderr instead of writing log files.
     pub inherit_output: bool,
+    /// The cluster token every process gets (`CLUSTER_TOKEN`).
+    pub cluster_token: Option<String>,
 }
 
 impl ClusterOptions {
@@ -44,6 +46,7 @@ impl ClusterOptions {
             coordinator_env: Vec::new(),
             coordinator_bin: None,
             inherit_output: false,
+            cluster_token: None,
         }
     }
 }
@@ -199,6 +202,11 @@ impl LocalCluster {
                 None => free_port(),
             }
         };
+        let token_env: Vec<(String, String)> = options
+            .cluster_token
+            .iter()
+            .map(|t| ("CLUSTER_TOKEN".to_string(), t.clone()))
+            .collect();
         let coordinator_port = port(0)?;
         let coordinator_url = format!("http://127.0.0.1:{coordinator_port}");
         let log =
@@ -219,7 +227,11 @@ impl LocalCluster {
                 .clone()
                 .unwrap_or_else(|| bins.join("coordinator")),
             args: coordinator_args,
-            env: options.coordinator_env.clone(),
+            env: token_env
+                .iter()
+                .cloned()
+                .chain(options.coordinator_env.iter().cloned())
+                .collect(),
             log: log("coordinator"),
             child: None,
         };
@@ -249,7 +261,7 @@ impl LocalCluster {
                     "--id".into(),
                     info.id.clone(),
                 ],
-                env: Vec::new(),
+                env: token_env.clone(),
                 log: log(&info.id),
                 child: None,
             };

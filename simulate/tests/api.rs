@@ -208,15 +208,38 @@ async fn a_counter_that_answers_garbage_is_never_trusted() {
     let cluster = cluster(&dir).await;
     let api = cluster.api();
     let url = garbage_counter().await;
-    // It claims to hold far more than anything decided.
-    let register = serde_json::json!({"id": "liar", "url": url, "applied_index": 1_000_000});
-    let response = reqwest::Client::new()
-        .post(format!("{}/internal/register", cluster.coordinator_url()))
-        .json(&register)
-        .send()
+    // It first claims to hold far more than anything decided: refused,
+    // or it would be the one every other counter copies from.
+    let register = |applied: u64| {
+        let body = serde_json::json!({"id": "liar", "url": url, "applied_index": applied});
+        let endpoint = format!("{}/internal/register", cluster.coordinator_url());
+        async move {
+            reqwest::Client::new()
+                .post(endpoint)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let response = register(1_000_000).await;
+    assert_eq!(response.status(), 409);
+    assert!(response
+        .text()
         .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+        .unwrap()
+        .contains("beyond the last decided index"));
+    assert!(
+        !api.cluster()
+            .await
+            .unwrap()
+            .counters
+            .iter()
+            .any(|c| c.id.0 == "liar"),
+        "a refused registration leaves no member behind"
+    );
+    // With a modest claim it is let in as joining, then answers garbage.
+    assert_eq!(register(0).await.status(), 200);
 
     for i in 0..20 {
         let items = vec![tally_common::Item::new(format!("g{i}"), "garbage")];

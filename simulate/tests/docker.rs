@@ -88,9 +88,14 @@ async fn project(test: &str, counters: usize) -> Option<Project> {
     // The coordinator checks counters every 200 ms, so failures and
     // recoveries show within a second; a counter cut off stays in the
     // cluster view for 50 checks (10 s), as it would for 50 s by default.
+    // A token as `make up` generates one: every internal call between the
+    // containers must carry it for the cluster to come up at all.
     std::fs::write(
         &env_file,
-        "HEALTH_INTERVAL=200ms\nREMOVE_AFTER=50\nRUST_LOG=info\n",
+        format!(
+            "HEALTH_INTERVAL=200ms\nREMOVE_AFTER=50\nRUST_LOG=info\nCLUSTER_TOKEN={:032x}\n",
+            rand::random::<u128>()
+        ),
     )
     .unwrap();
     let name = format!(

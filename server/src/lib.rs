@@ -1,0 +1,23 @@
+//! How tally's two binaries serve HTTP. Both face networks other people can
+//! reach, so both get the same defences, written once: a bound on open
+//! connections and on requests in flight (load is shed with a quick 503, not
+//! queued), a deadline and a size cap on request headers (a slow or huge
+//! header cannot pin a connection), the cluster-token check in front of
+//! internal endpoints, and the plumbing every server needs (logging, the
+//! shutdown signal, the container health probe).
+//!
+//! Protocol logic stays in `tally-common`; this crate is the I/O around it.
+
+mod healthcheck;
+mod limits;
+mod listen;
+mod logging;
+mod shutdown;
+mod token;
+
+pub use healthcheck::probe;
+pub use limits::ServeLimits;
+pub use listen::serve;
+pub use logging::init_logging;
+pub use shutdown::shutdown_signal;
+pub use token::{require_token, ClusterToken};

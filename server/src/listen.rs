@@ -1,0 +1,146 @@
+//! The accept loop. `axum::serve` has no connection bound, no header
+//! deadline and no header size cap, so both binaries serve through this
+//! instead: hyper's HTTP/1 connection driven directly, one task per
+//! connection, each holding a permit of the connection bound.
+
+use crate::limits::ServeLimits;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tally_common::api::Message;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Serves `app` on `listener` within `limits` until `shutdown` resolves,
+/// then stops accepting and waits up to `limits.shutdown_grace` for open
+/// connections to finish their requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: &ServeLimits,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    raise_open_file_limit(limits.max_connections);
+    let in_flight = Arc::new(Semaphore::new(limits.max_inflight_requests.max(1)));
+    let app = app.layer(middleware::from_fn_with_state(in_flight, shed_load));
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes)
+        // The read buffer only has to hold headers; bodies stream through.
+        .max_buf_size(limits.max_header_bytes.max(8192) * 2);
+
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Dropping closes it: the client learns at once, and the bound
+            // on memory and descriptors holds whatever arrives.
+            metrics::counter!("tally_http_connections_refused_total").increment(1);
+            tracing::debug!("connection refused: at --max-connections");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            metrics::gauge!("tally_http_connections").increment(1.0);
+            if let Err(e) = conn.await {
+                // Timeouts, resets and malformed requests end up here; they
+                // are the client's business, not an operator's.
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            metrics::gauge!("tally_http_connections").decrement(1.0);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(limits.shutdown_grace) => {
+            tracing::warn!(grace = ?limits.shutdown_grace, "connections still open at the end of the grace period");
+        }
+    }
+    Ok(())
+}
+
+/// Middleware: a request beyond `--max-inflight-requests` is answered 503
+/// at once, without reading its body.
+async fn shed_load(
+    State(in_flight): State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(_permit) = in_flight.try_acquire() else {
+        metrics::counter!("tally_http_requests_shed_total").increment(1);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(Message::new("too many requests in flight, retry later")),
+        )
+            .into_response();
+    };
+    next.run(request).await
+}
+
+/// Errors on accept are about one connection (reset before accept) or about
+/// the process (out of descriptors). The latter needs a pause, or the loop
+/// spins at full speed while nothing can be accepted.
+async fn accept_failed(e: io::Error) {
+    use io::ErrorKind::*;
+    if matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted) {
+        return;
+    }
+    tracing::warn!(error = %e, "accept failed; pausing");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Each connection is a descriptor: make sure the soft limit allows
+/// `--max-connections` plus headroom for files and peers, up to the hard
+/// limit the administrator set.
+fn raise_open_file_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + 1024;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= wanted {
+            return;
+        }
+        limit.rlim_cur = wanted.min(limit.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return;
+        }
+    }
+    if limit.rlim_cur < wanted {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            max_connections,
+            "the open-file limit is below --max-connections plus headroom"
+        );
+    }
+}
