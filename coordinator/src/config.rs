@@ -61,11 +61,6 @@ pub struct Args {
     pub max_queued_writes: usize,
     #[command(flatten)]
     pub serve: tally_server::ServeLimits,
-    /// Log format: `compact` or `json`.
-    #[arg(long, env = "LOG_FORMAT", default_value = "compact")]
-    pub log_format: String,
-    /// Check the health of the server these flags describe and exit 0 or 1
-    /// (the container health check; no environment variable on purpose).
-    #[arg(long)]
-    pub healthcheck: bool,
+    #[command(flatten)]
+    pub process: tally_server::ProcessArgs,
 }

@@ -54,7 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(internal)
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        .layer(middleware::from_fn(crate::metrics::track_requests))
+        .layer(middleware::from_fn(tally_server::track_requests))
         .with_state(state)
 }
 

@@ -34,10 +34,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = config::Args::parse();
-    if args.healthcheck {
+    if args.process.healthcheck {
         std::process::exit(tally_server::probe(args.listen));
     }
-    tally_server::init_logging(&args.log_format);
+    tally_server::init_logging(&args.process.log_format);
     let metrics = metrics::install()?;
 
     let (log, restored) = log::DecisionLog::open(&args.data_dir).with_context(|| {

@@ -10,21 +10,11 @@
 
 use crate::error::Error;
 use crate::state::{now_ms, Shared};
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use metrics_util::MetricKindMask;
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 use tally_common::api::CounterState;
 
-/// Latency buckets in seconds: fsyncs take about a millisecond, a prepare
-/// that times out takes seconds.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
 /// Size buckets for items or requests per transaction (group commit size).
 const SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0, 20000.0,
@@ -32,28 +22,11 @@ const SIZE_BUCKETS: &[f64] = &[
 
 /// Installs the process-wide recorder. Call once, before any task records.
 pub fn install() -> Result<PrometheusHandle, Error> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Prefix("tally_txn_".into()), SIZE_BUCKETS))
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full("tally_decision_log_batch".into()),
-                SIZE_BUCKETS,
-            )
-        })
-        .map(|b| b.idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(120))))
-        .and_then(|b| b.install_recorder())
-        .map_err(|e| Error::Metrics(e.to_string()))?;
-    // Histograms keep raw samples until upkeep folds them into buckets.
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    Ok(handle)
+    tally_server::install_recorder(&[
+        ("tally_txn_", SIZE_BUCKETS),
+        ("tally_decision_log_batch", SIZE_BUCKETS),
+    ])
+    .map_err(|e| Error::Metrics(e.to_string()))
 }
 
 /// The Prometheus text: refreshes the cluster gauges, then renders.
@@ -95,24 +68,6 @@ fn state_name(state: CounterState) -> &'static str {
         CounterState::Suspect => "suspect",
         CounterState::Dead => "dead",
     }
-}
-
-/// Counts every answer by route (the pattern, so tenants do not explode the
-/// label set), method and status, and times it.
-pub async fn track_requests(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().to_string();
-    let start = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!("tally_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
-        .record(start.elapsed().as_secs_f64());
-    metrics::counter!("tally_http_requests_total", "route" => route, "method" => method, "status" => status)
-        .increment(1);
-    response
 }
 
 /// Totals the dashboard charts; kept beside the Prometheus counters because

@@ -36,13 +36,8 @@ pub struct Args {
     pub rejoin_after: Duration,
     #[command(flatten)]
     pub serve: tally_server::ServeLimits,
-    /// Log format: `compact` or `json`.
-    #[arg(long, env = "LOG_FORMAT", default_value = "compact")]
-    pub log_format: String,
-    /// Check the health of the server these flags describe and exit 0 or 1
-    /// (the container health check; no environment variable on purpose).
-    #[arg(long)]
-    pub healthcheck: bool,
+    #[command(flatten)]
+    pub process: tally_server::ProcessArgs,
 }
 
 /// The machine's host name, the default id and advertised host: in a

@@ -60,7 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .merge(internal)
         .fallback(not_found)
-        .layer(middleware::from_fn(crate::metrics::track_requests))
+        .layer(middleware::from_fn(tally_server::track_requests))
         .with_state(state)
 }
 

@@ -23,10 +23,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = config::Args::parse();
-    if args.healthcheck {
+    if args.process.healthcheck {
         std::process::exit(tally_server::probe(args.listen));
     }
-    tally_server::init_logging(&args.log_format);
+    tally_server::init_logging(&args.process.log_format);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

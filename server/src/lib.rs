@@ -12,12 +12,14 @@ mod healthcheck;
 mod limits;
 mod listen;
 mod logging;
+mod metrics;
 mod shutdown;
 mod token;
 
 pub use healthcheck::probe;
 pub use limits::ServeLimits;
 pub use listen::serve;
-pub use logging::init_logging;
+pub use logging::{init_logging, ProcessArgs};
+pub use metrics::{install_recorder, track_requests};
 pub use shutdown::shutdown_signal;
 pub use token::{require_token, ClusterToken};

@@ -358,6 +358,29 @@ impl LocalCluster {
         self.coordinator.env = env;
     }
 
+    /// Waits until every counter has applied what was decided, then checks
+    /// that the coordinator and every counter give each tenant its count.
+    pub async fn check_counts(&self, want: &[(&str, u64)]) -> anyhow::Result<()> {
+        let urls: Vec<String> = self.infos.iter().map(|c| c.url.clone()).collect();
+        self.api
+            .wait_applied(&urls, Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow::anyhow!("counters did not apply what was decided: {e}"))?;
+        for (tenant, want) in want {
+            let got = self.api.count(tenant).await;
+            if got != Ok(*want) {
+                bail!("{tenant:?} via the coordinator: {got:?}, want {want}");
+            }
+            for c in &self.infos {
+                let got = self.api.counter_count(&c.url, tenant).await;
+                if got != Ok(*want) {
+                    bail!("{tenant:?} at {}: {got:?}, want {want}", c.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Stops everything with SIGTERM.
     pub fn stop_all(&mut self) -> anyhow::Result<()> {
         for counter in &mut self.counters {

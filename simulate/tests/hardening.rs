@@ -32,31 +32,6 @@ fn host_port(url: &str) -> String {
     url.trim_start_matches("http://").to_string()
 }
 
-/// Every counter and the coordinator agree on each tenant's count.
-async fn assert_counts(cluster: &LocalCluster, want: &[(&str, u64)]) {
-    let urls: Vec<String> = cluster.counters().iter().map(|c| c.url.clone()).collect();
-    cluster
-        .api()
-        .wait_applied(&urls, Duration::from_secs(30))
-        .await
-        .expect("counters apply what was decided");
-    for (tenant, want) in want {
-        assert_eq!(
-            cluster.api().count(tenant).await,
-            Ok(*want),
-            "{tenant:?} via coordinator"
-        );
-        for c in cluster.counters() {
-            assert_eq!(
-                cluster.api().counter_count(&c.url, tenant).await,
-                Ok(*want),
-                "{tenant:?} at {}",
-                c.id
-            );
-        }
-    }
-}
-
 /// Sends `request` as is on a fresh connection and returns everything the
 /// server sends back until it closes (the request should say
 /// `Connection: close`).
@@ -221,7 +196,7 @@ async fn internal_endpoints_need_the_cluster_token() {
 
     // No forged prepare or commit counted anything (and the counters'
     // public count reads need no token).
-    assert_counts(&cluster, &[("t", 3)]).await;
+    cluster.check_counts(&[("t", 3)]).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,11 +329,10 @@ async fn hostile_bodies_change_no_count() {
         .await
         .starts_with("HTTP/1.1 431"));
 
-    assert_counts(
-        &cluster,
-        &[("t", 2), ("../../../etc/passwd", 1), ("a/b", 1)],
-    )
-    .await;
+    cluster
+        .check_counts(&[("t", 2), ("../../../etc/passwd", 1), ("a/b", 1)])
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,7 +421,7 @@ async fn slow_and_idle_connections_cannot_hold_the_server() {
         api.add(&[Item::new("after", "t")]).await,
         simulate::api::WriteOutcome::Ok
     );
-    assert_counts(&cluster, &[("t", 3)]).await;
+    cluster.check_counts(&[("t", 3)]).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,24 +32,6 @@ async fn add_bulk(api: &Api, tenant: &str, prefix: &str, n: usize) {
     }
 }
 
-async fn assert_everywhere(cluster: &LocalCluster, tenant: &str, want: u64) {
-    let urls: Vec<String> = cluster.counters().iter().map(|c| c.url.clone()).collect();
-    cluster
-        .api()
-        .wait_applied(&urls, std::time::Duration::from_secs(30))
-        .await
-        .expect("counters apply what was decided");
-    assert_eq!(cluster.api().count(tenant).await, Ok(want), "coordinator");
-    for c in cluster.counters() {
-        assert_eq!(
-            cluster.api().counter_count(&c.url, tenant).await,
-            Ok(want),
-            "{}",
-            c.id
-        );
-    }
-}
-
 fn counter_log(cluster: &LocalCluster, i: usize) -> String {
     let path = cluster
         .dir()
@@ -89,7 +71,7 @@ async fn a_counter_that_missed_20000_items_catches_up_with_only_the_delta() {
     add_bulk(&api, "catch", "while-down", 20_000).await;
     cluster.start_counter(2).unwrap();
     cluster.wait_all_in_sync(WAIT).await.unwrap();
-    assert_everywhere(&cluster, "catch", 21_000).await;
+    cluster.check_counts(&[("catch", 21_000)]).await.unwrap();
     let log = counter_log(&cluster, 2);
     assert!(log.contains("copying from peer"), "{log}");
     assert!(
@@ -109,7 +91,7 @@ async fn a_counter_with_a_wiped_disk_copies_everything_and_matches() {
     add_bulk(&api, "wipe", "while-down", 20_000).await;
     cluster.start_counter(1).unwrap();
     cluster.wait_all_in_sync(WAIT).await.unwrap();
-    assert_everywhere(&cluster, "wipe", 25_000).await;
+    cluster.check_counts(&[("wipe", 25_000)]).await.unwrap();
     assert!(counter_log(&cluster, 1).contains("since=0 "));
 }
 
@@ -178,12 +160,12 @@ async fn with_every_counter_down_nothing_is_served_or_counted_until_they_return(
         cluster.start_counter(i).unwrap();
     }
     cluster.wait_all_in_sync(WAIT).await.unwrap();
-    assert_everywhere(&cluster, "outage", 10).await;
+    cluster.check_counts(&[("outage", 10)]).await.unwrap();
     assert_eq!(
         api.add(&[Item::new("after", "outage")]).await,
         WriteOutcome::Ok
     );
-    assert_everywhere(&cluster, "outage", 11).await;
+    cluster.check_counts(&[("outage", 11)]).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,5 +241,5 @@ async fn a_counter_that_missed_only_repeated_items_still_rejoins() {
     }
     cluster.start_counter(0).unwrap();
     cluster.wait_all_in_sync(WAIT).await.unwrap();
-    assert_everywhere(&cluster, "repeat", 100).await;
+    cluster.check_counts(&[("repeat", 100)]).await.unwrap();
 }
