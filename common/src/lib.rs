@@ -9,6 +9,7 @@
 pub mod api;
 pub mod applied;
 pub mod error;
+pub mod export_stream;
 pub mod ids;
 pub mod items;
 pub mod membership;
