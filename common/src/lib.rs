@@ -13,6 +13,7 @@ pub mod export_stream;
 pub mod ids;
 pub mod items;
 pub mod membership;
+pub mod participant;
 pub mod token;
 
 pub use error::Error;
