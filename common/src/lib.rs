@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod applied;
+pub mod coordinator;
 pub mod error;
 pub mod export_stream;
 pub mod ids;
