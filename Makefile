@@ -66,6 +66,7 @@ test-deps:
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 
 clippy:
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings

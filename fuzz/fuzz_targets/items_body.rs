@@ -20,14 +20,22 @@ fn parse_checked(data: &[u8], limits: ItemLimits) -> Option<Vec<Item>> {
                     assert!(!field.is_empty(), "{item:?}");
                     assert!(field.len() <= limits.max_field_bytes, "{item:?}");
                 }
-                check_tenant(&item.tenant, limits).expect("an accepted tenant passes the path check");
+                check_tenant(&item.tenant, limits)
+                    .expect("an accepted tenant passes the path check");
             }
             let body = serde_json::to_vec(&items).expect("items encode");
-            assert_eq!(parse_items(&body, limits).as_ref(), Ok(&items), "round trip");
+            assert_eq!(
+                parse_items(&body, limits).as_ref(),
+                Ok(&items),
+                "round trip"
+            );
             Some(items)
         }
         Err(Error::TooManyItems { count, limit }) => {
-            assert!(count > limit, "{count} items refused with a limit of {limit}");
+            assert!(
+                count > limit,
+                "{count} items refused with a limit of {limit}"
+            );
             None
         }
         Err(_) => None,
@@ -43,7 +51,11 @@ fuzz_target!(|data: &[u8]| {
         max_field_bytes: 4,
     };
     if let Some(items) = parse_checked(data, small) {
-        assert_eq!(accepted.as_ref(), Some(&items), "tighter limits accepted more");
+        assert_eq!(
+            accepted.as_ref(),
+            Some(&items),
+            "tighter limits accepted more"
+        );
     }
     if let Ok(tenant) = std::str::from_utf8(data) {
         let ok = !tenant.is_empty() && tenant.len() <= defaults.max_field_bytes;
