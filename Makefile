@@ -26,7 +26,8 @@ COMPOSE_RUN = IMAGE=$(IMAGE) DOCKERFILE=$(DOCKERFILE) BUILD_CONTEXT=$(BUILD_CONT
 	HTTP_PORT=$(HTTP_PORT) $(COMPOSE) -p $(COMPOSE_PROJECT_NAME)
 
 .PHONY: all build run test fmt-check clippy unit-and-integration bench bench-engines simulate status clean-data help \
-	up dev log stop clean cluster-token image docker-images docker-images-if-engine docker-images-from-binaries test-deps
+	up dev log stop clean cluster-token image docker-images docker-images-if-engine docker-images-from-binaries test-deps \
+	fuzz fuzz-smoke
 
 all: build
 
@@ -34,6 +35,7 @@ help:
 	@echo "make run        build and start a coordinator on :8080 and $(COUNTERS) counters (Ctrl-C stops)"
 	@echo "make test       fmt check, clippy, unit and integration tests"
 	@echo "make bench      benchmarks, table on stdout, results in target/bench/"
+	@echo "make fuzz       every fuzz target for FUZZ_SECONDS ($(FUZZ_SECONDS)) seconds each"
 	@echo "make up         the cluster in containers ($(COUNTERS) counters), image from $(DOCKERFILE)"
 	@echo "make dev        the same with the development image (Dockerfile.dev)"
 	@echo "make log        follow the containers' logs; make stop stops them"
@@ -56,7 +58,7 @@ run:
 	$(CARGO) build --release --workspace --bins
 	$(BIN)/simulate cluster --counters $(COUNTERS) --base-port 8080 --data-dir data
 
-test: fmt-check clippy build docker-images-if-engine test-deps unit-and-integration
+test: fmt-check clippy build docker-images-if-engine test-deps unit-and-integration fuzz-smoke
 
 # A headless chromium for the dashboard's browser test (apt, if missing).
 test-deps:
@@ -64,12 +66,24 @@ test-deps:
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 
 clippy:
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 unit-and-integration:
 	TALLY_BIN_DIR=$(CURDIR)/$(BIN) $(CARGO) test --release --workspace
+
+# Fuzzing (docs/testing.md): cargo-fuzz on the nightly toolchain, each
+# target in turn. make test runs the short pass.
+FUZZ_SECONDS       ?= 60
+FUZZ_SMOKE_SECONDS ?= 20
+
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-smoke:
+	scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS)
 
 bench: build
 	scripts/install-bench-deps.sh

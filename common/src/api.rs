@@ -77,7 +77,7 @@ pub struct ClusterView {
 // ---- internal: coordinator -> counter ----
 
 /// Phase one: make these items durable as a prepared transaction, then vote.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrepareRequest {
     pub txn: TxnId,
     pub items: Vec<Item>,
@@ -90,21 +90,21 @@ pub struct PrepareRequest {
 }
 
 /// Phase two, commit: apply the prepared transaction at this index.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitRequest {
     pub txn: TxnId,
     pub index: CommitIndex,
 }
 
 /// Phase two, abort: forget the prepared transaction.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AbortRequest {
     pub txn: TxnId,
 }
 
 /// A counter's answer to prepare, commit, abort and health checks alike, so
 /// the coordinator learns a counter's progress from every exchange.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterStatus {
     pub id: CounterId,
     pub applied_index: CommitIndex,
@@ -129,7 +129,7 @@ pub struct CatchUpRequest {
 
 /// The items that the transaction at `index` added to the exporting
 /// replica (its first sight of each; the others it held already).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportEntry {
     pub index: CommitIndex,
     pub items: Vec<Item>,
@@ -139,7 +139,7 @@ pub struct ExportEntry {
 /// index order, then `End`. Only a stream that reached `End` proves that the
 /// importer now holds every transaction in the range, so a cut-off stream
 /// marks nothing as applied.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ExportLine {
     Entry(ExportEntry),
@@ -149,7 +149,7 @@ pub enum ExportLine {
 // ---- internal: counter -> coordinator ----
 
 /// A counter announces itself at start-up (and after it was forgotten).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterRequest {
     pub id: CounterId,
     pub url: String,
@@ -157,7 +157,7 @@ pub struct RegisterRequest {
 }
 
 /// A counter reports that it has fetched everything it was told to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaughtUpRequest {
     pub id: CounterId,
     pub applied_index: CommitIndex,

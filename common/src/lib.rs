@@ -8,10 +8,13 @@
 
 pub mod api;
 pub mod applied;
+pub mod coordinator;
 pub mod error;
+pub mod export_stream;
 pub mod ids;
 pub mod items;
 pub mod membership;
+pub mod participant;
 pub mod token;
 
 pub use error::Error;

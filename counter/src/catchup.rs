@@ -14,6 +14,7 @@ use tally_common::api::{
     CatchUpRequest, CaughtUpRequest, ExportEntry, ExportLine, JoinPlan, Outcome, RegisterRequest,
     TOKEN_HEADER,
 };
+use tally_common::export_stream::LineReader;
 use tally_common::{CommitIndex, TxnId};
 
 /// Items per import batch: bounds memory while copying a large data set.
@@ -149,18 +150,14 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
     tracing::info!(peer, %since, %until, "copying from peer");
     metrics::gauge!("tally_catchup_target_index").set(until.0 as f64);
     let mut stream = response.bytes_stream();
-    let mut pending: Vec<u8> = Vec::new();
+    let mut lines = LineReader::new();
     let mut batch: Vec<ExportEntry> = Vec::new();
     let mut batch_items = 0;
     let mut copied = 0usize;
     while let Some(chunk) = stream.next().await {
-        let chunk: bytes::Bytes = chunk?;
-        pending.extend_from_slice(&chunk);
-        let mut consumed = 0;
-        while let Some(end) = pending[consumed..].iter().position(|&b| b == b'\n') {
-            let line = &pending[consumed..consumed + end];
-            consumed += end + 1;
-            match serde_json::from_slice(line)? {
+        lines.push(&chunk?);
+        while let Some(line) = lines.next_line() {
+            match line? {
                 ExportLine::Entry(entry) => {
                     batch_items += entry.items.len();
                     copied += entry.items.len();
@@ -185,7 +182,6 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
                 }
             }
         }
-        pending.drain(..consumed);
     }
     if !batch.is_empty() {
         state.replica.import(batch, None).await?;

@@ -21,6 +21,7 @@ use tally_common::api::{
     AbortRequest, CatchUpRequest, CommitRequest, Count, CounterStatus, ExportEntry, ExportLine,
     Message, PrepareRequest,
 };
+use tally_common::export_stream::encode_line;
 use tally_common::CommitIndex;
 use tally_server::{require_token, ClusterToken};
 
@@ -203,7 +204,7 @@ async fn export(
     tokio::task::spawn_blocking(move || {
         let mut buf = Vec::with_capacity(EXPORT_CHUNK_BYTES);
         let mut sink = |entry: ExportEntry| {
-            write_line(&mut buf, &ExportLine::Entry(entry));
+            encode_line(&mut buf, &ExportLine::Entry(entry));
             if buf.len() >= EXPORT_CHUNK_BYTES {
                 let chunk = std::mem::replace(&mut buf, Vec::with_capacity(EXPORT_CHUNK_BYTES));
                 return tx.blocking_send(Bytes::from(chunk)).is_ok();
@@ -212,7 +213,7 @@ async fn export(
         };
         match store.export(since, until, &mut sink) {
             Ok(()) => {
-                write_line(&mut buf, &ExportLine::End { through: until });
+                encode_line(&mut buf, &ExportLine::End { through: until });
                 let _ = tx.blocking_send(Bytes::from(buf));
             }
             // No `End` line: the importer sees a cut stream and retries.
@@ -229,9 +230,4 @@ async fn export(
         Body::from_stream(stream),
     )
         .into_response())
-}
-
-fn write_line(buf: &mut Vec<u8>, line: &ExportLine) {
-    serde_json::to_writer(&mut *buf, line).expect("export lines always serialise");
-    buf.push(b'\n');
 }

@@ -2,7 +2,9 @@
 //! change into one durable transaction, and the in-memory view (counts and
 //! applied index) that reads are served from.
 //!
-//! The writer is the one owner of the applied set. It publishes a new count
+//! The writer is the one owner of the 2PC participant state
+//! (`tally_common::participant`): the prepared transactions and the applied
+//! set, which decide every prepare, commit and abort. It publishes a new count
 //! only after the transaction that produced it is durable, and the applied
 //! index only after the counts, so a read fenced at index N never misses an
 //! item committed at or below N.
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tally_common::api::{CommitRequest, CounterStatus, ExportEntry};
-use tally_common::applied::AppliedSet;
+use tally_common::participant::Participant;
 use tally_common::{CommitIndex, CounterId, Item, TxnId};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -55,14 +57,16 @@ impl Replica {
             writer,
             counts: RwLock::new(recovered.counts),
             applied,
-            prepared: Mutex::new(recovered.prepared.into_iter().map(|t| (t, now)).collect()),
+            prepared: Mutex::new(recovered.prepared.iter().map(|&t| (t, now)).collect()),
             catching_up: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&inner);
-        let set = recovered.applied;
+        // The participant's start-up questions (one per prepared
+        // transaction) are asked by `catchup::join` before it registers.
+        let (participant, _ask) = Participant::recover(recovered.prepared, recovered.applied);
         std::thread::Builder::new()
             .name("writer".into())
-            .spawn(move || run_writer(store, set, jobs, weak))
+            .spawn(move || run_writer(store, participant, jobs, weak))
             .map_err(|e| Error::BadRequest(format!("cannot start writer: {e}")))?;
         Ok(Replica { inner })
     }
@@ -223,7 +227,7 @@ impl Replica {
 /// last batch is durable.
 fn run_writer(
     store: Arc<dyn Store>,
-    mut applied: AppliedSet,
+    mut participant: Participant,
     mut jobs: mpsc::UnboundedReceiver<(WriteOp, Reply)>,
     inner: std::sync::Weak<Inner>,
 ) {
@@ -242,14 +246,14 @@ fn run_writer(
             }
         }
         let writing = Instant::now();
-        let outcome = store.write(&ops, &mut applied);
+        let outcome = store.write(&ops, &mut participant);
         // One durable storage transaction (one fsync) for the whole batch.
         metrics::histogram!("tally_store_write_seconds").record(writing.elapsed().as_secs_f64());
         metrics::histogram!("tally_store_batch_ops").record(ops.len() as f64);
         let Some(inner) = inner.upgrade() else { break };
         match outcome {
             Ok(effect) => {
-                publish(&inner, &effect, applied.contiguous());
+                publish(&inner, &effect, participant.applied().contiguous());
                 for (reply, result) in replies.drain(..).zip(effect.results) {
                     let _ = reply.send(Ok(result));
                 }

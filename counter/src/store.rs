@@ -50,6 +50,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use tally_common::api::ExportEntry;
 use tally_common::applied::AppliedSet;
+use tally_common::participant::{Action, Event, Participant, Record};
 use tally_common::{CommitIndex, Item, TxnId};
 
 const APPLIED_KEY: &str = "applied";
@@ -74,6 +75,22 @@ pub enum WriteOp {
         entries: Vec<ExportEntry>,
         through: Option<(CommitIndex, CommitIndex)>,
     },
+}
+
+impl WriteOp {
+    /// What this operation is to the 2PC participant, which decides what
+    /// to persist and answer; the items are this module's business.
+    fn event(&self) -> Event {
+        match self {
+            WriteOp::Prepare { txn, .. } => Event::Prepare { txn: *txn },
+            WriteOp::Commit { txn, index } => Event::Commit {
+                txn: *txn,
+                index: *index,
+            },
+            WriteOp::Abort { txn } => Event::Abort { txn: *txn },
+            WriteOp::Import { through, .. } => Event::Imported { range: *through },
+        }
+    }
 }
 
 /// What became of one [`WriteOp`].
@@ -103,9 +120,10 @@ pub struct Recovered {
 
 /// The counter's storage operations.
 pub trait Store: Send + Sync + 'static {
-    /// Applies the operations in order in one durable transaction. `applied`
-    /// is the replica's applied set, updated in place as commits land.
-    fn write(&self, ops: &[WriteOp], applied: &mut AppliedSet) -> Result<BatchEffect, Error>;
+    /// Applies the operations in order in one durable transaction, as
+    /// `participant` decides them; `participant` is updated only once the
+    /// transaction is durable.
+    fn write(&self, ops: &[WriteOp], participant: &mut Participant) -> Result<BatchEffect, Error>;
 
     /// Reads back everything needed to serve after a restart.
     fn recover(&self) -> Result<Recovered, Error>;
@@ -227,58 +245,55 @@ impl FjallStore {
 }
 
 impl Store for FjallStore {
-    fn write(&self, ops: &[WriteOp], applied: &mut AppliedSet) -> Result<BatchEffect, Error> {
+    fn write(&self, ops: &[WriteOp], participant: &mut Participant) -> Result<BatchEffect, Error> {
         let mut tx = self.db.write_tx().durability(Some(PersistMode::SyncAll));
         let mut effect = BatchEffect::default();
-        // Work on a copy so a failed commit leaves the caller's view intact.
-        let mut next_applied = applied.clone();
+        // Step a copy so a failed commit leaves the caller's state intact.
+        let mut next = participant.clone();
         let mut added = BTreeMap::new();
 
         for op in ops {
-            let result = match op {
-                WriteOp::Prepare { txn, items } => {
-                    // A yes vote must be one the commit can honour.
-                    items.iter().try_for_each(check_storable)?;
-                    tx.insert(
-                        &self.prepared,
-                        u64_key(txn.0),
-                        postcard::to_allocvec(items)?,
-                    );
-                    effect.prepared.push(*txn);
-                    WriteResult::Done
+            if let WriteOp::Import { entries, .. } = op {
+                for entry in entries {
+                    self.add_items(&mut tx, &mut added, entry.index, &entry.items)?;
                 }
-                WriteOp::Commit { txn, index } => {
-                    let record = tx.take(&self.prepared, u64_key(txn.0))?;
-                    match record {
-                        _ if next_applied.contains(*index) => {
-                            effect.forgotten.push(*txn);
-                            WriteResult::Done
-                        }
-                        Some(record) => {
-                            let batch: Vec<Item> = postcard::from_bytes(&record)?;
-                            self.add_items(&mut tx, &mut added, *index, &batch)?;
-                            next_applied.insert(*index);
-                            effect.forgotten.push(*txn);
-                            WriteResult::Done
-                        }
-                        None => WriteResult::UnknownTxn,
+            }
+            let mut result = WriteResult::Done;
+            for action in next.step(op.event()) {
+                match action {
+                    Action::Persist(Record::Prepared { txn }) => {
+                        let WriteOp::Prepare { items, .. } = op else {
+                            unreachable!("only a prepare persists a prepared record")
+                        };
+                        // A yes vote must be one the commit can honour.
+                        items.iter().try_for_each(check_storable)?;
+                        tx.insert(
+                            &self.prepared,
+                            u64_key(txn.0),
+                            postcard::to_allocvec(items)?,
+                        );
+                        effect.prepared.push(txn);
                     }
-                }
-                WriteOp::Abort { txn } => {
-                    tx.remove(&self.prepared, u64_key(txn.0));
-                    effect.forgotten.push(*txn);
-                    WriteResult::Done
-                }
-                WriteOp::Import { entries, through } => {
-                    for entry in entries {
-                        self.add_items(&mut tx, &mut added, entry.index, &entry.items)?;
+                    Action::Persist(Record::Applied { txn, index }) => {
+                        let record = tx
+                            .take(&self.prepared, u64_key(txn.0))?
+                            .ok_or(Error::CorruptEncoding("prepared record (missing)"))?;
+                        let batch: Vec<Item> = postcard::from_bytes(&record)?;
+                        self.add_items(&mut tx, &mut added, index, &batch)?;
+                        effect.forgotten.push(txn);
                     }
-                    if let Some((since, through)) = through {
-                        next_applied.insert_through(*since, *through);
+                    Action::Persist(Record::Forgotten { txn }) => {
+                        tx.remove(&self.prepared, u64_key(txn.0));
+                        effect.forgotten.push(txn);
                     }
-                    WriteResult::Done
+                    // Applied indexes are written from `next` below.
+                    Action::Persist(Record::AppliedRange { .. }) => {}
+                    Action::VoteYes { .. } | Action::Ack { .. } => {}
+                    Action::UnknownTxn { .. } => result = WriteResult::UnknownTxn,
+                    // Only in-doubt events ask, and no write op is one.
+                    Action::AskOutcome { .. } => {}
                 }
-            };
+            }
             effect.results.push(result);
         }
 
@@ -290,6 +305,7 @@ impl Store for FjallStore {
             tx.insert(&self.counts, tenant.as_bytes(), u64_key(count));
             effect.counts.insert(tenant, count);
         }
+        let next_applied = next.applied();
         let contiguous = next_applied.contiguous();
         let covered = tx
             .range(&self.applied_above, ..=u64_key(contiguous.0))
@@ -298,6 +314,7 @@ impl Store for FjallStore {
         for key in covered {
             tx.remove(&self.applied_above, key);
         }
+        let applied = participant.applied();
         for index in next_applied.above() {
             if !applied.contains(index) {
                 tx.insert(&self.applied_above, u64_key(index.0), []);
@@ -305,7 +322,7 @@ impl Store for FjallStore {
         }
         tx.insert(&self.meta, APPLIED_KEY, u64_key(contiguous.0));
         tx.commit()?;
-        *applied = next_applied;
+        *participant = next;
         Ok(effect)
     }
 
@@ -379,7 +396,7 @@ mod tests {
     #[test]
     fn commit_counts_distinct_ids_and_survives_reopen() {
         let (dir, store) = open();
-        let mut applied = AppliedSet::default();
+        let mut applied = Participant::default();
         let items = vec![
             item("a", "t"),
             item("a", "t"),
@@ -406,7 +423,7 @@ mod tests {
             .unwrap();
         assert_eq!(effect.counts["t"], 2);
         assert_eq!(effect.counts["u"], 1);
-        assert_eq!(applied.contiguous(), CommitIndex(1));
+        assert_eq!(applied.applied().contiguous(), CommitIndex(1));
         drop(store);
 
         let store = FjallStore::open(dir.path()).unwrap();
@@ -419,7 +436,7 @@ mod tests {
     #[test]
     fn prepared_survives_reopen_and_commit_is_idempotent() {
         let (dir, store) = open();
-        let mut applied = AppliedSet::default();
+        let mut applied = Participant::default();
         let prepare = WriteOp::Prepare {
             txn: TxnId(9),
             items: vec![item("x", "t")],
@@ -452,7 +469,7 @@ mod tests {
     #[test]
     fn item_new_to_two_commits_of_one_batch_counts_once() {
         let (dir, store) = open();
-        let mut applied = AppliedSet::default();
+        let mut applied = Participant::default();
         store
             .write(
                 &[
@@ -503,7 +520,7 @@ mod tests {
     #[test]
     fn keys_sort_numerically_and_items_never_collide() {
         let (_dir, store) = open();
-        let mut applied = AppliedSet::default();
+        let mut applied = Participant::default();
         // Tenant "a" with id "bc" and tenant "ab" with id "c" concatenate to
         // the same bytes; 256 would sort before 1 if keys were little-endian.
         for (txn, index, tenant, id) in [(1, 256, "a", "bc"), (2, 1, "ab", "c")] {
@@ -543,7 +560,7 @@ mod tests {
     #[test]
     fn out_of_order_commits_and_import_fill_the_gap() {
         let (_dir, source) = open();
-        let mut applied = AppliedSet::default();
+        let mut applied = Participant::default();
         for (txn, index, id) in [(1, 1, "a"), (2, 2, "b"), (3, 3, "a")] {
             source
                 .write(
@@ -564,7 +581,7 @@ mod tests {
 
         // A replica that only saw commit 3 imports 1..=2 from the source.
         let (dir, replica) = open();
-        let mut replica_applied = AppliedSet::default();
+        let mut replica_applied = Participant::default();
         replica
             .write(
                 &[
@@ -580,7 +597,7 @@ mod tests {
                 &mut replica_applied,
             )
             .unwrap();
-        assert_eq!(replica_applied.contiguous(), CommitIndex(0));
+        assert_eq!(replica_applied.applied().contiguous(), CommitIndex(0));
         let mut entries = Vec::new();
         source
             .export(CommitIndex(0), CommitIndex(2), &mut |e| {
@@ -598,7 +615,7 @@ mod tests {
         let effect = replica.write(&[partial], &mut replica_applied).unwrap();
         assert_eq!(effect.counts["t"], 2, "a once, b once");
         assert_eq!(
-            replica_applied.contiguous(),
+            replica_applied.applied().contiguous(),
             CommitIndex(0),
             "not proven yet"
         );
@@ -611,7 +628,7 @@ mod tests {
             effect.counts.is_empty(),
             "copying again counts nothing twice"
         );
-        assert_eq!(replica_applied.contiguous(), CommitIndex(3));
+        assert_eq!(replica_applied.applied().contiguous(), CommitIndex(3));
         drop(replica);
         let replica = FjallStore::open(dir.path()).unwrap();
         let recovered = replica.recover().unwrap();

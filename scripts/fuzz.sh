@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every fuzz target of fuzz/ for SECONDS seconds each, one after the
+# other (make fuzz: 60 s, make fuzz-smoke: a short pass that make test
+# runs). Fails on the first crash, leaving the input that crashed in
+# fuzz/artifacts/<target>/ (reproduce: cargo +nightly fuzz run <target>
+# <file>). New inputs the fuzzer finds go to a working corpus under
+# fuzz/target/corpus/, so the committed seeds in fuzz/corpus/ stay small.
+set -euo pipefail
+seconds=${1:-60}
+cd "$(dirname "$0")/.."
+scripts/install-fuzz-deps.sh
+
+# cargo-fuzz passes -Zsanitizer flags that only nightly accepts.
+fuzz="cargo +nightly fuzz"
+targets=$($fuzz list)
+$fuzz build
+summary=()
+for target in $targets; do
+    work="fuzz/target/corpus/$target"
+    mkdir -p "$work" "fuzz/corpus/$target"
+    log="fuzz/target/$target.log"
+    echo "== fuzzing $target for ${seconds}s"
+    if ! $fuzz run "$target" "$work" "fuzz/corpus/$target" -- \
+        -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
+        -print_final_stats=1 >"$log" 2>&1; then
+        tail -n 40 "$log"
+        echo "fuzz target $target failed; the input is in fuzz/artifacts/$target/" >&2
+        exit 1
+    fi
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+    corpus=$(find "$work" -type f | wc -l)
+    summary+=("$(printf '%-22s %10s runs  %8s/s  corpus %s' "$target" "${runs:-?}" \
+        "$(( ${runs:-0} / seconds ))" "$corpus")")
+done
+echo "== fuzz summary (${seconds}s per target)"
+printf '%s\n' "${summary[@]}"
