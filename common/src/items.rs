@@ -7,9 +7,25 @@ use crate::Error;
 use serde::{Deserialize, Serialize};
 
 /// One thing to count: `id` is counted at most once per `tenant`.
+///
+/// The schema's lengths are `ItemLimits::default()`'s, in characters, while
+/// the parser counts bytes: a field of at most 256 ASCII characters always
+/// passes, one of more than 256 characters never does (the coordinator's
+/// tests tie these numbers to the defaults).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Item {
+    /// What is counted, at most once per tenant: 1 to 256 bytes of UTF-8.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, example = "item1")
+    )]
     pub id: String,
+    /// Whose count it adds to: 1 to 256 bytes of UTF-8.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, example = "test")
+    )]
     pub tenant: String,
 }
 

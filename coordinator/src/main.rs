@@ -15,6 +15,7 @@ mod healthcheck;
 mod http;
 mod log;
 mod metrics;
+mod openapi;
 mod reads;
 mod state;
 mod stream;

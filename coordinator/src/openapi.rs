@@ -1,0 +1,179 @@
+//! The OpenAPI document of the public API, served at `GET /openapi.json`.
+//!
+//! Nothing here is written by hand except the list of operations: each
+//! operation comes from the `#[utoipa::path]` attribute on its handler in
+//! `http.rs`, each body from the `ToSchema` derive on its type in
+//! `tally_common::api` (the same types the handlers serialise). The
+//! internal endpoints are left out on purpose: only counters call them.
+//! `make schemathesis` checks the running coordinator against this document.
+
+use crate::http;
+use tally_common::api::{ClusterView, Count, CounterState, CounterView, Health, Message};
+use tally_common::items::ItemLimits;
+use tally_common::{CommitIndex, CounterId, Item};
+use utoipa::openapi::schema::ArrayBuilder;
+use utoipa::openapi::{Ref, RefOr, Schema};
+use utoipa::{OpenApi, PartialSchema, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tally",
+        description = "Counts distinct items per tenant. Errors are `{\"message\": \"...\"}`; \
+            a 4xx or 503 answer means nothing of the request was counted, and retrying any \
+            write is safe because an item added twice counts once. Unknown paths answer 404, \
+            a known path with another method 405 with an `Allow` header."
+    ),
+    paths(
+        http::add_items,
+        http::count,
+        http::count_stream,
+        http::cluster,
+        http::health,
+        http::metrics,
+        http::stats,
+        http::openapi_json,
+    ),
+    components(schemas(
+        Item,
+        ItemList,
+        Message,
+        Count,
+        ClusterView,
+        CounterView,
+        CounterState,
+        CounterId,
+        CommitIndex,
+        Health,
+        crate::metrics::StatsView,
+    )),
+    tags(
+        (name = "items", description = "Adding items and reading counts."),
+        (name = "operations", description = "What an operator and the dashboard look at."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The body of `POST /items`. Only the document uses this type: the handler
+/// reads the bytes itself (`tally_common::items::parse_items`) so that any
+/// Content-Type is accepted and each refusal says which item is wrong.
+/// Written out by hand because the derive cannot put `maxItems` on a
+/// newtype; the limit is `ItemLimits::default()`'s, and `document` puts in
+/// the one this coordinator runs with.
+pub struct ItemList;
+
+impl PartialSchema for ItemList {
+    fn schema() -> RefOr<Schema> {
+        ArrayBuilder::new()
+            .items(Ref::from_schema_name(Item::name()))
+            .max_items(Some(ItemLimits::default().max_items))
+            .description(Some(
+                "Items to count; all are counted or none. Repeats count once.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ItemList {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((Item::name().into(), Item::schema()));
+        <Item as ToSchema>::schemas(schemas);
+    }
+}
+
+/// The document, with the item limit this coordinator enforces.
+pub fn document(limits: ItemLimits) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    if let Some(RefOr::T(Schema::Array(list))) = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("ItemList"))
+    {
+        list.max_items = Some(limits.max_items);
+    }
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn json(limits: ItemLimits) -> Value {
+        serde_json::to_value(document(limits)).unwrap()
+    }
+
+    #[test]
+    fn documented_limits_are_the_parsers_defaults() {
+        let defaults = ItemLimits::default();
+        let doc = json(defaults);
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["ItemList"]["maxItems"], defaults.max_items);
+        for field in ["id", "tenant"] {
+            let property = &schemas["Item"]["properties"][field];
+            assert_eq!(property["maxLength"], defaults.max_field_bytes, "{field}");
+            assert_eq!(property["minLength"], 1, "{field}");
+        }
+        for path in ["/items/{tenant}/count", "/items/{tenant}/count/stream"] {
+            let tenant = &doc["paths"][path]["get"]["parameters"][0];
+            assert_eq!(tenant["name"], "tenant");
+            assert_eq!(tenant["schema"]["maxLength"], defaults.max_field_bytes);
+            assert_eq!(tenant["schema"]["minLength"], 1);
+        }
+    }
+
+    #[test]
+    fn document_carries_the_configured_item_limit() {
+        let limits = ItemLimits {
+            max_items: 7,
+            ..ItemLimits::default()
+        };
+        assert_eq!(
+            json(limits)["components"]["schemas"]["ItemList"]["maxItems"],
+            7
+        );
+    }
+
+    #[test]
+    fn only_public_paths_are_documented() {
+        let doc = json(ItemLimits::default());
+        let paths: Vec<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert!(
+            paths.iter().all(|p| !p.starts_with("/internal")),
+            "{paths:?}"
+        );
+        assert!(paths.contains(&"/items"), "{paths:?}");
+    }
+
+    /// Every error answer comes from `Error`, whose body is `Message`, and a
+    /// 503 always carries Retry-After (`error.rs`).
+    #[test]
+    fn every_error_is_a_message_and_503_says_when_to_retry() {
+        let doc = json(ItemLimits::default());
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    if status.starts_with('2') {
+                        continue;
+                    }
+                    let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                    assert_eq!(
+                        schema, "#/components/schemas/Message",
+                        "{method} {path} {status}"
+                    );
+                    if status == "503" {
+                        assert!(
+                            response["headers"]["retry-after"].is_object(),
+                            "{method} {path}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
