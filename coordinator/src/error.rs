@@ -14,6 +14,8 @@ pub enum Error {
     TooLarge(String),
     #[error("cannot read the request body: {0}")]
     BadBody(String),
+    #[error("bad path: {0}")]
+    BadPath(String),
     /// Definite failure: nothing of the request was counted.
     #[error("transaction aborted, nothing was counted: {0}")]
     Aborted(String),
@@ -54,7 +56,7 @@ impl IntoResponse for Error {
             Error::Invalid(tally_common::Error::TooManyItems { .. }) | Error::TooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Error::Invalid(_) | Error::BadBody(_) => StatusCode::BAD_REQUEST,
+            Error::Invalid(_) | Error::BadBody(_) | Error::BadPath(_) => StatusCode::BAD_REQUEST,
             Error::Aborted(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::NotFound(_) => StatusCode::NOT_FOUND,

@@ -13,6 +13,7 @@ use crate::reads;
 use crate::state::{now_ms, Shared};
 use crate::{dashboard, stream};
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
@@ -37,6 +38,18 @@ pub(crate) struct TenantParam {
     /// Whose count: 1 to 256 bytes of UTF-8, percent-encoded in the path.
     #[param(min_length = 1, max_length = 256, example = "test")]
     tenant: String,
+}
+
+/// The checked tenant of a count path. Taking the extractor's rejection
+/// here keeps a tenant that is not UTF-8 once percent-decoded a JSON 400
+/// like every other error, not axum's plain-text one.
+fn tenant(
+    path: Result<Path<TenantParam>, PathRejection>,
+    state: &AppState,
+) -> Result<String, Error> {
+    let Path(TenantParam { tenant }) = path.map_err(|e| Error::BadPath(e.body_text()))?;
+    check_tenant(&tenant, state.shared.settings.item_limits)?;
+    Ok(tenant)
 }
 
 #[derive(Clone)]
@@ -184,9 +197,9 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, Error> {
 )]
 pub(crate) async fn count(
     State(state): State<AppState>,
-    Path(TenantParam { tenant }): Path<TenantParam>,
+    path: Result<Path<TenantParam>, PathRejection>,
 ) -> Result<Json<Count>, Error> {
-    check_tenant(&tenant, state.shared.settings.item_limits)?;
+    let tenant = tenant(path, &state)?;
     let count = reads::count(&state.shared, &tenant).await?;
     Ok(Json(Count { count }))
 }
@@ -211,9 +224,9 @@ pub(crate) async fn count(
 )]
 pub(crate) async fn count_stream(
     State(state): State<AppState>,
-    Path(TenantParam { tenant }): Path<TenantParam>,
+    path: Result<Path<TenantParam>, PathRejection>,
 ) -> Result<Response, Error> {
-    check_tenant(&tenant, state.shared.settings.item_limits)?;
+    let tenant = tenant(path, &state)?;
     Ok(stream::count_stream(state.shared.clone(), tenant).into_response())
 }
 
