@@ -8,7 +8,7 @@
 
 use crate::batcher::Batcher;
 use crate::error::Error;
-use crate::openapi::ItemList;
+use crate::openapi::{CountEvent, ItemList};
 use crate::reads;
 use crate::state::{now_ms, Shared};
 use crate::{dashboard, stream};
@@ -215,9 +215,8 @@ pub(crate) async fn count(
     tag = "items",
     params(TenantParam),
     responses(
-        (status = 200, description = "An endless event stream.", body = String,
-            content_type = "text/event-stream",
-            example = "event: count\ndata: {\"count\":1}\n\n"),
+        (status = 200, description = "An endless event stream; the schema is that of one event.",
+            body = CountEvent, content_type = "text/event-stream"),
         (status = 400, description = "The tenant is empty, longer than 256 bytes or not UTF-8.",
             body = Message),
     ),
@@ -306,7 +305,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
     responses((status = 200, description = "The OpenAPI document of the public API.",
         body = Object, content_type = "application/json")),
 )]
-pub(crate) async fn openapi_json(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+pub(crate) async fn openapi_json(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(crate::openapi::document(state.shared.settings.item_limits))
 }
 

@@ -8,10 +8,11 @@
 //! `make schemathesis` checks the running coordinator against this document.
 
 use crate::http;
+use serde_json::{json, Value};
 use tally_common::api::{ClusterView, Count, CounterState, CounterView, Health, Message};
 use tally_common::items::ItemLimits;
 use tally_common::{CommitIndex, CounterId, Item};
-use utoipa::openapi::schema::ArrayBuilder;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
 use utoipa::openapi::{Ref, RefOr, Schema};
 use utoipa::{OpenApi, PartialSchema, ToSchema};
 
@@ -39,6 +40,7 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
         ItemList,
         Message,
         Count,
+        CountEvent,
         ClusterView,
         CounterView,
         CounterState,
@@ -81,26 +83,59 @@ impl ToSchema for ItemList {
     }
 }
 
-/// The document, with the item limit this coordinator enforces.
-pub fn document(limits: ItemLimits) -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    if let Some(RefOr::T(Schema::Array(list))) = doc
-        .components
-        .as_mut()
-        .and_then(|c| c.schemas.get_mut("ItemList"))
-    {
-        list.max_items = Some(limits.max_items);
+/// One event of `GET /items/{tenant}/count/stream`. Before OpenAPI 3.2's
+/// `itemSchema`, the schema of a `text/event-stream` response describes each
+/// event as an object of its fields, with the payload a string; `document`
+/// adds the `contentSchema` that says the payload is a `Count`, which utoipa
+/// 5 cannot express.
+pub struct CountEvent;
+
+impl PartialSchema for CountEvent {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .description(Some("One Server-Sent Event: the tenant's count, as JSON."))
+            .property(
+                "event",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["count"])),
+            )
+            .property(
+                "data",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .content_media_type("application/json")
+                    .examples([json!(r#"{"count":1}"#)]),
+            )
+            .required("event")
+            .required("data")
+            .into()
     }
+}
+
+impl ToSchema for CountEvent {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((Count::name().into(), Count::schema()));
+    }
+}
+
+/// The document as served: what the derive builds, plus the item limit
+/// this coordinator enforces and what utoipa cannot say.
+pub fn document(limits: ItemLimits) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serialises");
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["ItemList"]["maxItems"] = limits.max_items.into();
+    schemas["CountEvent"]["properties"]["data"]["contentSchema"] =
+        json!({ "$ref": format!("#/components/schemas/{}", Count::name()) });
     doc
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
 
     fn json(limits: ItemLimits) -> Value {
-        serde_json::to_value(document(limits)).unwrap()
+        document(limits)
     }
 
     #[test]
@@ -132,6 +167,29 @@ mod tests {
             json(limits)["components"]["schemas"]["ItemList"]["maxItems"],
             7
         );
+    }
+
+    /// The patches in `document` land on schemas that exist: a renamed type
+    /// would otherwise leave them dangling without a word.
+    #[test]
+    fn patched_schemas_exist() {
+        let doc = json(ItemLimits::default());
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["ItemList"]["type"], "array");
+        assert_eq!(
+            schemas["CountEvent"]["properties"]["data"]["type"],
+            "string"
+        );
+        let stream = &doc["paths"]["/items/{tenant}/count/stream"]["get"]["responses"]["200"];
+        assert_eq!(
+            stream["content"]["text/event-stream"]["schema"]["$ref"],
+            "#/components/schemas/CountEvent"
+        );
+        let target = schemas["CountEvent"]["properties"]["data"]["contentSchema"]["$ref"]
+            .as_str()
+            .unwrap();
+        let name = target.strip_prefix("#/components/schemas/").unwrap();
+        assert!(schemas[name].is_object(), "{target}");
     }
 
     #[test]
