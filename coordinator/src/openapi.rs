@@ -1,11 +1,12 @@
 //! The OpenAPI document of the public API, served at `GET /openapi.json`.
 //!
-//! Nothing here is written by hand except the list of operations: each
-//! operation comes from the `#[utoipa::path]` attribute on its handler in
-//! `http.rs`, each body from the `ToSchema` derive on its type in
-//! `tally_common::api` (the same types the handlers serialise). The
-//! internal endpoints are left out on purpose: only counters call them.
-//! `make schemathesis` checks the running coordinator against this document.
+//! Each operation comes from the `#[utoipa::path]` attribute on its handler
+//! in `http.rs`, each body from the `ToSchema` derive on its type in
+//! `tally_common` (the same types the handlers serialise). Written here are
+//! only the list of operations and two schemas the derive cannot produce.
+//! The internal endpoints are left out on purpose: only counters call them.
+//! `make schemathesis` checks the running coordinator against this document
+//! (docs/api.md).
 
 use crate::http;
 use serde_json::{json, Value};
@@ -59,9 +60,9 @@ pub struct ApiDoc;
 /// The body of `POST /items`. Only the document uses this type: the handler
 /// reads the bytes itself (`tally_common::items::parse_items`) so that any
 /// Content-Type is accepted and each refusal says which item is wrong.
-/// Written out by hand because the derive cannot put `maxItems` on a
-/// newtype; the limit is `ItemLimits::default()`'s, and `document` puts in
-/// the one this coordinator runs with.
+/// Written out by hand because the derive offers no `maxItems` on a
+/// newtype of `Vec<Item>`; the limit is `ItemLimits::default()`'s, and
+/// `document` puts in the one this coordinator runs with.
 pub struct ItemList;
 
 impl PartialSchema for ItemList {
@@ -134,14 +135,10 @@ pub fn document(limits: ItemLimits) -> Value {
 mod tests {
     use super::*;
 
-    fn json(limits: ItemLimits) -> Value {
-        document(limits)
-    }
-
     #[test]
     fn documented_limits_are_the_parsers_defaults() {
         let defaults = ItemLimits::default();
-        let doc = json(defaults);
+        let doc = document(defaults);
         let schemas = &doc["components"]["schemas"];
         assert_eq!(schemas["ItemList"]["maxItems"], defaults.max_items);
         for field in ["id", "tenant"] {
@@ -164,7 +161,7 @@ mod tests {
             ..ItemLimits::default()
         };
         assert_eq!(
-            json(limits)["components"]["schemas"]["ItemList"]["maxItems"],
+            document(limits)["components"]["schemas"]["ItemList"]["maxItems"],
             7
         );
     }
@@ -173,7 +170,7 @@ mod tests {
     /// would otherwise leave them dangling without a word.
     #[test]
     fn patched_schemas_exist() {
-        let doc = json(ItemLimits::default());
+        let doc = document(ItemLimits::default());
         let schemas = &doc["components"]["schemas"];
         assert_eq!(schemas["ItemList"]["type"], "array");
         assert_eq!(
@@ -194,7 +191,7 @@ mod tests {
 
     #[test]
     fn only_public_paths_are_documented() {
-        let doc = json(ItemLimits::default());
+        let doc = document(ItemLimits::default());
         let paths: Vec<&str> = doc["paths"]
             .as_object()
             .unwrap()
@@ -212,7 +209,7 @@ mod tests {
     /// 503 always carries Retry-After (`error.rs`).
     #[test]
     fn every_error_is_a_message_and_503_says_when_to_retry() {
-        let doc = json(ItemLimits::default());
+        let doc = document(ItemLimits::default());
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {
                 for (status, response) in operation["responses"].as_object().unwrap() {
