@@ -25,7 +25,7 @@ COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 COMPOSE_RUN = IMAGE=$(IMAGE) DOCKERFILE=$(DOCKERFILE) BUILD_CONTEXT=$(BUILD_CONTEXT) \
 	HTTP_PORT=$(HTTP_PORT) $(COMPOSE) -p $(COMPOSE_PROJECT_NAME)
 
-.PHONY: all build run test fmt-check clippy unit-and-integration bench bench-engines simulate status clean-data help \
+.PHONY: all build run test fmt-check clippy unit-and-integration schemathesis bench bench-engines simulate status clean-data help \
 	up dev log stop clean cluster-token image docker-images docker-images-if-engine docker-images-from-binaries test-deps \
 	fuzz fuzz-smoke
 
@@ -33,7 +33,8 @@ all: build
 
 help:
 	@echo "make run        build and start a coordinator on :8080 and $(COUNTERS) counters (Ctrl-C stops)"
-	@echo "make test       fmt check, clippy, unit and integration tests"
+	@echo "make test       fmt check, clippy, unit and integration tests, schemathesis"
+	@echo "make schemathesis  a live cluster against its OpenAPI document (docs/api.md)"
 	@echo "make bench      benchmarks, table on stdout, results in target/bench/"
 	@echo "make fuzz       every fuzz target for FUZZ_SECONDS ($(FUZZ_SECONDS)) seconds each"
 	@echo "make up         the cluster in containers ($(COUNTERS) counters), image from $(DOCKERFILE)"
@@ -58,11 +59,13 @@ run:
 	$(CARGO) build --release --workspace --bins
 	$(BIN)/simulate cluster --counters $(COUNTERS) --base-port 8080 --data-dir data
 
-test: fmt-check clippy build docker-images-if-engine test-deps unit-and-integration fuzz-smoke
+test: fmt-check clippy build docker-images-if-engine test-deps unit-and-integration schemathesis fuzz-smoke
 
-# A headless chromium for the dashboard's browser test (apt, if missing).
+# A headless chromium for the dashboard's browser test (apt, if missing),
+# and schemathesis (PyPI, pinned) in target/schemathesis-venv.
 test-deps:
 	scripts/install-test-deps.sh
+	scripts/install-schemathesis.sh
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -84,6 +87,12 @@ fuzz:
 
 fuzz-smoke:
 	scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS)
+
+# A coordinator and two counters on free ports, checked by schemathesis
+# against the OpenAPI document the coordinator serves (docs/api.md).
+schemathesis: build
+	scripts/install-schemathesis.sh
+	TALLY_BIN_DIR=$(CURDIR)/$(BIN) scripts/schemathesis.sh
 
 bench: build
 	scripts/install-bench-deps.sh

@@ -1,5 +1,7 @@
 //! Request and response bodies of every HTTP endpoint, public and internal.
 //! Both sides and `simulate` use these types, so nobody formats JSON by hand.
+//! With the `openapi` feature the public ones also derive `ToSchema`, so the
+//! coordinator's OpenAPI document describes exactly what is serialised.
 
 use crate::{CommitIndex, CounterId, Item, TxnId};
 use serde::{Deserialize, Serialize};
@@ -12,7 +14,10 @@ pub const FENCE_PARAM: &str = "fence";
 
 /// `{"message": "..."}`: the success answer of `POST /items` and every error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
+    /// `Success`, or what is wrong.
+    #[cfg_attr(feature = "openapi", schema(example = "Success"))]
     pub message: String,
 }
 
@@ -30,12 +35,15 @@ impl Message {
 
 /// Answer of `GET /items/{tenant}/count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Count {
+    /// Distinct ids ever added for the tenant.
     pub count: u64,
 }
 
 /// A counter's place in the cluster, as the coordinator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum CounterState {
     /// Registered and receiving new transactions, still fetching older ones.
@@ -50,10 +58,13 @@ pub enum CounterState {
 
 /// One counter in `GET /cluster`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CounterView {
     pub id: CounterId,
+    /// Where the coordinator reaches the counter (its `--advertise` URL).
     pub url: String,
     pub state: CounterState,
+    /// Holds every committed transaction, so it may answer reads.
     pub in_sync: bool,
     /// Highest commit index up to which the counter reported holding everything.
     pub applied_index: CommitIndex,
@@ -61,17 +72,42 @@ pub struct CounterView {
     pub lag: u64,
     /// Milliseconds since the counter last answered, if it ever did.
     pub last_seen_ms_ago: Option<u64>,
+    /// Health checks failed in a row.
     pub failed_checks: u32,
 }
 
 /// `GET /cluster`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterView {
     pub counters: Vec<CounterView>,
     /// The highest commit index the coordinator has durably decided.
     pub decided_index: CommitIndex,
+    /// Counters in the in-sync set.
     pub in_sync: usize,
+    /// In-sync counters a transaction needs to commit (`--min-insync`).
     pub min_insync: usize,
+}
+
+/// `GET /health`: the coordinator is up and serving. `in_sync` tells an
+/// operator whether writes can commit (they need `--min-insync` of them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Health {
+    /// Always `ok`: a coordinator that cannot serve does not answer.
+    #[cfg_attr(feature = "openapi", schema(example = "ok"))]
+    pub status: String,
+    /// Counters in the in-sync set.
+    pub in_sync: usize,
+}
+
+impl Health {
+    pub fn ok(in_sync: usize) -> Self {
+        Health {
+            status: "ok".into(),
+            in_sync,
+        }
+    }
 }
 
 // ---- internal: coordinator -> counter ----

@@ -1,6 +1,6 @@
 //! The one error type of this crate: what is wrong with a client's request.
 
-/// Why a `POST /items` body was refused. Each variant maps to one HTTP status
+/// Why a `POST /items` body or a tenant in a path was refused. Each variant maps to one HTTP status
 /// in the coordinator, so the mapping lives in one place.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -10,6 +10,9 @@ pub enum Error {
     /// One item is missing a field, or a field is empty or too long (400).
     #[error("item {index}: {problem}")]
     InvalidItem { index: usize, problem: String },
+    /// The tenant of a count path is empty or too long (400).
+    #[error("tenant in the path {0}")]
+    InvalidTenant(String),
     /// More items than one request may carry (413).
     #[error("too many items in one request: {count}, the limit is {limit}")]
     TooManyItems { count: usize, limit: usize },

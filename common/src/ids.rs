@@ -41,6 +41,7 @@ impl fmt::Display for TxnId {
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct CommitIndex(pub u64);
 
@@ -61,6 +62,7 @@ impl fmt::Display for CommitIndex {
 /// The stable name of a counter replica. A counter restarted with the same id
 /// and data directory is the same member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct CounterId(pub String);
 

@@ -7,9 +7,25 @@ use crate::Error;
 use serde::{Deserialize, Serialize};
 
 /// One thing to count: `id` is counted at most once per `tenant`.
+///
+/// The schema's lengths are `ItemLimits::default()`'s, in characters, while
+/// the parser counts bytes: a field of at most 256 ASCII characters always
+/// passes, one of more than 256 characters never does (the coordinator's
+/// tests tie these numbers to the defaults).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Item {
+    /// What is counted, at most once per tenant: 1 to 256 bytes of UTF-8.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, example = "item1")
+    )]
     pub id: String,
+    /// Whose count it adds to: 1 to 256 bytes of UTF-8.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, example = "test")
+    )]
     pub tenant: String,
 }
 
@@ -76,7 +92,10 @@ pub fn parse_items(body: &[u8], limits: ItemLimits) -> Result<Vec<Item>, Error> 
 /// Checks one tenant name taken from a URL path, with the same rules as a
 /// body field.
 pub fn check_tenant(tenant: &str, limits: ItemLimits) -> Result<(), Error> {
-    check_field(0, "tenant", Some(tenant.to_string()), limits).map(|_| ())
+    match field_problem(tenant, limits) {
+        Some(problem) => Err(Error::InvalidTenant(problem)),
+        None => Ok(()),
+    }
 }
 
 fn check_field(
@@ -86,16 +105,31 @@ fn check_field(
     limits: ItemLimits,
 ) -> Result<String, Error> {
     let problem = match value {
-        None => format!("{name} is missing"),
-        Some(v) if v.is_empty() => format!("{name} is empty"),
-        Some(v) if v.len() > limits.max_field_bytes => format!(
-            "{name} is {} bytes long, the limit is {}",
-            v.len(),
-            limits.max_field_bytes
-        ),
-        Some(v) => return Ok(v),
+        None => "is missing".to_string(),
+        Some(v) => match field_problem(&v, limits) {
+            None => return Ok(v),
+            Some(problem) => problem,
+        },
     };
-    Err(Error::InvalidItem { index, problem })
+    Err(Error::InvalidItem {
+        index,
+        problem: format!("{name} {problem}"),
+    })
+}
+
+/// What is wrong with an id or a tenant, if anything.
+fn field_problem(value: &str, limits: ItemLimits) -> Option<String> {
+    if value.is_empty() {
+        Some("is empty".into())
+    } else if value.len() > limits.max_field_bytes {
+        Some(format!(
+            "is {} bytes long, the limit is {}",
+            value.len(),
+            limits.max_field_bytes
+        ))
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +188,22 @@ mod tests {
         assert_eq!(
             parse_items(body, limits),
             Err(Error::TooManyItems { count: 3, limit: 2 })
+        );
+    }
+
+    #[test]
+    fn path_tenants_follow_the_field_rules() {
+        let limits = ItemLimits::default();
+        assert_eq!(check_tenant("test", limits), Ok(()));
+        assert_eq!(check_tenant(&"x".repeat(256), limits), Ok(()));
+        let empty = check_tenant("", limits).unwrap_err().to_string();
+        assert_eq!(empty, "tenant in the path is empty");
+        let long = check_tenant(&"x".repeat(257), limits)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            long,
+            "tenant in the path is 257 bytes long, the limit is 256"
         );
     }
 

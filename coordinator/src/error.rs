@@ -18,6 +18,8 @@ pub enum Error {
     /// is not held for it.
     #[error("the request body did not arrive within {0:?}")]
     SlowBody(std::time::Duration),
+    #[error("bad path: {0}")]
+    BadPath(String),
     /// Definite failure: nothing of the request was counted.
     #[error("transaction aborted, nothing was counted: {0}")]
     Aborted(String),
@@ -58,7 +60,7 @@ impl IntoResponse for Error {
             Error::Invalid(tally_common::Error::TooManyItems { .. }) | Error::TooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Error::Invalid(_) | Error::BadBody(_) => StatusCode::BAD_REQUEST,
+            Error::Invalid(_) | Error::BadBody(_) | Error::BadPath(_) => StatusCode::BAD_REQUEST,
             Error::Aborted(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,

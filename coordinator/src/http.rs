@@ -1,13 +1,19 @@
 //! The coordinator's HTTP surface: the public API of DESIGN.md and the
 //! internal endpoints counters call (registration, catch-up progress,
 //! transaction outcomes), the latter behind the cluster token.
+//!
+//! The public handlers carry `#[utoipa::path]` attributes: `openapi.rs`
+//! gathers them into the document served at `GET /openapi.json`, so what a
+//! handler is documented to answer sits next to the code that answers it.
 
 use crate::batcher::Batcher;
 use crate::error::Error;
+use crate::openapi::{CountEvent, ItemList};
 use crate::reads;
 use crate::state::{now_ms, Shared};
 use crate::{dashboard, stream};
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::middleware;
@@ -17,11 +23,33 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use tally_common::api::{
-    CaughtUpRequest, ClusterView, Count, JoinPlan, Message, Outcome, RegisterRequest,
+    CaughtUpRequest, ClusterView, Count, Health, JoinPlan, Message, Outcome, RegisterRequest,
 };
 use tally_common::items::{check_tenant, parse_items};
 use tally_common::TxnId;
 use tally_server::{require_token, ClusterToken};
+
+/// The `{tenant}` of the count paths, checked with the body's rules
+/// (`check_tenant`); the attributes only describe those rules.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct TenantParam {
+    /// Whose count: 1 to 256 bytes of UTF-8, percent-encoded in the path.
+    #[param(min_length = 1, max_length = 256, example = "test")]
+    tenant: String,
+}
+
+/// The checked tenant of a count path. Taking the extractor's rejection
+/// here keeps a tenant that is not UTF-8 once percent-decoded a JSON 400
+/// like every other error, not axum's plain-text one.
+fn tenant(
+    path: Result<Path<TenantParam>, PathRejection>,
+    state: &AppState,
+) -> Result<String, Error> {
+    let Path(TenantParam { tenant }) = path.map_err(|e| Error::BadPath(e.body_text()))?;
+    check_tenant(&tenant, state.shared.settings.item_limits)?;
+    Ok(tenant)
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -48,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/stats", get(stats))
+        .route("/openapi.json", get(openapi_json))
         .route("/", get(dashboard::page))
         .route("/assets/dashboard.css", get(dashboard::style))
         .route("/assets/dashboard.js", get(dashboard::script))
@@ -69,9 +98,47 @@ async fn method_not_allowed() -> impl IntoResponse {
     )
 }
 
-/// Accepts the body whatever its Content-Type: the seed's clients send
-/// JSON with curl's default form type.
-async fn add_items(State(state): State<AppState>, body: Body) -> Result<Json<Message>, Error> {
+/// Count items
+///
+/// Answers once every item is durably committed on the in-sync counters;
+/// the items of one request become visible together. Adding an id twice
+/// counts it once, so retrying after a 503, a 500 or a dropped connection is
+/// always safe. An empty array is a successful no-op.
+///
+/// The body is read as JSON whatever its Content-Type: the seed's clients
+/// send it with curl's default form type.
+#[utoipa::path(
+    post,
+    path = "/items",
+    tag = "items",
+    request_body(
+        content = ItemList,
+        content_type = "application/json",
+        description = "The items to count. Unknown fields are ignored; any Content-Type is accepted.",
+    ),
+    responses(
+        (status = 200, description = "Every item is committed.", body = Message,
+            example = json!({"message": "Success"})),
+        (status = 400, description = "The body is not a JSON array of items, or an id or tenant is \
+            missing, empty, longer than 256 bytes or not valid UTF-8. Nothing was counted.",
+            body = Message),
+        (status = 408, description = "The body did not arrive within `--body-read-timeout` (10 s \
+            by default). Nothing was counted.", body = Message),
+        (status = 413, description = "The body is over the byte limit (`--max-body-bytes`, 4 MiB \
+            by default) or carries more than `--max-items` items. Nothing was counted.",
+            body = Message),
+        (status = 503, description = "The transaction aborted (too few in-sync counters, a counter \
+            voted no or timed out), the write queue is full, or the coordinator has more than \
+            `--max-inflight-requests` requests in hand. Nothing was counted; retry.",
+            body = Message, headers(("retry-after" = u32, description = "Seconds to wait before retrying."))),
+        (status = 500, description = "Indeterminate: the items may or may not have been counted. \
+            Retrying is safe.", body = Message),
+    ),
+)]
+pub(crate) async fn add_items(
+    State(state): State<AppState>,
+    body: Body,
+) -> Result<Json<Message>, Error> {
     let settings = &state.shared.settings;
     let bytes = tokio::time::timeout(
         settings.body_read_timeout,
@@ -119,25 +186,70 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
-async fn count(
+/// Read a tenant's count
+///
+/// The count includes every item acknowledged before the read started, and
+/// never goes down from one read to the next. A tenant never written to
+/// counts 0.
+#[utoipa::path(
+    get,
+    path = "/items/{tenant}/count",
+    tag = "items",
+    params(TenantParam),
+    responses(
+        (status = 200, description = "The tenant's count.", body = Count,
+            example = json!({"count": 1})),
+        (status = 400, description = "The tenant is empty, longer than 256 bytes or not UTF-8.",
+            body = Message),
+        (status = 503, description = "No in-sync counter answered; retry.", body = Message,
+            headers(("retry-after" = u32, description = "Seconds to wait before retrying."))),
+    ),
+)]
+pub(crate) async fn count(
     State(state): State<AppState>,
-    Path(tenant): Path<String>,
+    path: Result<Path<TenantParam>, PathRejection>,
 ) -> Result<Json<Count>, Error> {
-    check_tenant(&tenant, state.shared.settings.item_limits)?;
+    let tenant = tenant(path, &state)?;
     let count = reads::count(&state.shared, &tenant).await?;
     Ok(Json(Count { count }))
 }
 
-/// Server-Sent Events of the tenant's count; see `stream.rs`.
-async fn count_stream(
+/// Follow a tenant's count
+///
+/// Server-Sent Events: `event: count` with `data: {"count":N}`, first the
+/// current count, then each larger one, at most 10 a second. The stream
+/// does not end; a comment line keeps it alive every 15 s.
+#[utoipa::path(
+    get,
+    path = "/items/{tenant}/count/stream",
+    tag = "items",
+    params(TenantParam),
+    responses(
+        (status = 200, description = "An endless event stream; the schema is that of one event.",
+            body = CountEvent, content_type = "text/event-stream"),
+        (status = 400, description = "The tenant is empty, longer than 256 bytes or not UTF-8.",
+            body = Message),
+    ),
+)]
+pub(crate) async fn count_stream(
     State(state): State<AppState>,
-    Path(tenant): Path<String>,
+    path: Result<Path<TenantParam>, PathRejection>,
 ) -> Result<Response, Error> {
-    check_tenant(&tenant, state.shared.settings.item_limits)?;
+    let tenant = tenant(path, &state)?;
     Ok(stream::count_stream(state.shared.clone(), tenant).into_response())
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// Prometheus metrics
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4.", body = String,
+            content_type = "text/plain"),
+    ),
+)]
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -147,11 +259,25 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn stats(State(state): State<AppState>) -> Json<crate::metrics::StatsView> {
+/// Totals for the dashboard
+#[utoipa::path(
+    get,
+    path = "/stats",
+    tag = "operations",
+    responses((status = 200, description = "Acknowledged writes so far.", body = crate::metrics::StatsView)),
+)]
+pub(crate) async fn stats(State(state): State<AppState>) -> Json<crate::metrics::StatsView> {
     Json(state.shared.stats.view())
 }
 
-async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
+/// The counters as the coordinator sees them
+#[utoipa::path(
+    get,
+    path = "/cluster",
+    tag = "operations",
+    responses((status = 200, description = "Membership, states and progress.", body = ClusterView)),
+)]
+pub(crate) async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
     let view = state
         .shared
         .cluster
@@ -161,14 +287,36 @@ async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
     Json(view)
 }
 
-async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+/// Liveness of the coordinator
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses((status = 200, description = "The coordinator is serving.", body = Health)),
+)]
+pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
     let in_sync = state
         .shared
         .cluster
         .lock()
         .expect("poisoned")
         .in_sync_count();
-    Json(serde_json::json!({ "status": "ok", "in_sync": in_sync }))
+    Json(Health::ok(in_sync))
+}
+
+/// This document
+///
+/// Built on each request from the code (see `openapi.rs`), with the limits
+/// this coordinator was started with.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI document of the public API.",
+        body = Object, content_type = "application/json")),
+)]
+pub(crate) async fn openapi_json(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(crate::openapi::document(state.shared.settings.item_limits))
 }
 
 async fn register(

@@ -14,6 +14,7 @@ mod health;
 mod http;
 mod log;
 mod metrics;
+mod openapi;
 mod reads;
 mod state;
 mod stream;

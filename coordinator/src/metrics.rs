@@ -79,7 +79,7 @@ pub struct Stats {
 }
 
 /// `GET /stats`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatsView {
     /// Items in acknowledged `POST /items` requests (repeats included).
     pub items_acknowledged: u64,

@@ -125,8 +125,19 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let (status, text) = api.get("/nope").await.unwrap();
     assert_eq!(status, 404);
     assert!(text.contains("message"));
-    let (status, _) = api.get(&format!("/items/{long}/count")).await.unwrap();
-    assert_eq!(status, 400);
+    // A bad tenant in the path is a JSON 400 too, whichever way it is bad.
+    for (path, message) in [
+        (format!("/items/{long}/count"), "257 bytes long"),
+        ("/items//count".to_string(), "tenant in the path is empty"),
+        ("/items/%FF/count".to_string(), "UTF-8"),
+        ("/items/%FF/count/stream".to_string(), "UTF-8"),
+    ] {
+        let (status, text) = api.get(&path).await.unwrap();
+        assert_eq!(status, 400, "{path}: {text}");
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect("errors are JSON");
+        let msg = parsed["message"].as_str().expect("a message field");
+        assert!(msg.contains(message), "{path}: {msg:?} lacks {message:?}");
+    }
     let client = reqwest::Client::new();
     let response = client
         .get(format!("{}/items", cluster.coordinator_url()))
