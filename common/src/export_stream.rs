@@ -7,6 +7,12 @@
 
 use crate::api::ExportLine;
 
+/// The longest line a reader waits for. One line is the items one
+/// transaction added: at most a request's 100,000 items of two 256-byte
+/// fields, about 56 MB of JSON. A peer sending more without a newline is
+/// broken or hostile, and must not make the importer buffer without end.
+pub const MAX_LINE_BYTES: usize = 128 * 1024 * 1024;
+
 /// Appends `line` and its newline to `buf`.
 pub fn encode_line(buf: &mut Vec<u8>, line: &ExportLine) {
     // A struct of strings and integers always serialises into a Vec.
@@ -60,6 +66,12 @@ impl LineReader {
     pub fn incomplete(&self) -> usize {
         self.buf.len() - self.start
     }
+
+    /// Whether the line being received is already longer than
+    /// [`MAX_LINE_BYTES`]: the stream should be abandoned.
+    pub fn overlong(&self) -> bool {
+        self.incomplete() > MAX_LINE_BYTES
+    }
 }
 
 #[cfg(test)]
@@ -102,6 +114,20 @@ mod tests {
             assert_eq!(got, lines(), "chunks of {chunk}");
             assert_eq!(reader.incomplete(), 0);
         }
+    }
+
+    #[test]
+    fn an_endless_line_is_reported_not_buffered_forever() {
+        let mut reader = LineReader::new();
+        let chunk = vec![b'x'; 1024 * 1024];
+        for _ in 0..MAX_LINE_BYTES / chunk.len() {
+            reader.push(&chunk);
+            assert!(reader.next_line().is_none());
+        }
+        assert!(!reader.overlong());
+        reader.push(b"x");
+        assert!(reader.next_line().is_none());
+        assert!(reader.overlong());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tally_common::api::{
     CatchUpRequest, CaughtUpRequest, ExportEntry, ExportLine, JoinPlan, Outcome, RegisterRequest,
     TOKEN_HEADER,
 };
-use tally_common::export_stream::LineReader;
+use tally_common::export_stream::{LineReader, MAX_LINE_BYTES};
 use tally_common::{CommitIndex, TxnId};
 
 /// Items per import batch: bounds memory while copying a large data set.
@@ -181,6 +181,9 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
                     return Ok(());
                 }
             }
+        }
+        if lines.overlong() {
+            anyhow::bail!("{peer} sent a line longer than {MAX_LINE_BYTES} bytes");
         }
     }
     if !batch.is_empty() {
