@@ -38,8 +38,9 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_header_size(limits.max_header_bytes)
-        // The read buffer only has to hold headers; bodies stream through.
-        .max_buf_size(limits.max_header_bytes.max(8192) * 2);
+        // Headers are capped above; this bounds how much of a body one
+        // read takes in, so a connection's buffer never grows past it.
+        .max_buf_size((limits.max_header_bytes * 2).max(256 * 1024));
 
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
