@@ -28,6 +28,20 @@ pub enum CallError {
     Unasked(String),
 }
 
+impl CallError {
+    /// A short label for metrics: what kind of failure it was.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Http(e) if e.is_timeout() => "timeout",
+            CallError::Http(e) if e.is_decode() => "garbage",
+            CallError::Http(_) => "unreachable",
+            CallError::Status { .. } => "error_status",
+            CallError::WrongCounter(_) => "wrong_counter",
+            CallError::Unasked(_) => "unasked",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct CounterClient {
     http: reqwest::Client,

@@ -32,6 +32,13 @@ type Reply = oneshot::Sender<Result<(), Error>>;
 /// never the client's answer.
 const COMMIT_LINGER: Duration = Duration::from_millis(1);
 
+/// How long a transaction waits for counters that are not in sync once
+/// every in-sync counter has voted. A joining counter is often busy
+/// importing what it missed; waiting for it at full prepare timeout made
+/// every write as slow as the slowest joiner. A vote that misses the grace
+/// only means the joiner copies that commit later (its `join_until` rises).
+const JOINER_GRACE: Duration = Duration::from_millis(5);
+
 pub async fn run(shared: Arc<Shared>, items: Vec<Item>, replies: Vec<Reply>, slot: Slot) {
     let txn = shared.begin_txn();
     let span = tracing::debug_span!("txn", %txn, items = items.len(), requests = replies.len());
@@ -97,9 +104,13 @@ async fn prepare(shared: &Arc<Shared>, txn: TxnId, items: Vec<Item>) -> BTreeSet
     let deadline = tokio::time::Instant::now() + timeout;
     let (votes, mut rx) = mpsc::unbounded_channel();
     let mut awaited = BTreeSet::new();
+    let mut awaited_in_sync = BTreeSet::new();
     for p in participants {
         if p.in_sync || !lagging.contains(&p.id) {
             awaited.insert(p.id.clone());
+        }
+        if p.in_sync {
+            awaited_in_sync.insert(p.id.clone());
         }
         let (shared, body, votes) = (shared.clone(), body.clone(), votes.clone());
         let carried = carried.clone();
@@ -120,6 +131,9 @@ async fn prepare(shared: &Arc<Shared>, txn: TxnId, items: Vec<Item>) -> BTreeSet
                 Ok(_) => lagging.remove(&p.id),
                 Err(e) => {
                     tracing::debug!(counter = %p.id, error = %e, "prepare failed");
+                    metrics::counter!("tally_prepare_failures_total",
+                        "counter" => p.id.0.clone(), "kind" => e.kind())
+                    .increment(1);
                     lagging.insert(p.id.clone())
                 }
             };
@@ -129,10 +143,17 @@ async fn prepare(shared: &Arc<Shared>, txn: TxnId, items: Vec<Item>) -> BTreeSet
     }
     drop(votes);
     let mut yes = BTreeSet::new();
+    let mut deadline = deadline;
+    let mut graced = false;
     while !awaited.is_empty() {
+        if awaited_in_sync.is_empty() && !graced {
+            deadline = deadline.min(tokio::time::Instant::now() + JOINER_GRACE);
+            graced = true;
+        }
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some((id, voted_yes))) => {
                 awaited.remove(&id);
+                awaited_in_sync.remove(&id);
                 if voted_yes {
                     yes.insert(id);
                 }

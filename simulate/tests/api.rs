@@ -161,6 +161,11 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 /// A process that registers as a counter and answers every request with a
 /// 200 whose body is not what the protocol expects.
 async fn garbage_counter() -> String {
+    fake_counter("{\"vote\": \"yes, definitely\"".to_string()).await
+}
+
+/// A process that answers every request with a 200 and `body`.
+async fn fake_counter(body: String) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -168,6 +173,7 @@ async fn garbage_counter() -> String {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
+            let body = body.clone();
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut buf = vec![0u8; 65536];
@@ -175,7 +181,6 @@ async fn garbage_counter() -> String {
                     if n == 0 {
                         return;
                     }
-                    let body = "{\"vote\": \"yes, definitely\"";
                     let reply = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                         body.len()
@@ -254,6 +259,47 @@ async fn a_counter_that_answers_garbage_is_never_trusted() {
     .await
     .unwrap();
     cluster.check_counts(&[("garbage", 20)]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_that_answers_for_another_transaction_is_never_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(&dir).await;
+    let api = cluster.api();
+    assert_eq!(
+        api.add(&[tally_common::Item::new("first", "other")]).await,
+        simulate::api::WriteOutcome::Ok
+    );
+    // Well-formed answers with the right id, so its health checks pass, but
+    // every vote names transaction 1 and it claims commits it never got.
+    let status = serde_json::json!({
+        "id": "impostor", "applied_index": 0, "catching_up": false, "prepared": 0,
+        "voted": 1, "committed": (1..100).collect::<Vec<u64>>(),
+    });
+    let url = fake_counter(status.to_string()).await;
+    let register = serde_json::json!({"id": "impostor", "url": url, "applied_index": 0});
+    let response = reqwest::Client::new()
+        .post(format!("{}/internal/register", cluster.coordinator_url()))
+        .json(&register)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    for i in 0..20 {
+        let items = vec![tally_common::Item::new(format!("w{i}"), "other")];
+        assert_eq!(api.add(&items).await, simulate::api::WriteOutcome::Ok);
+        assert_eq!(api.count("other").await, Ok(i + 2), "reads never reach it");
+    }
+    let view = api.cluster().await.unwrap();
+    let impostor = view.counters.iter().find(|c| c.id.0 == "impostor").unwrap();
+    assert!(!impostor.in_sync, "{impostor:?}");
+    assert_eq!(
+        impostor.applied_index,
+        tally_common::CommitIndex(0),
+        "{impostor:?}"
+    );
+    cluster.check_counts(&[("other", 21)]).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
