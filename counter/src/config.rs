@@ -34,6 +34,11 @@ pub struct Args {
     /// Register again after this long without a call from the coordinator.
     #[arg(long, env = "REJOIN_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
     pub rejoin_after: Duration,
+    /// Most items per second this counter sends to a peer that copies from
+    /// it; 0 means no limit. Lower it to leave more of a busy machine to the
+    /// writes while another counter catches up.
+    #[arg(long, env = "CATCH_UP_RATE", default_value_t = 0)]
+    pub catch_up_rate: u64,
     #[command(flatten)]
     pub serve: tally_server::ServeLimits,
     #[command(flatten)]

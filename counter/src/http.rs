@@ -35,6 +35,8 @@ pub struct AppState {
     pub coordinator: String,
     pub token: ClusterToken,
     pub fence_timeout: Duration,
+    /// Items per second the export stream may send; 0 for no limit.
+    pub catch_up_rate: u64,
     pub http: reqwest::Client,
     /// When the coordinator last reached us: a counter it forgot re-registers.
     pub last_contact: std::sync::Mutex<Instant>,
@@ -200,12 +202,21 @@ async fn export(
         .wait_applied(until, state.fence_timeout)
         .await?;
     let store = state.replica.store();
+    let rate = state.catch_up_rate;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut sent = 0usize;
         let mut buf = Vec::with_capacity(EXPORT_CHUNK_BYTES);
         let mut sink = |entry: ExportEntry| {
+            sent += entry.items.len();
             encode_line(&mut buf, &ExportLine::Entry(entry));
             if buf.len() >= EXPORT_CHUNK_BYTES {
+                // --catch-up-rate: hold the chunk until its items are due.
+                if rate > 0 {
+                    let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                }
                 let chunk = std::mem::replace(&mut buf, Vec::with_capacity(EXPORT_CHUNK_BYTES));
                 return tx.blocking_send(Bytes::from(chunk)).is_ok();
             }

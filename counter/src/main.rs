@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         coordinator: args.coordinator.trim_end_matches('/').to_string(),
         token: tally_server::ClusterToken::new(args.cluster_token.as_deref()),
         fence_timeout: args.fence_timeout,
+        catch_up_rate: args.catch_up_rate,
         http: reqwest::Client::builder()
             .pool_idle_timeout(args.serve.client_idle_timeout())
             .connect_timeout(std::time::Duration::from_secs(2))

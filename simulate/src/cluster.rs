@@ -33,6 +33,8 @@ pub struct ClusterOptions {
     pub inherit_output: bool,
     /// The cluster token every process gets (`CLUSTER_TOKEN`).
     pub cluster_token: Option<String>,
+    /// Extra environment for every counter.
+    pub counter_env: Vec<(String, String)>,
 }
 
 impl ClusterOptions {
@@ -47,6 +49,7 @@ impl ClusterOptions {
             coordinator_bin: None,
             inherit_output: false,
             cluster_token: None,
+            counter_env: Vec::new(),
         }
     }
 }
@@ -261,7 +264,11 @@ impl LocalCluster {
                     "--id".into(),
                     info.id.clone(),
                 ],
-                env: token_env.clone(),
+                env: token_env
+                    .iter()
+                    .chain(&options.counter_env)
+                    .cloned()
+                    .collect(),
                 log: log(&info.id),
                 child: None,
             };

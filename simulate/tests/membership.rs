@@ -243,3 +243,59 @@ async fn a_counter_that_missed_only_repeated_items_still_rejoins() {
     cluster.wait_all_in_sync(WAIT).await.unwrap();
     cluster.check_counts(&[("repeat", 100)]).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_peer_dies_mid_transfer_continues_from_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ClusterOptions::new(dir.path(), 3);
+    // Peers send at most 10,000 items/s, so copying 60,000 takes about
+    // 6 s: time enough to see which peer it copies from and kill that one
+    // mid-stream.
+    options.counter_env = vec![("CATCH_UP_RATE".into(), "10000".into())];
+    let mut cluster = LocalCluster::start(options).await.unwrap();
+    let api = cluster.api().clone();
+    cluster.stop_counter(2).unwrap();
+    cluster
+        .wait_out_of_sync(2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    add_bulk(&api, "relay", "r", 60_000).await;
+    cluster.start_counter(2).unwrap();
+    let peer = simulate::wait::until("copy started", Duration::from_secs(20), || async {
+        let log = counter_log(&cluster, 2);
+        let line = log
+            .lines()
+            .find(|l| l.contains("copying from peer"))
+            .ok_or_else(|| "no copy yet".to_string())?;
+        (0..2)
+            .find(|&i| line.contains(&cluster.counters()[i].url))
+            .ok_or_else(|| format!("no known peer in {line}"))
+    })
+    .await
+    .unwrap();
+    cluster.kill_counter(peer).unwrap();
+    simulate::wait::until("copy failed over", Duration::from_secs(30), || async {
+        let log = counter_log(&cluster, 2);
+        let failed = log.contains("copy from peer failed");
+        let done = log.contains("copied from peer");
+        if failed && done {
+            Ok(())
+        } else {
+            Err(format!("failed: {failed}, done: {done}"))
+        }
+    })
+    .await
+    .unwrap();
+    let survivor = cluster.counters()[1 - peer].id.clone();
+    let joiner = cluster.counters()[2].id.clone();
+    cluster
+        .wait_in_sync(&[survivor, joiner], Duration::from_secs(60))
+        .await
+        .unwrap();
+    cluster.start_counter(peer).unwrap();
+    cluster
+        .wait_all_in_sync(Duration::from_secs(60))
+        .await
+        .unwrap();
+    cluster.check_counts(&[("relay", 60_000)]).await.unwrap();
+}
