@@ -38,15 +38,3 @@ impl ServeLimits {
         self.header_read_timeout / 2
     }
 }
-
-impl Default for ServeLimits {
-    fn default() -> Self {
-        ServeLimits {
-            max_connections: 4096,
-            max_inflight_requests: 2048,
-            header_read_timeout: Duration::from_secs(30),
-            max_header_bytes: 16 * 1024,
-            shutdown_grace: Duration::from_secs(10),
-        }
-    }
-}

@@ -8,6 +8,7 @@ pub mod checker;
 pub mod cluster;
 pub mod docker;
 pub mod load;
+pub mod prometheus;
 pub mod scenario;
 pub mod table;
 pub mod wait;

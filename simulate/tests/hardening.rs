@@ -6,6 +6,7 @@
 use futures_util::future::join_all;
 use simulate::api::Api;
 use simulate::cluster::{bin_dir, free_port, ClusterOptions, LocalCluster};
+use simulate::prometheus::{scrape, value};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tally_common::api::TOKEN_HEADER;
@@ -55,14 +56,6 @@ async fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
             Ok(Ok(_)) => continue,
         }
     }
-}
-
-async fn metric(api: &Api, name: &str) -> f64 {
-    let (_, text) = api.get("/metrics").await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,11 +198,8 @@ async fn hostile_bodies_change_no_count() {
     let api = cluster.api();
     let addr = host_port(cluster.coordinator_url());
     assert_eq!(
-        api.add_raw(br#"[{"id":"keep","tenant":"t"}]"#.to_vec())
-            .await
-            .unwrap()
-            .0,
-        200
+        api.add(&[Item::new("keep", "t")]).await,
+        simulate::api::WriteOutcome::Ok
     );
 
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
@@ -363,9 +353,11 @@ async fn slow_and_idle_connections_cannot_hold_the_server() {
     slow.write_all(b"POST /items HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
+    // The client's pace, not a wait for the server: a byte every 100 ms.
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
     let drip = async {
         for byte in b"X-Slow: ".iter().cycle().take(1000) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            pace.tick().await;
             if slow.write_all(&[*byte]).await.is_err() {
                 return;
             }
@@ -479,7 +471,8 @@ async fn requests_beyond_the_in_flight_limit_get_a_quick_503() {
     })
     .await
     .unwrap();
-    assert!(metric(api, "tally_http_requests_shed_total").await >= 1.0);
+    let samples = scrape(cluster.coordinator_url()).await.unwrap();
+    assert!(value(&samples, "tally_http_requests_shed_total", &[]) >= 1.0);
 
     // Beyond --max-connections a connection is closed at once; the ones
     // within it stay open (until their header deadline, 30 s by default).
@@ -501,17 +494,10 @@ async fn requests_beyond_the_in_flight_limit_get_a_quick_503() {
     drop(opened);
     // Once those close, the server answers again and has counted them.
     simulate::wait::until("refusals counted", Duration::from_secs(10), || async {
-        let api = Api::new(cluster.coordinator_url());
-        let (status, text) = api.get("/metrics").await?;
-        let refused: f64 = text
-            .lines()
-            .filter(|l| l.starts_with("tally_http_connections_refused_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        if status == 200 && refused >= 20.0 {
-            Ok(())
-        } else {
-            Err(format!("{status}: {refused}"))
+        let samples = scrape(cluster.coordinator_url()).await?;
+        match value(&samples, "tally_http_connections_refused_total", &[]) {
+            refused if refused >= 20.0 => Ok(()),
+            refused => Err(format!("{refused} refused")),
         }
     })
     .await
