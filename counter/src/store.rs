@@ -251,9 +251,15 @@ impl<'a> PendingWrite<'a> {
     /// Inserts items committed at `index` that this replica has not seen,
     /// and remembers them for that commit's log entry.
     fn add_items(&mut self, index: CommitIndex, batch: Cow<'_, [Item]>) -> Result<(), Error> {
+        // In key order, each skiplist search (lookup, then insert) starts
+        // near where the previous one ended, in memory the cache still holds.
+        let mut keyed = batch
+            .iter()
+            .map(|item| Ok((UserKey::from(item_key(item)?), item)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut fresh = Vec::new();
-        for item in batch.iter() {
-            let key = UserKey::from(item_key(item)?);
+        for (key, item) in keyed {
             if self.is_stored(&key)? {
                 continue;
             }
