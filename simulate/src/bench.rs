@@ -114,7 +114,10 @@ pub async fn run(
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(out, serde_json::to_string_pretty(&json)?)?;
-    let catch_markdown = catch_table.as_ref().map(Table::markdown).unwrap_or_default();
+    let catch_markdown = catch_table
+        .as_ref()
+        .map(Table::markdown)
+        .unwrap_or_default();
     std::fs::write(
         out.with_extension("md"),
         format!("{}\n{catch_markdown}", table.markdown()),
