@@ -2,11 +2,14 @@
 //! prepared by a crash, register with the coordinator, copy what it misses
 //! from in-sync peers, and report when it holds everything.
 //!
-//! Copying is resumable by construction: each chunk is applied durably
-//! before the next is read, and every pass starts from the replica's own
-//! applied index, so a peer dying mid-stream costs at most one chunk.
+//! Copying is resumable by construction: importing is idempotent (an item
+//! already held is not counted again), and every pass starts from the
+//! replica's own applied index, which moves only when a stream ended
+//! complete; a peer dying mid-stream costs reading again, never counting
+//! twice.
 
 use crate::http::AppState;
+use crate::replica::QueuedImport;
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +20,11 @@ use tally_common::api::{
 use tally_common::export_stream::{LineReader, MAX_LINE_BYTES};
 use tally_common::{CommitIndex, TxnId};
 
-/// Items per import batch: bounds memory while copying a large data set.
-const IMPORT_BATCH_ITEMS: usize = 2_000;
+/// Items per import handed to the writer. Two are in memory at a time (one
+/// being written, one being read off the stream), which bounds memory while
+/// copying a large data set; the writer itself writes them in smaller
+/// slices between 2PC operations.
+const IMPORT_BATCH_ITEMS: usize = 5_000;
 
 /// How long a prepared transaction may wait for its outcome before the
 /// counter asks the coordinator for it.
@@ -154,6 +160,7 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
     let mut batch: Vec<ExportEntry> = Vec::new();
     let mut batch_items = 0;
     let mut copied = 0usize;
+    let mut importing = Importing::default();
     while let Some(chunk) = stream.next().await {
         lines.push(&chunk?);
         while let Some(line) = lines.next_line() {
@@ -165,18 +172,17 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
                         .increment(entry.items.len() as u64);
                     batch.push(entry);
                     if batch_items >= IMPORT_BATCH_ITEMS {
-                        state
-                            .replica
-                            .import(std::mem::take(&mut batch), None)
+                        importing
+                            .hand_over(state, std::mem::take(&mut batch), None)
                             .await?;
                         batch_items = 0;
                     }
                 }
                 ExportLine::End { through } => {
-                    state
-                        .replica
-                        .import(std::mem::take(&mut batch), Some((since, through)))
+                    importing
+                        .hand_over(state, std::mem::take(&mut batch), Some((since, through)))
                         .await?;
+                    importing.finish().await?;
                     tracing::info!(peer, %since, %through, items = copied, "copied from peer");
                     return Ok(());
                 }
@@ -186,10 +192,38 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
             anyhow::bail!("{peer} sent a line longer than {MAX_LINE_BYTES} bytes");
         }
     }
-    if !batch.is_empty() {
-        state.replica.import(batch, None).await?;
-    }
+    importing.hand_over(state, batch, None).await?;
+    importing.finish().await?;
     anyhow::bail!("the stream from {peer} ended before its end marker")
+}
+
+/// The import the writer is working on while the next one is read off the
+/// stream: reading and writing overlap, yet at most two batches are held.
+#[derive(Default)]
+struct Importing(Option<QueuedImport>);
+
+impl Importing {
+    /// Waits for the previous import to be durable, then queues `entries`.
+    async fn hand_over(
+        &mut self,
+        state: &AppState,
+        entries: Vec<ExportEntry>,
+        through: Option<(CommitIndex, CommitIndex)>,
+    ) -> Result<(), crate::error::Error> {
+        self.finish().await?;
+        if !entries.is_empty() || through.is_some() {
+            self.0 = Some(state.replica.queue_import(entries, through)?);
+        }
+        Ok(())
+    }
+
+    /// Waits for the import in progress, if any.
+    async fn finish(&mut self) -> Result<(), crate::error::Error> {
+        match self.0.take() {
+            Some(import) => import.durable().await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// Asks the coordinator for the outcome of every transaction that has been
