@@ -14,10 +14,10 @@ use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_common::api::{
-    CatchUpRequest, CaughtUpRequest, ExportEntry, ExportLine, JoinPlan, Outcome, RegisterRequest,
+    CatchUpRequest, CaughtUpRequest, ExportEntry, ExportFrame, JoinPlan, Outcome, RegisterRequest,
     TOKEN_HEADER,
 };
-use tally_common::export_stream::{LineReader, MAX_LINE_BYTES};
+use tally_common::export_stream::{self, FrameReader};
 use tally_common::{CommitIndex, TxnId};
 
 /// Items per import handed to the writer. Two are in memory at a time (one
@@ -153,19 +153,20 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
         request = request.header(TOKEN_HEADER, token);
     }
     let response = request.send().await?.error_for_status()?;
+    check_format(&response, peer)?;
     tracing::info!(peer, %since, %until, "copying from peer");
     metrics::gauge!("tally_catchup_target_index").set(until.0 as f64);
     let mut stream = response.bytes_stream();
-    let mut lines = LineReader::new();
+    let mut frames = FrameReader::new();
     let mut batch: Vec<ExportEntry> = Vec::new();
     let mut batch_items = 0;
     let mut copied = 0usize;
     let mut importing = Importing::default();
     while let Some(chunk) = stream.next().await {
-        lines.push(&chunk?);
-        while let Some(line) = lines.next_line() {
-            match line? {
-                ExportLine::Entry(entry) => {
+        frames.push(&chunk?);
+        while let Some(frame) = frames.next_frame() {
+            match frame? {
+                ExportFrame::Entry(entry) => {
                     batch_items += entry.items.len();
                     copied += entry.items.len();
                     metrics::counter!("tally_catchup_items_copied_total")
@@ -178,7 +179,7 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
                         batch_items = 0;
                     }
                 }
-                ExportLine::End { through } => {
+                ExportFrame::End { through } => {
                     importing
                         .hand_over(state, std::mem::take(&mut batch), Some((since, through)))
                         .await?;
@@ -188,13 +189,27 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
                 }
             }
         }
-        if lines.overlong() {
-            anyhow::bail!("{peer} sent a line longer than {MAX_LINE_BYTES} bytes");
-        }
     }
     importing.hand_over(state, batch, None).await?;
     importing.finish().await?;
     anyhow::bail!("the stream from {peer} ended before its end marker")
+}
+
+/// Refuses a stream in a format this counter cannot read: a peer of
+/// another version, met during a rolling upgrade.
+fn check_format(response: &reqwest::Response, peer: &str) -> anyhow::Result<()> {
+    let format = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
+    if format != export_stream::CONTENT_TYPE {
+        anyhow::bail!(
+            "{peer} exports as {format}, this counter reads {}: another version?",
+            export_stream::CONTENT_TYPE
+        );
+    }
+    Ok(())
 }
 
 /// The import the writer is working on while the next one is read off the
