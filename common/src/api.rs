@@ -171,13 +171,13 @@ pub struct ExportEntry {
     pub items: Vec<Item>,
 }
 
-/// One line of a counter's export stream of `(since, until]`: entries in
+/// One frame of a counter's export stream of `(since, until]`: entries in
 /// index order, then `End`. Only a stream that reached `End` proves that the
 /// importer now holds every transaction in the range, so a cut-off stream
-/// marks nothing as applied.
+/// marks nothing as applied. Sent as postcard, not JSON
+/// (`export_stream`), so the enum is externally tagged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum ExportLine {
+pub enum ExportFrame {
     Entry(ExportEntry),
     End { through: CommitIndex },
 }

@@ -1,7 +1,9 @@
-//! The one error type of this crate: what is wrong with a client's request.
+//! The one error type of this crate: what is wrong with a client's request,
+//! or with a peer's export stream.
 
-/// Why a `POST /items` body or a tenant in a path was refused. Each variant maps to one HTTP status
-/// in the coordinator, so the mapping lives in one place.
+/// Why a `POST /items` body or a tenant in a path was refused (each variant
+/// maps to one HTTP status in the coordinator, so the mapping lives in one
+/// place), or why a counter gave up on a peer's export stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The body is not a JSON array of item objects (400).
@@ -16,4 +18,16 @@ pub enum Error {
     /// More items than one request may carry (413).
     #[error("too many items in one request: {count}, the limit is {limit}")]
     TooManyItems { count: usize, limit: usize },
+    /// A frame of a peer's export stream does not decode (the counter
+    /// abandons the stream).
+    #[error("export stream frame {frame}: {problem}")]
+    BadFrame { frame: u64, problem: String },
+    /// A frame of a peer's export stream announces more bytes than any
+    /// transaction can take (the counter abandons the stream).
+    #[error("export stream frame {frame} announces {len} bytes, the limit is {limit}")]
+    FrameTooLong {
+        frame: u64,
+        len: usize,
+        limit: usize,
+    },
 }

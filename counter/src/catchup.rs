@@ -2,23 +2,29 @@
 //! prepared by a crash, register with the coordinator, copy what it misses
 //! from in-sync peers, and report when it holds everything.
 //!
-//! Copying is resumable by construction: each chunk is applied durably
-//! before the next is read, and every pass starts from the replica's own
-//! applied index, so a peer dying mid-stream costs at most one chunk.
+//! Copying is resumable by construction: importing is idempotent (an item
+//! already held is not counted again), and every pass starts from the
+//! replica's own applied index, which moves only when a stream ended
+//! complete; a peer dying mid-stream costs reading again, never counting
+//! twice.
 
 use crate::http::AppState;
+use crate::replica::QueuedImport;
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_common::api::{
-    CatchUpRequest, CaughtUpRequest, ExportEntry, ExportLine, JoinPlan, Outcome, RegisterRequest,
+    CatchUpRequest, CaughtUpRequest, ExportEntry, ExportFrame, JoinPlan, Outcome, RegisterRequest,
     TOKEN_HEADER,
 };
-use tally_common::export_stream::{LineReader, MAX_LINE_BYTES};
+use tally_common::export_stream::{self, FrameReader};
 use tally_common::{CommitIndex, TxnId};
 
-/// Items per import batch: bounds memory while copying a large data set.
-const IMPORT_BATCH_ITEMS: usize = 2_000;
+/// Items per import handed to the writer. Two are in memory at a time (one
+/// being written, one being read off the stream), which bounds memory while
+/// copying a large data set; the writer itself writes them in smaller
+/// slices between 2PC operations.
+const IMPORT_BATCH_ITEMS: usize = 5_000;
 
 /// How long a prepared transaction may wait for its outcome before the
 /// counter asks the coordinator for it.
@@ -147,49 +153,92 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
         request = request.header(TOKEN_HEADER, token);
     }
     let response = request.send().await?.error_for_status()?;
+    check_format(&response, peer)?;
     tracing::info!(peer, %since, %until, "copying from peer");
     metrics::gauge!("tally_catchup_target_index").set(until.0 as f64);
     let mut stream = response.bytes_stream();
-    let mut lines = LineReader::new();
+    let mut frames = FrameReader::new();
     let mut batch: Vec<ExportEntry> = Vec::new();
     let mut batch_items = 0;
     let mut copied = 0usize;
+    let mut importing = Importing::default();
     while let Some(chunk) = stream.next().await {
-        lines.push(&chunk?);
-        while let Some(line) = lines.next_line() {
-            match line? {
-                ExportLine::Entry(entry) => {
+        frames.push(&chunk?);
+        while let Some(frame) = frames.next_frame() {
+            match frame? {
+                ExportFrame::Entry(entry) => {
                     batch_items += entry.items.len();
                     copied += entry.items.len();
                     metrics::counter!("tally_catchup_items_copied_total")
                         .increment(entry.items.len() as u64);
                     batch.push(entry);
                     if batch_items >= IMPORT_BATCH_ITEMS {
-                        state
-                            .replica
-                            .import(std::mem::take(&mut batch), None)
+                        importing
+                            .hand_over(state, std::mem::take(&mut batch), None)
                             .await?;
                         batch_items = 0;
                     }
                 }
-                ExportLine::End { through } => {
-                    state
-                        .replica
-                        .import(std::mem::take(&mut batch), Some((since, through)))
+                ExportFrame::End { through } => {
+                    importing
+                        .hand_over(state, std::mem::take(&mut batch), Some((since, through)))
                         .await?;
+                    importing.finish().await?;
                     tracing::info!(peer, %since, %through, items = copied, "copied from peer");
                     return Ok(());
                 }
             }
         }
-        if lines.overlong() {
-            anyhow::bail!("{peer} sent a line longer than {MAX_LINE_BYTES} bytes");
+    }
+    importing.hand_over(state, batch, None).await?;
+    importing.finish().await?;
+    anyhow::bail!("the stream from {peer} ended before its end marker")
+}
+
+/// Refuses a stream in a format this counter cannot read: a peer of
+/// another version, met during a rolling upgrade.
+fn check_format(response: &reqwest::Response, peer: &str) -> anyhow::Result<()> {
+    let format = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
+    if format != export_stream::CONTENT_TYPE {
+        anyhow::bail!(
+            "{peer} exports as {format}, this counter reads {}: another version?",
+            export_stream::CONTENT_TYPE
+        );
+    }
+    Ok(())
+}
+
+/// The import the writer is working on while the next one is read off the
+/// stream: reading and writing overlap, yet at most two batches are held.
+#[derive(Default)]
+struct Importing(Option<QueuedImport>);
+
+impl Importing {
+    /// Waits for the previous import to be durable, then queues `entries`.
+    async fn hand_over(
+        &mut self,
+        state: &AppState,
+        entries: Vec<ExportEntry>,
+        through: Option<(CommitIndex, CommitIndex)>,
+    ) -> Result<(), crate::error::Error> {
+        self.finish().await?;
+        if !entries.is_empty() || through.is_some() {
+            self.0 = Some(state.replica.queue_import(entries, through)?);
+        }
+        Ok(())
+    }
+
+    /// Waits for the import in progress, if any.
+    async fn finish(&mut self) -> Result<(), crate::error::Error> {
+        match self.0.take() {
+            Some(import) => import.durable().await,
+            None => Ok(()),
         }
     }
-    if !batch.is_empty() {
-        state.replica.import(batch, None).await?;
-    }
-    anyhow::bail!("the stream from {peer} ended before its end marker")
 }
 
 /// Asks the coordinator for the outcome of every transaction that has been

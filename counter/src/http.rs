@@ -18,10 +18,10 @@ use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_common::api::{
-    AbortRequest, CatchUpRequest, CommitRequest, Count, CounterStatus, ExportEntry, ExportLine,
+    AbortRequest, CatchUpRequest, CommitRequest, Count, CounterStatus, ExportEntry, ExportFrame,
     Message, PrepareRequest,
 };
-use tally_common::export_stream::encode_line;
+use tally_common::export_stream::{self, encode_frame};
 use tally_common::CommitIndex;
 use tally_server::{require_token, ClusterToken};
 
@@ -188,8 +188,8 @@ struct ExportQuery {
     until: u64,
 }
 
-/// Streams the commit log in `(since, until]` as newline-delimited JSON,
-/// ending with an `End` line. It serves only a range this replica holds
+/// Streams the commit log in `(since, until]` as length-prefixed postcard
+/// frames (`tally_common::export_stream`), ending with an `End` frame. It serves only a range this replica holds
 /// whole: it waits briefly for `until` to be applied, and refuses with 503
 /// otherwise, so the importer may trust `End`.
 async fn export(
@@ -210,7 +210,7 @@ async fn export(
         let mut buf = Vec::with_capacity(EXPORT_CHUNK_BYTES);
         let mut sink = |entry: ExportEntry| {
             sent += entry.items.len();
-            encode_line(&mut buf, &ExportLine::Entry(entry));
+            encode_frame(&mut buf, &ExportFrame::Entry(entry));
             if buf.len() >= EXPORT_CHUNK_BYTES {
                 // --catch-up-rate: hold the chunk until its items are due.
                 if rate > 0 {
@@ -224,10 +224,10 @@ async fn export(
         };
         match store.export(since, until, &mut sink) {
             Ok(()) => {
-                encode_line(&mut buf, &ExportLine::End { through: until });
+                encode_frame(&mut buf, &ExportFrame::End { through: until });
                 let _ = tx.blocking_send(Bytes::from(buf));
             }
-            // No `End` line: the importer sees a cut stream and retries.
+            // No `End` frame: the importer sees a cut stream and retries.
             Err(e) => tracing::error!(error = %e, "export failed"),
         }
     });
@@ -237,7 +237,7 @@ async fn export(
             .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
     });
     Ok((
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        [(header::CONTENT_TYPE, export_stream::CONTENT_TYPE)],
         Body::from_stream(stream),
     )
         .into_response())

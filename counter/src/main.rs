@@ -5,6 +5,7 @@ mod catchup;
 mod config;
 mod error;
 mod http;
+mod import_queue;
 mod metrics;
 mod replica;
 mod store;

@@ -10,6 +10,7 @@
 //! item committed at or below N.
 
 use crate::error::Error;
+use crate::import_queue::{Import, ImportQueue, Slice, IMPORT_SLICE_ITEMS};
 use crate::store::{BatchEffect, Store, WriteOp, WriteResult};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,14 @@ const MAX_BATCH_OPS: usize = 512;
 
 type Reply = oneshot::Sender<Result<WriteResult, String>>;
 
+/// What the writer thread is asked to do.
+enum Job {
+    /// A 2PC operation: written in the next storage write.
+    TwoPhase(WriteOp, Reply),
+    /// Copied data: written a slice at a time, behind the 2PC work.
+    Import(Import<Reply>),
+}
+
 /// Shared handle on the replica; cheap to clone into handlers and tasks.
 #[derive(Clone)]
 pub struct Replica {
@@ -35,7 +44,7 @@ pub struct Replica {
 struct Inner {
     id: CounterId,
     store: Arc<dyn Store>,
-    writer: mpsc::UnboundedSender<(WriteOp, Reply)>,
+    writer: mpsc::UnboundedSender<Job>,
     counts: RwLock<HashMap<String, u64>>,
     applied: watch::Sender<CommitIndex>,
     /// Prepared transactions and when this process first saw them, so the
@@ -126,7 +135,7 @@ impl Replica {
         let (tx, rx) = oneshot::channel();
         self.inner
             .writer
-            .send((op, tx))
+            .send(Job::TwoPhase(op, tx))
             .map_err(|_| Error::WriterGone)?;
         match rx.await {
             Ok(Ok(result)) => Ok(result),
@@ -159,7 +168,7 @@ impl Replica {
             };
             self.inner
                 .writer
-                .send((op, tx))
+                .send(Job::TwoPhase(op, tx))
                 .map_err(|_| Error::WriterGone)?;
             pending.push((c.index, rx));
         }
@@ -184,16 +193,22 @@ impl Replica {
         self.submit(WriteOp::Abort { txn }).await.map(drop)
     }
 
-    /// Merges entries fetched from a peer; safe to repeat. With `through`,
-    /// also records the whole copied range `(since, through]` as applied.
-    pub async fn import(
+    /// Hands entries fetched from a peer to the writer and returns at once,
+    /// so the caller can fetch the next ones while these are written.
+    /// Imports are written in the order they are queued, and are safe to
+    /// repeat. With `through`, the whole copied range `(since, through]` is
+    /// recorded as applied once every entry is in.
+    pub fn queue_import(
         &self,
         entries: Vec<ExportEntry>,
         through: Option<(CommitIndex, CommitIndex)>,
-    ) -> Result<(), Error> {
-        self.submit(WriteOp::Import { entries, through })
-            .await
-            .map(drop)
+    ) -> Result<QueuedImport, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job::Import(Import::new(entries, through, tx)))
+            .map_err(|_| Error::WriterGone)?;
+        Ok(QueuedImport(rx))
     }
 
     /// Prepared transactions that have waited longer than `age` for an outcome.
@@ -222,51 +237,120 @@ impl Replica {
     }
 }
 
-/// Drains the job channel in batches, one durable transaction per batch.
-/// Ends when every sender is gone (the process is shutting down), after the
-/// last batch is durable.
+/// An import the writer has taken on; [`QueuedImport::durable`] waits for it.
+pub struct QueuedImport(oneshot::Receiver<Result<WriteResult, String>>);
+
+impl QueuedImport {
+    pub async fn durable(self) -> Result<(), Error> {
+        match self.0.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::BadRequest(e)),
+            Err(_) => Err(Error::WriterGone),
+        }
+    }
+}
+
+/// Drains the job channel in batches, one durable transaction per batch:
+/// every queued 2PC operation, plus a slice of copied data when
+/// [`ImportQueue::rides`] allows. Ends when every sender is gone (the
+/// process is shutting down), after the last batch is durable.
 fn run_writer(
     store: Arc<dyn Store>,
     mut participant: Participant,
-    mut jobs: mpsc::UnboundedReceiver<(WriteOp, Reply)>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
     inner: std::sync::Weak<Inner>,
 ) {
     let mut ops = Vec::with_capacity(MAX_BATCH_OPS);
     let mut replies = Vec::with_capacity(MAX_BATCH_OPS);
-    while let Some((op, reply)) = jobs.blocking_recv() {
-        ops.push(op);
-        replies.push(reply);
+    let mut imports = ImportQueue::default();
+    loop {
+        if imports.is_empty() {
+            // Nothing to do until a job arrives.
+            let Some(job) = jobs.blocking_recv() else {
+                break;
+            };
+            queue(job, &mut ops, &mut replies, &mut imports);
+        }
         while ops.len() < MAX_BATCH_OPS {
             match jobs.try_recv() {
-                Ok((op, reply)) => {
-                    ops.push(op);
-                    replies.push(reply);
-                }
+                Ok(job) => queue(job, &mut ops, &mut replies, &mut imports),
                 Err(_) => break,
             }
         }
-        let writing = Instant::now();
-        let outcome = store.write(&ops, &mut participant);
-        // One durable storage transaction (one fsync) for the whole batch.
-        metrics::histogram!("tally_store_write_seconds").record(writing.elapsed().as_secs_f64());
-        metrics::histogram!("tally_store_batch_ops").record(ops.len() as f64);
-        let Some(inner) = inner.upgrade() else { break };
-        match outcome {
-            Ok(effect) => {
-                publish(&inner, &effect, participant.applied().contiguous());
-                for (reply, result) in replies.drain(..).zip(effect.results) {
-                    let _ = reply.send(Ok(result));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, ops = ops.len(), "storage write failed");
-                for reply in replies.drain(..) {
-                    let _ = reply.send(Err(e.to_string()));
+        let slice = if imports.rides(ops.len()) {
+            imports.next_slice(IMPORT_SLICE_ITEMS)
+        } else {
+            None
+        };
+        imports.note_write(slice.is_some());
+        let last_slice = slice.as_ref().map(|s| s.last);
+        if let Some(Slice {
+            entries, through, ..
+        }) = slice
+        {
+            ops.push(WriteOp::Import { entries, through });
+        }
+        let Some(mut results) = write_batch(&*store, &ops, &mut participant, &inner) else {
+            break;
+        };
+        ops.clear();
+        // The slice, if any, is the last op of the batch.
+        let slice_result = last_slice.and_then(|_| results.pop());
+        for (reply, result) in replies.drain(..).zip(results) {
+            let _ = reply.send(result);
+        }
+        if let (Some(last), Some(result)) = (last_slice, slice_result) {
+            // A failed slice ends its import: the copy retries from the
+            // replica's applied index.
+            if last || result.is_err() {
+                if let Some(import) = imports.finish() {
+                    let _ = import.reply.send(result);
                 }
             }
         }
-        ops.clear();
     }
+}
+
+/// Files a job: a 2PC operation into this batch, an import into the queue.
+fn queue(
+    job: Job,
+    ops: &mut Vec<WriteOp>,
+    replies: &mut Vec<Reply>,
+    imports: &mut ImportQueue<Reply>,
+) {
+    match job {
+        Job::TwoPhase(op, reply) => {
+            ops.push(op);
+            replies.push(reply);
+        }
+        Job::Import(import) => imports.push(import),
+    }
+}
+
+/// Writes `ops` in one durable transaction and publishes what it changed;
+/// one result per op. `None` once the replica is gone (shutting down).
+fn write_batch(
+    store: &dyn Store,
+    ops: &[WriteOp],
+    participant: &mut Participant,
+    inner: &std::sync::Weak<Inner>,
+) -> Option<Vec<Result<WriteResult, String>>> {
+    let writing = Instant::now();
+    let outcome = store.write(ops, participant);
+    // One durable storage transaction (one fsync) for the whole batch.
+    metrics::histogram!("tally_store_write_seconds").record(writing.elapsed().as_secs_f64());
+    metrics::histogram!("tally_store_batch_ops").record(ops.len() as f64);
+    let inner = inner.upgrade()?;
+    Some(match outcome {
+        Ok(effect) => {
+            publish(&inner, &effect, participant.applied().contiguous());
+            effect.results.into_iter().map(Ok).collect()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, ops = ops.len(), "storage write failed");
+            vec![Err(e.to_string()); ops.len()]
+        }
+    })
 }
 
 /// Makes a durable batch visible: counts first, then the applied index.
@@ -292,4 +376,47 @@ fn publish(inner: &Inner, effect: &BatchEffect, contiguous: CommitIndex) {
         *current = contiguous;
         changed
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FjallStore;
+
+    fn entries(count: u64, items_each: usize) -> Vec<ExportEntry> {
+        (1..=count)
+            .map(|index| ExportEntry {
+                index: CommitIndex(index),
+                items: (0..items_each)
+                    .map(|i| Item::new(format!("{index}-{i}"), "t"))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_prepare_does_not_wait_for_a_whole_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FjallStore::open(dir.path()).unwrap());
+        let replica = Replica::start(CounterId("c".into()), store).unwrap();
+        // Forty slices' worth of copied data, queued ahead of the prepare.
+        let range = (CommitIndex(0), CommitIndex(40));
+        let import = replica
+            .queue_import(entries(40, IMPORT_SLICE_ITEMS), Some(range))
+            .unwrap();
+        replica
+            .prepare(TxnId(1), vec![Item::new("x", "t")])
+            .await
+            .unwrap();
+        assert_eq!(replica.applied(), CommitIndex(0), "import still running");
+        import.durable().await.unwrap();
+        assert_eq!(replica.applied(), CommitIndex(40));
+        assert_eq!(
+            replica
+                .count("t", CommitIndex(40), Duration::ZERO)
+                .await
+                .unwrap(),
+            40 * IMPORT_SLICE_ITEMS as u64
+        );
+    }
 }

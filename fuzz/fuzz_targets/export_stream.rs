@@ -1,31 +1,31 @@
 //! The catch-up stream a counter reads from a peer
-//! (`tally_common::export_stream::LineReader`, called by
+//! (`tally_common::export_stream::FrameReader`, called by
 //! `counter/src/catchup.rs`). The first input byte picks a chunk size, the
-//! rest is the stream. Checks: the lines that come out do not depend on how
-//! the network cut the stream (whole, one byte at a time, or in chunks of
-//! the chosen size), and the decoded lines, encoded again with the
-//! exporter's `encode_line`, read back the same.
+//! rest is the stream. Checks: the frames that come out do not depend on
+//! how the network cut the stream (whole, one byte at a time, or in chunks
+//! of the chosen size), and the decoded frames, encoded again with the
+//! exporter's `encode_frame`, read back the same.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tally_common::api::ExportLine;
-use tally_common::export_stream::{encode_line, LineReader};
+use tally_common::api::ExportFrame;
+use tally_common::export_stream::{encode_frame, FrameReader};
 
-/// Lines in order up to the first bad one, as the importer reads them (it
-/// gives up on a peer at the first line it cannot decode).
-fn read(chunks: impl Iterator<Item = impl AsRef<[u8]>>) -> (Vec<ExportLine>, Option<String>) {
-    let mut reader = LineReader::new();
-    let mut lines = Vec::new();
+/// Frames in order up to the first bad one, as the importer reads them (it
+/// gives up on a peer at the first frame it cannot decode).
+fn read(chunks: impl Iterator<Item = impl AsRef<[u8]>>) -> (Vec<ExportFrame>, Option<String>) {
+    let mut reader = FrameReader::new();
+    let mut frames = Vec::new();
     for chunk in chunks {
         reader.push(chunk.as_ref());
-        while let Some(line) = reader.next_line() {
-            match line {
-                Ok(line) => lines.push(line),
-                Err(e) => return (lines, Some(e.to_string())),
+        while let Some(frame) = reader.next_frame() {
+            match frame {
+                Ok(frame) => frames.push(frame),
+                Err(e) => return (frames, Some(e.to_string())),
             }
         }
     }
-    (lines, None)
+    (frames, None)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -38,9 +38,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(read(stream.chunks(size)), whole, "chunks of {size}");
 
     let mut encoded = Vec::new();
-    for line in &whole.0 {
-        encode_line(&mut encoded, line);
+    for frame in &whole.0 {
+        encode_frame(&mut encoded, frame);
     }
     let again = read(std::iter::once(&encoded));
-    assert_eq!(again, (whole.0, None), "encode_line output reads back");
+    assert_eq!(again, (whole.0, None), "encode_frame output reads back");
 });

@@ -55,92 +55,48 @@ struct CatchUp {
     during_catch_up_items_per_sec: f64,
 }
 
-pub async fn run(duration: Duration, catch_up_items: usize, out: &Path) -> anyhow::Result<()> {
+/// One part of the benchmark, for `--only`: a change that touches one row
+/// is measured without waiting for the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The write and read rows on one cluster (and wrk's, if installed).
+    Throughput,
+    /// A restarted counter copying what it missed while writes go on.
+    CatchUp,
+    /// Redis doing the same job, if installed.
+    Redis,
+}
+
+pub async fn run(
+    duration: Duration,
+    catch_up_items: usize,
+    only: Option<Part>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let runs = |part: Part| only.is_none_or(|o| o == part);
     let dir = std::env::temp_dir().join(format!("tally-bench-{:x}", rand::random::<u32>()));
     let mut rows = Vec::new();
     let mut mismatches = 0;
-    {
-        let mut options = ClusterOptions::new(dir.join("throughput"), 3);
-        options.health_interval = Duration::from_secs(1);
-        let cluster = LocalCluster::start(options).await?;
-        let api = cluster.api().clone();
-        let mut verified = Vec::new();
-
-        // Warm the connection pools and the page cache.
-        load::run(&api, &LoadOptions::new(16, 50, 1)).await;
-
-        for clients in [1, 16, 64] {
-            eprintln!("single-item POSTs, {clients} clients, {duration:?}");
-            let report = timed(&api, clients, 1, duration).await;
-            rows.push(Row::from_load("POST 1 item", clients, &report));
-            verified.push(report);
-        }
-        eprintln!("1,000-item POSTs, 8 clients, {duration:?}");
-        let report = timed(&api, 8, 1000, duration).await;
-        rows.push(Row::from_load("POST 1,000 items", 8, &report));
-        verified.push(report);
-
-        eprintln!("count reads at 100,000 items, 16 clients, {duration:?}");
-        let tenant = fill_read_tenant(&api).await?;
-        rows.push(reads(&api, &tenant, 16, duration).await?);
-
-        if has("wrk") {
-            eprintln!("wrk: single-item POSTs and count reads");
-            rows.extend(wrk_rows(cluster.coordinator_url(), &tenant, duration)?);
-        } else {
-            eprintln!("wrk not installed: skipping its rows");
-        }
-
-        let urls: Vec<String> = cluster.counters().iter().map(|c| c.url.clone()).collect();
-        for report in &verified {
-            mismatches += load::verify(&api, &urls, report).await.mismatches.len();
-        }
+    if runs(Part::Throughput) {
+        let (throughput, wrong) = throughput_rows(&dir.join("throughput"), duration).await?;
+        rows.extend(throughput);
+        mismatches += wrong;
     }
-
-    eprintln!("catch-up of {catch_up_items} missed items");
-    let catch_up = catch_up(&dir.join("catch-up"), catch_up_items, duration).await?;
-
-    if has("redis-server") && has("redis-benchmark") {
-        eprintln!("redis reference (appendfsync always)");
-        rows.extend(redis_rows(&dir.join("redis"), duration)?);
+    let catch_up = if runs(Part::CatchUp) {
+        eprintln!("catch-up of {catch_up_items} missed items");
+        Some(catch_up(&dir.join("catch-up"), catch_up_items, duration).await?)
     } else {
-        eprintln!("redis-server not installed: skipping the reference rows");
+        None
+    };
+    if runs(Part::Redis) {
+        rows.extend(redis_rows_if_installed(&dir.join("redis"), duration)?);
     }
     let _ = std::fs::remove_dir_all(&dir);
 
-    let mut table = Table::new([
-        "workload", "driver", "clients", "req/s", "items/s", "p50", "p99", "errors",
-    ]);
-    for r in &rows {
-        table.row([
-            r.workload.clone(),
-            r.driver.clone(),
-            r.clients.to_string(),
-            format!("{:.0}", r.requests_per_sec),
-            format!("{:.0}", r.items_per_sec),
-            format!("{:.2}ms", r.p50_ms),
-            format!("{:.2}ms", r.p99_ms),
-            r.errors.to_string(),
-        ]);
-    }
-    let mut catch_table = Table::new([
-        "missed items",
-        "catch-up",
-        "writes/s steady",
-        "writes/s during catch-up",
-        "ratio",
-    ]);
-    catch_table.row([
-        catch_up.missed_items.to_string(),
-        format!("{:.2}s", catch_up.catch_up_secs),
-        format!("{:.0}", catch_up.steady_items_per_sec),
-        format!("{:.0}", catch_up.during_catch_up_items_per_sec),
-        format!(
-            "{:.0}%",
-            100.0 * catch_up.during_catch_up_items_per_sec / catch_up.steady_items_per_sec.max(1.0)
-        ),
-    ]);
-    print!("{}\n{}", table.render(), catch_table.render());
+    let table = rows_table(&rows);
+    let catch_table = catch_up.as_ref().map(catch_up_table);
+    let catch_text = catch_table.as_ref().map(Table::render).unwrap_or_default();
+    print!("{}\n{catch_text}", table.render());
     println!(
         "counts verified after the run: {}",
         if mismatches == 0 { "exact" } else { "MISMATCH" }
@@ -158,9 +114,13 @@ pub async fn run(duration: Duration, catch_up_items: usize, out: &Path) -> anyho
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(out, serde_json::to_string_pretty(&json)?)?;
+    let catch_markdown = catch_table
+        .as_ref()
+        .map(Table::markdown)
+        .unwrap_or_default();
     std::fs::write(
         out.with_extension("md"),
-        format!("{}\n{}", table.markdown(), catch_table.markdown()),
+        format!("{}\n{catch_markdown}", table.markdown()),
     )?;
     println!(
         "results written to {} and {}",
@@ -171,6 +131,89 @@ pub async fn run(duration: Duration, catch_up_items: usize, out: &Path) -> anyho
         bail!("{mismatches} count mismatches after the benchmark");
     }
     Ok(())
+}
+
+/// The write and read rows on one fresh cluster, and how many counts
+/// disagreed with what the writes were acknowledged for.
+async fn throughput_rows(dir: &Path, duration: Duration) -> anyhow::Result<(Vec<Row>, usize)> {
+    let mut rows = Vec::new();
+    let mut options = ClusterOptions::new(dir, 3);
+    options.health_interval = Duration::from_secs(1);
+    let cluster = LocalCluster::start(options).await?;
+    let api = cluster.api().clone();
+    let mut verified = Vec::new();
+
+    // Warm the connection pools and the page cache.
+    load::run(&api, &LoadOptions::new(16, 50, 1)).await;
+
+    for clients in [1, 16, 64] {
+        eprintln!("single-item POSTs, {clients} clients, {duration:?}");
+        let report = timed(&api, clients, 1, duration).await;
+        rows.push(Row::from_load("POST 1 item", clients, &report));
+        verified.push(report);
+    }
+    eprintln!("1,000-item POSTs, 8 clients, {duration:?}");
+    let report = timed(&api, 8, 1000, duration).await;
+    rows.push(Row::from_load("POST 1,000 items", 8, &report));
+    verified.push(report);
+
+    eprintln!("count reads at 100,000 items, 16 clients, {duration:?}");
+    let tenant = fill_read_tenant(&api).await?;
+    rows.push(reads(&api, &tenant, 16, duration).await?);
+
+    if has("wrk") {
+        eprintln!("wrk: single-item POSTs and count reads");
+        rows.extend(wrk_rows(cluster.coordinator_url(), &tenant, duration)?);
+    } else {
+        eprintln!("wrk not installed: skipping its rows");
+    }
+
+    let urls: Vec<String> = cluster.counters().iter().map(|c| c.url.clone()).collect();
+    let mut mismatches = 0;
+    for report in &verified {
+        mismatches += load::verify(&api, &urls, report).await.mismatches.len();
+    }
+    Ok((rows, mismatches))
+}
+
+fn rows_table(rows: &[Row]) -> Table {
+    let mut table = Table::new([
+        "workload", "driver", "clients", "req/s", "items/s", "p50", "p99", "errors",
+    ]);
+    for r in rows {
+        table.row([
+            r.workload.clone(),
+            r.driver.clone(),
+            r.clients.to_string(),
+            format!("{:.0}", r.requests_per_sec),
+            format!("{:.0}", r.items_per_sec),
+            format!("{:.2}ms", r.p50_ms),
+            format!("{:.2}ms", r.p99_ms),
+            r.errors.to_string(),
+        ]);
+    }
+    table
+}
+
+fn catch_up_table(catch_up: &CatchUp) -> Table {
+    let mut table = Table::new([
+        "missed items",
+        "catch-up",
+        "writes/s steady",
+        "writes/s during catch-up",
+        "ratio",
+    ]);
+    table.row([
+        catch_up.missed_items.to_string(),
+        format!("{:.2}s", catch_up.catch_up_secs),
+        format!("{:.0}", catch_up.steady_items_per_sec),
+        format!("{:.0}", catch_up.during_catch_up_items_per_sec),
+        format!(
+            "{:.0}%",
+            100.0 * catch_up.during_catch_up_items_per_sec / catch_up.steady_items_per_sec.max(1.0)
+        ),
+    ]);
+    table
 }
 
 fn has(program: &str) -> bool {
@@ -419,6 +462,16 @@ async fn catch_up(dir: &Path, missed: usize, duration: Duration) -> anyhow::Resu
         steady_items_per_sec: steady.items_per_sec(),
         during_catch_up_items_per_sec: written as f64 / writing.as_secs_f64().max(1e-9),
     })
+}
+
+fn redis_rows_if_installed(dir: &Path, duration: Duration) -> anyhow::Result<Vec<Row>> {
+    if has("redis-server") && has("redis-benchmark") {
+        eprintln!("redis reference (appendfsync always)");
+        redis_rows(dir, duration)
+    } else {
+        eprintln!("redis-server not installed: skipping the reference rows");
+        Ok(Vec::new())
+    }
 }
 
 /// The reference: Redis, fsync on every write, SADD of random members at

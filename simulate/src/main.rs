@@ -100,6 +100,9 @@ enum Command {
         /// Where to write the results (JSON; a Markdown table beside it).
         #[arg(long, default_value = "target/bench/results.json")]
         out: PathBuf,
+        /// Run only this part (the default runs them all).
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
     },
     /// A table of the cluster's counters.
     Status {
@@ -202,7 +205,8 @@ async fn main() -> anyhow::Result<()> {
             duration,
             catch_up_items,
             out,
-        } => bench::run(duration, catch_up_items, &out).await,
+            only,
+        } => bench::run(duration, catch_up_items, only, &out).await,
         Command::Status {
             coordinator,
             wait_counters,
