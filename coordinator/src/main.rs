@@ -34,6 +34,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tally_server::disable_transparent_huge_pages();
     let args = config::Args::parse();
     if args.process.healthcheck {
         std::process::exit(tally_server::probe(args.listen));

@@ -4,7 +4,7 @@
 //! queued), a deadline and a size cap on request headers (a slow or huge
 //! header cannot pin a connection), the cluster-token check in front of
 //! internal endpoints, and the plumbing every server needs (logging, the
-//! shutdown signal, the container health probe).
+//! shutdown signal, the container health probe, memory settings).
 //!
 //! Protocol logic stays in `tally-common`; this crate is the I/O around it.
 
@@ -12,6 +12,7 @@ mod healthcheck;
 mod limits;
 mod listen;
 mod logging;
+mod memory;
 mod metrics;
 mod shutdown;
 mod token;
@@ -20,6 +21,7 @@ pub use healthcheck::probe;
 pub use limits::ServeLimits;
 pub use listen::serve;
 pub use logging::{init_logging, ProcessArgs};
+pub use memory::disable_transparent_huge_pages;
 pub use metrics::{install_recorder, track_requests};
 pub use shutdown::shutdown_signal;
 pub use token::{require_token, ClusterToken};
