@@ -7,6 +7,7 @@ use crate::catchup;
 use crate::error::Error;
 use crate::replica::Replica;
 use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -101,11 +102,16 @@ struct FenceQuery {
     fence: Option<u64>,
 }
 
+/// Taking the extractors' rejections keeps a tenant that is not UTF-8 once
+/// percent-decoded, or a fence that is not a number, a JSON 400 like every
+/// other error, not axum's plain-text one.
 async fn count(
     State(state): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
-    Query(query): Query<FenceQuery>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<FenceQuery>, QueryRejection>,
 ) -> Result<Json<Count>, Error> {
+    let Path(tenant) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let Query(query) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
     fenced_count(&state, &tenant, query.fence).await
 }
 

@@ -138,7 +138,19 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         let msg = parsed["message"].as_str().expect("a message field");
         assert!(msg.contains(message), "{path}: {msg:?} lacks {message:?}");
     }
+    // So is a bad path or fence at a counter's own count endpoint.
     let client = reqwest::Client::new();
+    let counter = &cluster.counters()[0].url;
+    for (path, message) in [
+        ("/items/%FF/count", "UTF-8"),
+        ("/items/t/count?fence=soon", "fence"),
+    ] {
+        let response = client.get(format!("{counter}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let parsed: serde_json::Value = response.json().await.expect("errors are JSON");
+        let msg = parsed["message"].as_str().expect("a message field");
+        assert!(msg.contains(message), "{path}: {msg:?} lacks {message:?}");
+    }
     let response = client
         .get(format!("{}/items", cluster.coordinator_url()))
         .send()
