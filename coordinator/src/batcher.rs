@@ -1,16 +1,21 @@
 //! Group commit: concurrent `POST /items` requests wait in one bounded
 //! queue and are folded into transactions (up to `max_txn_items` each).
-//! A transaction starts at once when none is in flight; while one is, small
-//! requests keep gathering until it ends, so under load each transaction
-//! (and each fsync, and each round of prepare and commit messages) serves
-//! many requests. Batches of `OVERLAP_ITEMS` or more may run side by side,
-//! up to `max_inflight`, since their cost is in moving items, not in
-//! per-transaction overhead. A full queue answers 503 at once rather than
-//! letting latency and memory grow without bound.
+//! A transaction starts at once when no other is in its prepare phase;
+//! while one is, small requests keep gathering until its votes are in, so
+//! under load each transaction (and each fsync, and each round of prepare
+//! and commit messages) serves many requests. The two phases form a
+//! pipeline: one batch prepares at the counters while the one before it has
+//! its decision logged at the coordinator, so neither side's fsync waits for
+//! the other's. Batches of `OVERLAP_ITEMS` or more may prepare side by side,
+//! since their cost is in moving items, not in per-transaction overhead.
+//! At most `max_inflight` transactions are between prepare and decision at
+//! once. A full queue answers 503 at once rather than letting latency and
+//! memory grow without bound.
 
 use crate::error::Error;
 use crate::state::Shared;
 use crate::txn;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tally_common::Item;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
@@ -57,14 +62,33 @@ impl Batcher {
 /// ones from waiting and growing.
 const OVERLAP_ITEMS: usize = 1000;
 
+/// Small transactions in their prepare phase at once. One keeps the
+/// counters' writers busy with one batch while the previous transaction's
+/// decision is being logged; more would split the waiting requests into
+/// smaller transactions, each costing its own round of messages.
+const PREPARING_SMALL: usize = 1;
+
 /// A transaction slot; dropping it wakes the batcher.
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
+    preparing: Option<Arc<AtomicUsize>>,
     freed: Arc<Notify>,
+}
+
+impl Slot {
+    /// Ends phase one: the next batch may start preparing while this
+    /// transaction's decision is logged.
+    pub fn prepared(&mut self) {
+        if let Some(preparing) = self.preparing.take() {
+            preparing.fetch_sub(1, Ordering::SeqCst);
+            self.freed.notify_one();
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.prepared();
         self.freed.notify_one();
     }
 }
@@ -83,6 +107,7 @@ async fn run(
 ) {
     let slots = Arc::new(Semaphore::new(max_inflight));
     let freed = Arc::new(Notify::new());
+    let preparing = Arc::new(AtomicUsize::new(0));
     let mut carried: Option<WriteRequest> = None;
     loop {
         let first = match carried.take() {
@@ -96,13 +121,14 @@ async fn run(
             items: first.items,
             replies: vec![first.reply],
         };
-        // Start when nothing is in flight, or when the batch is big enough
-        // to be worth overlapping; until then keep gathering.
+        // Start when no other transaction is preparing, or when the batch
+        // is big enough to be worth overlapping; until then keep gathering.
         loop {
             carried = take_queued(&mut queue, &mut batch, max_txn_items);
             let free = slots.available_permits();
             let big = batch.items.len() >= OVERLAP_ITEMS.min(max_txn_items);
-            if carried.is_some() || free == max_inflight || (big && free > 0) {
+            let idle = preparing.load(Ordering::SeqCst) < PREPARING_SMALL;
+            if carried.is_some() || ((idle || big) && free > 0) {
                 break;
             }
             tokio::select! {
@@ -123,8 +149,10 @@ async fn run(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
+        preparing.fetch_add(1, Ordering::SeqCst);
         let slot = Slot {
             _permit: permit,
+            preparing: Some(preparing.clone()),
             freed: freed.clone(),
         };
         tokio::spawn(txn::run(shared.clone(), batch.items, batch.replies, slot));

@@ -12,7 +12,7 @@ use crate::state::Shared;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
-use tally_common::membership::{Decision, Effect};
+use tally_common::membership::{Decision, Effect, StoredMember};
 use tally_common::{CommitIndex, CounterId, TxnId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -84,6 +84,10 @@ pub struct DeciderTask {
 
 impl DeciderTask {
     pub async fn run(mut self, shared: Arc<Shared>) {
+        // The membership as last made durable: a batch whose decisions left
+        // it unchanged does not rewrite it, which keeps the log write (and
+        // the pages it dirties) to the decisions themselves.
+        let mut saved: Option<Vec<StoredMember>> = None;
         while let Some(first) = self.jobs.recv().await {
             let mut jobs = vec![first];
             while jobs.len() < MAX_BATCH {
@@ -93,18 +97,27 @@ impl DeciderTask {
                 }
             }
             let shared = shared.clone();
-            let done = tokio::task::spawn_blocking(move || write_batch(&shared, jobs)).await;
-            if done.is_err() {
-                // The log write panicked: memory and log may disagree, and
-                // only a restart from the log is safe.
-                tracing::error!("decision log write failed; exiting to recover from the log");
-                std::process::exit(1);
+            let done = tokio::task::spawn_blocking(move || write_batch(&shared, jobs, saved)).await;
+            match done {
+                Ok(members) => saved = Some(members),
+                Err(_) => {
+                    // The log write panicked: memory and log may disagree,
+                    // and only a restart from the log is safe.
+                    tracing::error!("decision log write failed; exiting to recover from the log");
+                    std::process::exit(1);
+                }
             }
         }
     }
 }
 
-fn write_batch(shared: &Shared, jobs: Vec<Job>) {
+/// Decides and logs one batch of jobs; returns the membership that is now
+/// durable.
+fn write_batch(
+    shared: &Shared,
+    jobs: Vec<Job>,
+    saved: Option<Vec<StoredMember>>,
+) -> Vec<StoredMember> {
     metrics::histogram!("tally_decision_log_batch").record(jobs.len() as f64);
     let result = (|| -> Result<_, crate::error::Error> {
         let mut batch = shared.log.begin()?;
@@ -138,15 +151,20 @@ fn write_batch(shared: &Shared, jobs: Vec<Job>) {
         for (txn, index, _) in &decided {
             batch.log_commit(*txn, *index)?;
         }
-        batch.save_members(&members)?;
+        if let Some(top) = decided.iter().map(|(_, index, _)| *index).max() {
+            batch.raise_decided(top)?;
+        }
+        if saved.as_ref() != Some(&members) {
+            batch.save_members(&members)?;
+        }
         let writing = Instant::now();
         batch.commit()?;
         // The commit is the fsync that every decision in the batch waits on.
         metrics::histogram!("tally_decision_log_write_seconds")
             .record(writing.elapsed().as_secs_f64());
-        Ok((decided, effects, replies, persisted))
+        Ok((decided, effects, replies, persisted, members))
     })();
-    let (decided, effects, replies, persisted) = match result {
+    let (decided, effects, replies, persisted, members) = match result {
         Ok(done) => done,
         Err(e) => {
             // Commit indexes were assigned in memory but not logged; going
@@ -201,4 +219,5 @@ fn write_batch(shared: &Shared, jobs: Vec<Job>) {
             tracing::warn!(counter = %id, "counter missed a prepare and left the in-sync set");
         }
     }
+    members
 }

@@ -99,11 +99,22 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Logs that `txn` committed at `index`; [`Batch::raise_decided`] must
+    /// follow with the batch's highest index.
     pub fn log_commit(&mut self, txn: TxnId, index: CommitIndex) -> Result<(), Error> {
         self.txn.open_table(DECISIONS)?.insert(txn.0, index.0)?;
+        Ok(())
+    }
+
+    /// Records `index` as the highest decided commit, unless a higher one
+    /// already is: trimming may empty the decisions table, and a restart
+    /// must still number new commits above every one ever decided.
+    pub fn raise_decided(&mut self, index: CommitIndex) -> Result<(), Error> {
         let mut meta = self.txn.open_table(META)?;
         let decided = meta.get(DECIDED)?.map_or(0, |v| v.value());
-        meta.insert(DECIDED, decided.max(index.0))?;
+        if index.0 > decided {
+            meta.insert(DECIDED, index.0)?;
+        }
         Ok(())
     }
 
@@ -148,6 +159,7 @@ mod tests {
         let mut batch = log.begin().unwrap();
         batch.log_commit(TxnId(7), CommitIndex(1)).unwrap();
         batch.log_commit(TxnId(8), CommitIndex(2)).unwrap();
+        batch.raise_decided(CommitIndex(2)).unwrap();
         batch
             .save_members(&[StoredMember {
                 id: CounterId::from("c1"),

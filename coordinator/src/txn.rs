@@ -2,10 +2,13 @@
 //!
 //! 1. Prepare goes to every counter that is not dead, with one serialised
 //!    body. The transaction waits for the in-sync counters and for the
-//!    others that are keeping up, never past `--prepare-timeout`.
+//!    others that are keeping up, never past `--prepare-timeout`. Once
+//!    the votes are in, the batcher may start the next transaction's
+//!    prepare while this one's decision is logged.
 //! 2. The decider turns the yes votes into a decision and logs it durably.
 //! 3. Clients hear the outcome; commit (or abort) goes to the yes voters.
-//!    A commit first waits `COMMIT_LINGER` to ride along with the next
+//!    A commit is offered to the next prepare before the batcher is told
+//!    this transaction is done, then waits `COMMIT_LINGER` to ride along with the next
 //!    transaction's prepare (under load one follows at once, and the
 //!    counter then applies the commit in the same storage write as the
 //!    prepare); if none picked it up, it goes out on its own.
@@ -39,15 +42,22 @@ const COMMIT_LINGER: Duration = Duration::from_millis(1);
 /// only means the joiner copies that commit later (its `join_until` rises).
 const JOINER_GRACE: Duration = Duration::from_millis(5);
 
-pub async fn run(shared: Arc<Shared>, items: Vec<Item>, replies: Vec<Reply>, slot: Slot) {
+pub async fn run(shared: Arc<Shared>, items: Vec<Item>, replies: Vec<Reply>, mut slot: Slot) {
     let txn = shared.begin_txn();
     let span = tracing::debug_span!("txn", %txn, items = items.len(), requests = replies.len());
     let (item_count, request_count) = (items.len(), replies.len());
     async move {
         let started = Instant::now();
         let yes = prepare(&shared, txn, items).await;
+        slot.prepared();
         metrics::histogram!("tally_prepare_phase_seconds").record(started.elapsed().as_secs_f64());
         let decision = shared.decider.decide(txn, yes.clone()).await;
+        if let Decision::Commit { index, .. } = &decision {
+            // Offered to the next prepare before the batcher hears this slot
+            // is free, so the transaction it starts next can carry it.
+            let request = CommitRequest { txn, index: *index };
+            shared.undelivered.lock().expect("poisoned").push(request);
+        }
         drop(slot);
         match decision {
             Decision::Commit { index, dropped } => {
@@ -175,7 +185,6 @@ async fn send_commits(
     yes: BTreeSet<CounterId>,
 ) {
     let request = CommitRequest { txn, index };
-    shared.undelivered.lock().expect("poisoned").push(request);
     tokio::time::sleep(COMMIT_LINGER).await;
     let carried = {
         let mut undelivered = shared.undelivered.lock().expect("poisoned");
