@@ -137,11 +137,7 @@ impl Replica {
             .writer
             .send(Job::TwoPhase(op, tx))
             .map_err(|_| Error::WriterGone)?;
-        match rx.await {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(e)) => Err(Error::BadRequest(e)),
-            Err(_) => Err(Error::WriterGone),
-        }
+        writer_answer(rx.await)
     }
 
     /// Phase one: durable before it returns, so a yes vote survives a crash.
@@ -242,11 +238,18 @@ pub struct QueuedImport(oneshot::Receiver<Result<WriteResult, String>>);
 
 impl QueuedImport {
     pub async fn durable(self) -> Result<(), Error> {
-        match self.0.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(Error::BadRequest(e)),
-            Err(_) => Err(Error::WriterGone),
-        }
+        writer_answer(self.0.await).map(drop)
+    }
+}
+
+/// The writer's answer to one job, or why there is none.
+fn writer_answer(
+    answer: Result<Result<WriteResult, String>, oneshot::error::RecvError>,
+) -> Result<WriteResult, Error> {
+    match answer {
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(e)) => Err(Error::BadRequest(e)),
+        Err(_) => Err(Error::WriterGone),
     }
 }
 
