@@ -39,6 +39,11 @@ pub struct Args {
     /// writes while another counter catches up.
     #[arg(long, env = "CATCH_UP_RATE", default_value_t = 0)]
     pub catch_up_rate: u64,
+    /// Memory, in MiB, for the filter that spares new items a storage
+    /// lookup (about 1.5 bytes per stored item); past it, writes slow down
+    /// toward one lookup per item. 0 turns the filter off.
+    #[arg(long, env = "ITEM_FILTER_MB", default_value_t = 256)]
+    pub item_filter_mb: usize,
     #[command(flatten)]
     pub serve: tally_server::ServeLimits,
     #[command(flatten)]

@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod http;
 mod import_queue;
+mod item_filter;
 mod metrics;
 mod replica;
 mod store;
@@ -40,7 +41,10 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{}:{port}", config::host_name()));
 
-    let store = store::FjallStore::open(&args.data_dir)
+    let options = store::StoreOptions {
+        item_filter_bytes: args.item_filter_mb << 20,
+    };
+    let store = store::FjallStore::open_with(&args.data_dir, options)
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
     let replica = replica::Replica::start(id.clone(), Arc::new(store))?;
     tracing::info!(

@@ -47,18 +47,24 @@
 //! length, ("ab", "c") and ("a", "bc") would share a key.
 
 use crate::error::Error;
+use crate::item_filter::{ItemFilter, KeyHash};
 use fjall::{
     Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable, UserKey,
 };
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 use tally_common::api::ExportEntry;
 use tally_common::applied::AppliedSet;
 use tally_common::participant::{Action, Event, Participant, Record};
 use tally_common::{CommitIndex, Item, TxnId};
 
 const APPLIED_KEY: &str = "applied";
+
+/// How many items ahead the writer asks for the item filter's memory.
+const PREFETCH_AHEAD: usize = 8;
 
 /// One change to make durable.
 #[derive(Debug)]
@@ -186,10 +192,33 @@ pub struct FjallStore {
     commits: Keyspace,
     applied_above: Keyspace,
     meta: Keyspace,
+    /// Keys of `items`, so that a new item needs no lookup. Only the writer
+    /// thread takes the lock.
+    filter: Mutex<ItemFilter>,
+}
+
+/// Settings of a [`FjallStore`].
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Memory the item filter may grow to (`item_filter`).
+    pub item_filter_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            item_filter_bytes: 256 << 20,
+        }
+    }
 }
 
 impl FjallStore {
+    #[cfg(test)]
     pub fn open(dir: &Path) -> Result<Self, Error> {
+        Self::open_with(dir, StoreOptions::default())
+    }
+
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self, Error> {
         if dir.join("counter.redb").exists() {
             // Nothing converts the old file: the replica starts empty and
             // catch-up copies the items back from its peers.
@@ -202,8 +231,11 @@ impl FjallStore {
         // min(cores, 4) flush and compaction workers.
         let db = Database::builder(dir.join("fjall")).open()?;
         let keyspace = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let items = keyspace("items")?;
+        let filter = Self::load_filter(&items, options.item_filter_bytes)?;
         Ok(FjallStore {
-            items: keyspace("items")?,
+            filter: Mutex::new(filter),
+            items,
             counts: keyspace("counts")?,
             prepared: keyspace("prepared")?,
             commits: keyspace("commits")?,
@@ -211,6 +243,26 @@ impl FjallStore {
             meta: keyspace("meta")?,
             db,
         })
+    }
+
+    /// Builds the item filter from every stored key, sized for twice as many.
+    fn load_filter(items: &Keyspace, max_bytes: usize) -> Result<ItemFilter, Error> {
+        let started = Instant::now();
+        let mut filter = ItemFilter::new(items.approximate_len() * 2, max_bytes);
+        let mut keys = 0u64;
+        if max_bytes > 0 {
+            for guard in items.iter() {
+                filter.insert(KeyHash::of(&guard.key()?));
+                keys += 1;
+            }
+        }
+        tracing::info!(
+            keys,
+            bytes = filter.bytes(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "item filter loaded"
+        );
+        Ok(filter)
     }
 }
 
@@ -222,8 +274,9 @@ impl FjallStore {
 struct PendingWrite<'a> {
     store: &'a FjallStore,
     batch: OwnedWriteBatch,
+    filter: MutexGuard<'a, ItemFilter>,
     /// Item keys this write inserts.
-    inserted: HashSet<UserKey>,
+    inserted: HashSet<UserKey, foldhash::fast::RandomState>,
     /// Prepared records this write creates (`Some`) or removes (`None`).
     prepared: HashMap<TxnId, Option<&'a [Item]>>,
     /// Items first seen by this write, by the commit that brought them.
@@ -237,14 +290,21 @@ impl<'a> PendingWrite<'a> {
         PendingWrite {
             store,
             batch: store.db.batch().durability(Some(PersistMode::SyncAll)),
-            inserted: HashSet::new(),
+            filter: store.filter.lock().unwrap_or_else(PoisonError::into_inner),
+            inserted: HashSet::default(),
             prepared: HashMap::new(),
             fresh: BTreeMap::new(),
             added: BTreeMap::new(),
         }
     }
 
-    fn is_stored(&self, key: &UserKey) -> Result<bool, Error> {
+    /// Whether the item is stored or inserted earlier in this write. Keys
+    /// this write inserts are in the filter too, so "certainly not" from the
+    /// filter settles it.
+    fn is_stored(&self, key: &UserKey, hash: KeyHash) -> Result<bool, Error> {
+        if !self.filter.may_contain(hash) {
+            return Ok(false);
+        }
         Ok(self.inserted.contains(key) || self.store.items.contains_key(key)?)
     }
 
@@ -258,12 +318,23 @@ impl<'a> PendingWrite<'a> {
             .map(|item| Ok((UserKey::from(item_key(item)?), item)))
             .collect::<Result<Vec<_>, Error>>()?;
         keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let hashes: Vec<KeyHash> = keyed.iter().map(|(key, _)| KeyHash::of(key)).collect();
+        for hash in hashes.iter().take(PREFETCH_AHEAD) {
+            self.filter.prefetch(*hash);
+        }
         let mut fresh = Vec::new();
-        for (key, item) in keyed {
-            if self.is_stored(&key)? {
+        for (i, (key, item)) in keyed.into_iter().enumerate() {
+            if let Some(ahead) = hashes.get(i + PREFETCH_AHEAD) {
+                self.filter.prefetch(*ahead);
+            }
+            let hash = hashes[i];
+            if self.is_stored(&key, hash)? {
                 continue;
             }
             self.batch.insert(&self.store.items, key.clone(), []);
+            // Before the commit: should it fail, a key too many in the filter
+            // only costs a lookup.
+            self.filter.insert(hash);
             self.inserted.insert(key);
             *self.added.entry(item.tenant.clone()).or_default() += 1;
             fresh.push(item.clone());
@@ -576,6 +647,52 @@ mod tests {
         assert_eq!(recovered.counts["t"], 2);
         assert_eq!(recovered.applied.contiguous(), CommitIndex(1));
         assert!(recovered.prepared.is_empty());
+    }
+
+    /// Prepares and commits `items` as transaction `n` at index `n`.
+    fn commit(
+        store: &FjallStore,
+        participant: &mut Participant,
+        n: u64,
+        items: Vec<Item>,
+    ) -> BatchEffect {
+        let ops = [
+            WriteOp::Prepare {
+                txn: TxnId(n),
+                items,
+            },
+            WriteOp::Commit {
+                txn: TxnId(n),
+                index: CommitIndex(n),
+            },
+        ];
+        store.write(&ops, participant).unwrap()
+    }
+
+    #[test]
+    fn items_stored_before_a_reopen_are_not_counted_again_with_or_without_a_filter() {
+        let batch = |range: std::ops::Range<u32>| -> Vec<Item> {
+            range.map(|i| item(&format!("id-{i}"), "t")).collect()
+        };
+        for filter_bytes in [StoreOptions::default().item_filter_bytes, 0] {
+            let options = StoreOptions {
+                item_filter_bytes: filter_bytes,
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let store = FjallStore::open_with(dir.path(), options).unwrap();
+            let mut participant = Participant::default();
+            commit(&store, &mut participant, 1, batch(0..5000));
+            drop(store);
+
+            let store = FjallStore::open_with(dir.path(), options).unwrap();
+            let recovered = store.recover().unwrap();
+            let (mut participant, _) = Participant::recover([], recovered.applied);
+            // Half old, half new: only the new half counts.
+            let effect = commit(&store, &mut participant, 2, batch(2500..7500));
+            assert_eq!(effect.counts["t"], 7500, "filter of {filter_bytes} bytes");
+            let effect = commit(&store, &mut participant, 3, batch(0..7500));
+            assert!(effect.counts.is_empty(), "nothing new");
+        }
     }
 
     #[test]
