@@ -27,7 +27,10 @@
 //!
 //! Keyspaces:
 //! * `items`: (tenant, id) -> (). Whether the key is stored, or inserted
-//!   earlier in the same write, tells whether the item is new. Its memtable
+//!   earlier in the same write, tells whether the item is new; the in-memory
+//!   [`ItemFilter`] answers that for most new items without a lookup, and
+//!   level 0 may hold more tables than fjall's default (`ITEMS_L0_TABLES`).
+//!   Its memtable
 //!   keeps fjall's default size (64 MiB): a 16 MiB one made the writer ~20%
 //!   faster alone (`bulk_commits_count_each_distinct_item_once` below) but slower in a cluster,
 //!   where the extra flushing and compaction share the same two cores.
@@ -48,13 +51,14 @@
 
 use crate::error::Error;
 use crate::item_filter::{ItemFilter, KeyHash};
+use fjall::compaction::Leveled;
 use fjall::{
     Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable, UserKey,
 };
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 use tally_common::api::ExportEntry;
 use tally_common::applied::AppliedSet;
@@ -62,6 +66,15 @@ use tally_common::participant::{Action, Event, Participant, Record};
 use tally_common::{CommitIndex, Item, TxnId};
 
 const APPLIED_KEY: &str = "applied";
+
+/// Tables the `items` keyspace lets pile up in level 0 before merging them
+/// into level 1 (fjall's default: 4). Item keys are random, so every such
+/// merge rewrites all of level 1: merging three times as much at once cuts
+/// that work, and the item filter spares most lookups the extra tables.
+/// Under 1,000-item POSTs the default left a compaction backlog that took
+/// single-item writes down to 5-10k/s for seconds afterwards
+/// (docs/benchmarks.md).
+const ITEMS_L0_TABLES: u8 = 12;
 
 /// How many items ahead the writer asks for the item filter's memory.
 const PREFETCH_AHEAD: usize = 8;
@@ -231,7 +244,11 @@ impl FjallStore {
         // min(cores, 4) flush and compaction workers.
         let db = Database::builder(dir.join("fjall")).open()?;
         let keyspace = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
-        let items = keyspace("items")?;
+        let items = db.keyspace("items", || {
+            KeyspaceCreateOptions::default().compaction_strategy(Arc::new(
+                Leveled::default().with_l0_threshold(ITEMS_L0_TABLES),
+            ))
+        })?;
         let filter = Self::load_filter(&items, options.item_filter_bytes)?;
         Ok(FjallStore {
             filter: Mutex::new(filter),
