@@ -7,7 +7,8 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 use tally_common::api::{
-    AbortRequest, CatchUpRequest, CommitRequest, Count, CounterStatus, FENCE_PARAM, TOKEN_HEADER,
+    AbortRequest, CatchUpRequest, CommitRequest, Count, CounterStatus, FENCE_PARAM,
+    PREPARE_CONTENT_TYPE, TOKEN_HEADER,
 };
 use tally_common::{CommitIndex, CounterId, TxnId};
 
@@ -79,7 +80,8 @@ impl CounterClient {
         Ok(response.json().await?)
     }
 
-    /// Sends an already serialised prepare body, shared by all participants.
+    /// Sends an already serialised prepare body (postcard), shared by all
+    /// participants.
     pub async fn prepare(
         &self,
         url: &str,
@@ -91,7 +93,7 @@ impl CounterClient {
         let request = self
             .http
             .post(format!("{url}/internal/prepare"))
-            .header("content-type", "application/json")
+            .header("content-type", PREPARE_CONTENT_TYPE)
             .body(body);
         let status = check_identity(id, self.send(request, timeout).await?)?;
         if status.voted != Some(txn) {

@@ -103,12 +103,12 @@ async fn prepare(shared: &Arc<Shared>, txn: TxnId, items: Vec<Item>) -> BTreeSet
     let commits = std::mem::take(&mut *shared.undelivered.lock().expect("poisoned"));
     let carried: Arc<BTreeSet<CommitIndex>> = Arc::new(commits.iter().map(|c| c.index).collect());
     let body = Bytes::from(
-        serde_json::to_vec(&PrepareRequest {
+        PrepareRequest {
             txn,
             items,
             commits,
-        })
-        .expect("items always serialise"),
+        }
+        .to_postcard(),
     );
     let timeout = shared.settings.prepare_timeout;
     let deadline = tokio::time::Instant::now() + timeout;

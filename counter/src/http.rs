@@ -8,8 +8,9 @@ use crate::error::Error;
 use crate::replica::Replica;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,6 +30,13 @@ use tally_server::{require_token, ClusterToken};
 /// Entries per chunk of the export stream: large enough to amortise the
 /// channel hop, small enough to keep both sides' memory flat.
 const EXPORT_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Largest body an internal call may carry. A prepare holds a whole
+/// transaction: up to the coordinator's `MAX_TXN_ITEMS` (20,000) items of up
+/// to 512 bytes each, or one request as large as its `MAX_BODY_BYTES`
+/// (4 MiB); in postcard that stays near 11 MB. axum's default of 2 MB
+/// refused every request over about 40,000 items.
+const MAX_INTERNAL_BODY_BYTES: usize = 64 << 20;
 
 /// What every handler needs.
 pub struct AppState {
@@ -53,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/internal/count", get(internal_count))
         .route("/internal/catchup", post(catch_up))
         .route("/internal/export", get(export))
+        .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), note_contact))
         .route_layer(middleware::from_fn_with_state(
             state.token.clone(),
@@ -146,8 +155,13 @@ async fn fenced_count(
 
 async fn prepare(
     State(state): State<Arc<AppState>>,
-    Json(request): Json<PrepareRequest>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Json<CounterStatus>, Error> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let request = PrepareRequest::decode(content_type, &body).map_err(Error::BadRequest)?;
     let committed = state
         .replica
         .commit_and_prepare(request.commits, request.txn, request.items)

@@ -5,7 +5,8 @@
 use simulate::api::Api;
 use simulate::cluster::{ClusterOptions, LocalCluster};
 use std::time::Duration;
-use tally_common::api::CounterState;
+use tally_common::api::{CounterState, CounterStatus, PrepareRequest, PREPARE_CONTENT_TYPE};
+use tally_common::{Item, TxnId};
 
 async fn cluster(dir: &tempfile::TempDir) -> LocalCluster {
     LocalCluster::start(ClusterOptions::new(dir.path(), 3))
@@ -166,8 +167,88 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         .unwrap();
     assert_eq!(response.status(), 405);
 
+    // A counter refuses a prepare it cannot read, in either encoding.
+    for (content_type, body) in [
+        (PREPARE_CONTENT_TYPE, vec![0xff; 16]),
+        ("application/json", br#"{"txn":7,"items":"#.to_vec()),
+    ] {
+        let response = client
+            .post(format!("{counter}/internal/prepare"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{content_type}");
+        let parsed: serde_json::Value = response.json().await.expect("errors are JSON");
+        let msg = parsed["message"].as_str().expect("a message field");
+        assert!(msg.contains("malformed prepare"), "{content_type}: {msg:?}");
+    }
+
     // Nothing of any refused request was counted.
     cluster.check_counts(&[("t", 1)]).await.unwrap();
+}
+
+/// The coordinator sends prepares in postcard; a counter still takes JSON
+/// from a person with curl or a coordinator of the previous version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_takes_a_prepare_in_json_or_postcard() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(&dir).await;
+    let counter = &cluster.counters()[0].url;
+    let client = reqwest::Client::new();
+    let prepare = |txn: u64| PrepareRequest {
+        txn: TxnId(txn),
+        items: vec![Item::new("x", "t")],
+        commits: Vec::new(),
+    };
+    let bodies = [
+        (
+            "application/json",
+            serde_json::to_vec(&prepare(1 << 40)).unwrap(),
+        ),
+        (PREPARE_CONTENT_TYPE, prepare((1 << 40) + 1).to_postcard()),
+    ];
+    for (content_type, body) in bodies {
+        let response = client
+            .post(format!("{counter}/internal/prepare"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{content_type}");
+        let status: CounterStatus = response.json().await.unwrap();
+        assert!(status.voted.is_some(), "{content_type}: a vote");
+    }
+}
+
+/// The largest request the default limits allow (4 MiB, about 79,000
+/// items) is one transaction that every counter must take. Counters used to
+/// refuse prepare bodies over 2 MB, which aborted every such request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_request_the_limits_allow_is_counted_by_every_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(&dir).await;
+    let max_body_bytes = 4 << 20;
+    let mut body = String::from("[");
+    let mut items = 0u64;
+    loop {
+        let item = format!(r#"{{"id":"item-number-{items:012}","tenant":"big"}}"#);
+        if body.len() + item.len() + 2 > max_body_bytes {
+            break;
+        }
+        if items > 0 {
+            body.push(',');
+        }
+        body.push_str(&item);
+        items += 1;
+    }
+    body.push(']');
+    assert!(items > 70_000, "{items} items");
+    let (status, answer) = cluster.api().add_raw(body.into_bytes()).await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    cluster.check_counts(&[("big", items)]).await.unwrap();
 }
 
 /// A process that registers as a counter and answers every request with a
