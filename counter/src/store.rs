@@ -283,6 +283,38 @@ impl FjallStore {
     }
 }
 
+/// Items for one entry of `commits`, encoded as they are found instead of
+/// cloned: postcard writes a `Vec<Item>` as its length (a varint) followed
+/// by the items, so the entry is the count and then these bytes.
+#[derive(Default)]
+struct FreshItems {
+    count: usize,
+    encoded: Vec<u8>,
+}
+
+impl FreshItems {
+    fn push(&mut self, item: &Item) -> Result<(), Error> {
+        self.encoded = postcard::to_extend(item, std::mem::take(&mut self.encoded))?;
+        self.count += 1;
+        Ok(())
+    }
+
+    fn append(&mut self, other: FreshItems) {
+        self.count += other.count;
+        self.encoded.extend(other.encoded);
+    }
+
+    /// The entry's value: `logged` (what the entry already held), then these.
+    fn after(self, logged: &[Item]) -> Result<Vec<u8>, Error> {
+        let mut value = postcard::to_allocvec(&(logged.len() + self.count))?;
+        for item in logged {
+            value = postcard::to_extend(item, value)?;
+        }
+        value.extend(self.encoded);
+        Ok(value)
+    }
+}
+
 /// One storage write being built. fjall's write batch cannot be read back,
 /// so what the batch has written so far that later operations of the same
 /// write must see (items, prepared records) is also kept here. The writer
@@ -297,7 +329,7 @@ struct PendingWrite<'a> {
     /// Prepared records this write creates (`Some`) or removes (`None`).
     prepared: HashMap<TxnId, Option<&'a [Item]>>,
     /// Items first seen by this write, by the commit that brought them.
-    fresh: BTreeMap<CommitIndex, Vec<Item>>,
+    fresh: BTreeMap<CommitIndex, FreshItems>,
     /// New items per tenant.
     added: BTreeMap<String, u64>,
 }
@@ -339,7 +371,7 @@ impl<'a> PendingWrite<'a> {
         for hash in hashes.iter().take(PREFETCH_AHEAD) {
             self.filter.prefetch(*hash);
         }
-        let mut fresh = Vec::new();
+        let mut fresh = FreshItems::default();
         for (i, (key, item)) in keyed.into_iter().enumerate() {
             if let Some(ahead) = hashes.get(i + PREFETCH_AHEAD) {
                 self.filter.prefetch(*ahead);
@@ -353,11 +385,14 @@ impl<'a> PendingWrite<'a> {
             // only costs a lookup.
             self.filter.insert(hash);
             self.inserted.insert(key);
-            *self.added.entry(item.tenant.clone()).or_default() += 1;
-            fresh.push(item.clone());
+            match self.added.get_mut(item.tenant.as_str()) {
+                Some(added) => *added += 1,
+                None => drop(self.added.insert(item.tenant.clone(), 1)),
+            }
+            fresh.push(item)?;
         }
-        if !fresh.is_empty() {
-            self.fresh.entry(index).or_default().extend(fresh);
+        if fresh.count > 0 {
+            self.fresh.entry(index).or_default().append(fresh);
         }
         Ok(())
     }
@@ -404,13 +439,12 @@ impl<'a> PendingWrite<'a> {
         for (index, fresh) in std::mem::take(&mut self.fresh) {
             // A copied entry can land on an index this replica already logged.
             let key = u64_key(index.0);
-            let mut logged: Vec<Item> = match store.commits.get(key)? {
+            let logged: Vec<Item> = match store.commits.get(key)? {
                 Some(existing) => postcard::from_bytes(&existing)?,
                 None => Vec::new(),
             };
-            logged.extend(fresh);
             self.batch
-                .insert(&store.commits, key, postcard::to_allocvec(&logged)?);
+                .insert(&store.commits, key, fresh.after(&logged)?);
         }
         let mut counts = HashMap::new();
         for (tenant, n) in std::mem::take(&mut self.added) {
@@ -684,6 +718,31 @@ mod tests {
             },
         ];
         store.write(&ops, participant).unwrap()
+    }
+
+    #[test]
+    fn fresh_items_encode_as_the_vec_export_decodes() {
+        let logged = vec![item("a", "t")];
+        let mut fresh = FreshItems::default();
+        fresh.push(&item("b", "t")).unwrap();
+        let mut more = FreshItems::default();
+        more.push(&item("c", "ü")).unwrap();
+        fresh.append(more);
+        let value = fresh.after(&logged).unwrap();
+        let decoded: Vec<Item> = postcard::from_bytes(&value).unwrap();
+        assert_eq!(
+            decoded,
+            vec![item("a", "t"), item("b", "t"), item("c", "ü")]
+        );
+
+        // A count past one varint byte.
+        let many: Vec<Item> = (0..300).map(|i| item(&i.to_string(), "t")).collect();
+        let mut fresh = FreshItems::default();
+        for item in &many[100..] {
+            fresh.push(item).unwrap();
+        }
+        let value = fresh.after(&many[..100]).unwrap();
+        assert_eq!(postcard::from_bytes::<Vec<Item>>(&value).unwrap(), many);
     }
 
     #[test]
