@@ -162,7 +162,7 @@ async fn throughput_rows(dir: &Path, duration: Duration) -> anyhow::Result<(Vec<
     rows.push(reads(&api, &tenant, 16, duration).await?);
 
     if has("wrk") {
-        eprintln!("wrk: single-item POSTs and count reads");
+        eprintln!("wrk: single-item POSTs, count reads, 1,000-item POSTs");
         rows.extend(wrk_rows(cluster.coordinator_url(), &tenant, duration)?);
     } else {
         eprintln!("wrk not installed: skipping its rows");
@@ -299,8 +299,8 @@ async fn reads(api: &Api, tenant: &str, clients: usize, duration: Duration) -> a
     })
 }
 
-/// wrk's figures for single-item POSTs (unique ids, bench/post_items.lua)
-/// and for count reads.
+/// wrk's figures for single-item POSTs (unique ids, bench/post_items.lua),
+/// count reads, and 1,000-item POSTs (bench/post_bulk.lua).
 fn wrk_rows(base: &str, tenant: &str, duration: Duration) -> anyhow::Result<Vec<Row>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/post_items.lua");
     let secs = format!("{}s", duration.as_secs().max(1));
@@ -324,6 +324,20 @@ fn wrk_rows(base: &str, tenant: &str, duration: Duration) -> anyhow::Result<Vec<
         "--latency",
         &format!("{base}/items/{tenant}/count"),
     ])?;
+    // Last: it leaves the most compaction work behind.
+    let bulk_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/post_bulk.lua");
+    let bulk = run_wrk(&[
+        "-t2",
+        "-c8",
+        "-d",
+        &secs,
+        "--latency",
+        "-s",
+        bulk_script.to_str().context("script path")?,
+        &format!("{base}/"),
+        "--",
+        &format!("wrk{:x}", rand::random::<u32>()),
+    ])?;
     Ok(vec![
         Row {
             workload: "POST 1 item".into(),
@@ -337,6 +351,13 @@ fn wrk_rows(base: &str, tenant: &str, duration: Duration) -> anyhow::Result<Vec<
             driver: "wrk".into(),
             clients: 16,
             ..read.1
+        },
+        Row {
+            workload: "POST 1,000 items".into(),
+            driver: "wrk".into(),
+            clients: 8,
+            items_per_sec: bulk.0 * 1000.0,
+            ..bulk.1
         },
     ])
 }
