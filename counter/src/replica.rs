@@ -293,7 +293,7 @@ fn run_writer(
         {
             ops.push(WriteOp::Import { entries, through });
         }
-        let Some(mut results) = write_batch(&*store, &ops, &mut participant, &inner) else {
+        let Some(mut results) = write_batch(&*store, &mut ops, &mut participant, &inner) else {
             break;
         };
         ops.clear();
@@ -334,7 +334,7 @@ fn queue(
 /// one result per op. `None` once the replica is gone (shutting down).
 fn write_batch(
     store: &dyn Store,
-    ops: &[WriteOp],
+    ops: &mut [WriteOp],
     participant: &mut Participant,
     inner: &std::sync::Weak<Inner>,
 ) -> Option<Vec<Result<WriteResult, String>>> {
