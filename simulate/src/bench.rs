@@ -300,7 +300,8 @@ async fn reads(api: &Api, tenant: &str, clients: usize, duration: Duration) -> a
 }
 
 /// wrk's figures for single-item POSTs (unique ids, bench/post_items.lua),
-/// count reads, and 1,000-item POSTs (bench/post_bulk.lua).
+/// count reads, and 1,000-item POSTs (bench/post_bulk.lua) with ids in a
+/// sequence per client, as every other row has them, and with random ids.
 fn wrk_rows(base: &str, tenant: &str, duration: Duration) -> anyhow::Result<Vec<Row>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/post_items.lua");
     let secs = format!("{}s", duration.as_secs().max(1));
@@ -324,20 +325,25 @@ fn wrk_rows(base: &str, tenant: &str, duration: Duration) -> anyhow::Result<Vec<
         "--latency",
         &format!("{base}/items/{tenant}/count"),
     ])?;
-    // Last: it leaves the most compaction work behind.
+    // Last: they leave the most compaction work behind.
     let bulk_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/post_bulk.lua");
-    let bulk = run_wrk(&[
-        "-t2",
-        "-c8",
-        "-d",
-        &secs,
-        "--latency",
-        "-s",
-        bulk_script.to_str().context("script path")?,
-        &format!("{base}/"),
-        "--",
-        &format!("wrk{:x}", rand::random::<u32>()),
-    ])?;
+    let bulk = |ids: &str| {
+        run_wrk(&[
+            "-t2",
+            "-c8",
+            "-d",
+            &secs,
+            "--latency",
+            "-s",
+            bulk_script.to_str().context("script path")?,
+            &format!("{base}/"),
+            "--",
+            &format!("wrk{:x}", rand::random::<u32>()),
+            ids,
+        ])
+    };
+    let sequential = bulk("sequential")?;
+    let random = bulk("random")?;
     Ok(vec![
         Row {
             workload: "POST 1 item".into(),
@@ -356,8 +362,15 @@ fn wrk_rows(base: &str, tenant: &str, duration: Duration) -> anyhow::Result<Vec<
             workload: "POST 1,000 items".into(),
             driver: "wrk".into(),
             clients: 8,
-            items_per_sec: bulk.0 * 1000.0,
-            ..bulk.1
+            items_per_sec: sequential.0 * 1000.0,
+            ..sequential.1
+        },
+        Row {
+            workload: "POST 1,000 items, random ids".into(),
+            driver: "wrk".into(),
+            clients: 8,
+            items_per_sec: random.0 * 1000.0,
+            ..random.1
         },
     ])
 }
