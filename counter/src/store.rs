@@ -887,6 +887,41 @@ mod tests {
     }
 
     #[test]
+    fn prepared_items_stay_in_memory_only_until_commit_or_abort() {
+        let (_dir, store) = open();
+        let mut participant = Participant::default();
+        let kept = |store: &FjallStore| store.prepared_items.lock().unwrap().len();
+        let prepare = |txn: u64, id: &str| WriteOp::Prepare {
+            txn: TxnId(txn),
+            items: vec![item(id, "t")],
+        };
+        store
+            .write(&mut [prepare(1, "a"), prepare(2, "b")], &mut participant)
+            .unwrap();
+        assert_eq!(kept(&store), 2);
+        let commit = WriteOp::Commit {
+            txn: TxnId(1),
+            index: CommitIndex(1),
+        };
+        let effect = store.write(&mut [commit], &mut participant).unwrap();
+        assert_eq!(effect.counts["t"], 1, "committed from memory");
+        assert_eq!(kept(&store), 1);
+        let abort = WriteOp::Abort { txn: TxnId(2) };
+        store.write(&mut [abort], &mut participant).unwrap();
+        assert_eq!(kept(&store), 0);
+        // Prepared and committed in one write: never kept.
+        let commit = WriteOp::Commit {
+            txn: TxnId(3),
+            index: CommitIndex(2),
+        };
+        let effect = store
+            .write(&mut [prepare(3, "c"), commit], &mut participant)
+            .unwrap();
+        assert_eq!(effect.counts["t"], 2);
+        assert_eq!(kept(&store), 0);
+    }
+
+    #[test]
     fn item_new_to_two_commits_of_one_batch_counts_once() {
         let (dir, store) = open();
         let mut applied = Participant::default();
