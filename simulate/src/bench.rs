@@ -299,24 +299,30 @@ async fn reads(api: &Api, tenant: &str, clients: usize, duration: Duration) -> a
     })
 }
 
-/// wrk's figures for single-item POSTs (unique ids, bench/post_items.lua),
-/// count reads, and 1,000-item POSTs (bench/post_bulk.lua) with ids in a
+/// wrk's figures, all POSTs through bench/post_items.lua with every item
+/// new: single items, count reads, and 1,000-item POSTs with ids in a
 /// sequence per client, as every other row has them, and with random ids.
 fn wrk_rows(base: &str, tenant: &str, duration: Duration) -> anyhow::Result<Vec<Row>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/post_items.lua");
+    let script = script.to_str().context("script path")?;
     let secs = format!("{}s", duration.as_secs().max(1));
-    let post = run_wrk(&[
-        "-t2",
-        "-c64",
-        "-d",
-        &secs,
-        "--latency",
-        "-s",
-        script.to_str().context("script path")?,
-        &format!("{base}/"),
-        "--",
-        &format!("wrk{:x}", rand::random::<u32>()),
-    ])?;
+    let posts = |clients: &str, ids: &str, per_request: &str| {
+        run_wrk(&[
+            "-t2",
+            clients,
+            "-d",
+            &secs,
+            "--latency",
+            "-s",
+            script,
+            &format!("{base}/"),
+            "--",
+            &format!("wrk{:x}", rand::random::<u32>()),
+            ids,
+            per_request,
+        ])
+    };
+    let post = posts("-c64", "sequential", "1")?;
     let read = run_wrk(&[
         "-t2",
         "-c16",
@@ -326,22 +332,7 @@ fn wrk_rows(base: &str, tenant: &str, duration: Duration) -> anyhow::Result<Vec<
         &format!("{base}/items/{tenant}/count"),
     ])?;
     // Last: they leave the most compaction work behind.
-    let bulk_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/post_bulk.lua");
-    let bulk = |ids: &str| {
-        run_wrk(&[
-            "-t2",
-            "-c8",
-            "-d",
-            &secs,
-            "--latency",
-            "-s",
-            bulk_script.to_str().context("script path")?,
-            &format!("{base}/"),
-            "--",
-            &format!("wrk{:x}", rand::random::<u32>()),
-            ids,
-        ])
-    };
+    let bulk = |ids: &str| posts("-c8", ids, "1000");
     let sequential = bulk("sequential")?;
     let random = bulk("random")?;
     Ok(vec![

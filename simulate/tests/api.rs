@@ -172,13 +172,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         (PREPARE_CONTENT_TYPE, vec![0xff; 16]),
         ("application/json", br#"{"txn":7,"items":"#.to_vec()),
     ] {
-        let response = client
-            .post(format!("{counter}/internal/prepare"))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = send_prepare(&client, counter, content_type, body).await;
         assert_eq!(response.status(), 400, "{content_type}");
         let parsed: serde_json::Value = response.json().await.expect("errors are JSON");
         let msg = parsed["message"].as_str().expect("a message field");
@@ -187,6 +181,22 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 
     // Nothing of any refused request was counted.
     cluster.check_counts(&[("t", 1)]).await.unwrap();
+}
+
+/// A prepare straight to a counter, as the coordinator sends one.
+async fn send_prepare(
+    client: &reqwest::Client,
+    counter: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    client
+        .post(format!("{counter}/internal/prepare"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("the counter answers")
 }
 
 /// The coordinator sends prepares in postcard; a counter still takes JSON
@@ -210,13 +220,7 @@ async fn a_counter_takes_a_prepare_in_json_or_postcard() {
         (PREPARE_CONTENT_TYPE, prepare((1 << 40) + 1).to_postcard()),
     ];
     for (content_type, body) in bodies {
-        let response = client
-            .post(format!("{counter}/internal/prepare"))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = send_prepare(&client, counter, content_type, body).await;
         assert_eq!(response.status(), 200, "{content_type}");
         let status: CounterStatus = response.json().await.unwrap();
         assert!(status.voted.is_some(), "{content_type}: a vote");
