@@ -30,10 +30,10 @@
 //!   earlier in the same write, tells whether the item is new; the in-memory
 //!   [`ItemFilter`] answers that for most new items without a lookup, and
 //!   level 0 may hold more tables than fjall's default (`ITEMS_L0_TABLES`).
-//!   Its memtable
-//!   keeps fjall's default size (64 MiB): a 16 MiB one made the writer ~20%
-//!   faster alone (`bulk_commits_count_each_distinct_item_once` below) but slower in a cluster,
-//!   where the extra flushing and compaction share the same two cores.
+//!   Its memtable keeps fjall's default size (64 MiB): 8, 16 and 32 MiB
+//!   made the writer faster alone (`bulk_commits_count_each_distinct_item_once`
+//!   below) but the cluster slower, as the extra flushing and compaction
+//!   share the same two cores.
 //! * `counts`: tenant -> number of distinct ids, so a read is one lookup.
 //! * `prepared`: txn id -> the transaction's items, until commit or abort.
 //! * `commits`: commit index -> the items first seen here in that commit
