@@ -1,8 +1,9 @@
 //! `GET /metrics` of a counter: its storage write (fsync) latency and batch
-//! size, requests by route and status, and its progress (applied index,
-//! prepared transactions, catch-up). Events are recorded where they happen
-//! through the `metrics` facade; progress gauges are read from the replica
-//! at scrape time so they always match `GET /health`.
+//! size, requests by route and status, its progress (applied index,
+//! prepared transactions, catch-up) and the item filter's memory. Events
+//! are recorded where they happen through the `metrics` facade; gauges are
+//! read from the replica at scrape time so they always match
+//! `GET /health`.
 
 use crate::replica::Replica;
 use metrics_exporter_prometheus::{BuildError, PrometheusHandle};
@@ -22,5 +23,6 @@ pub fn render(handle: &PrometheusHandle, replica: &Replica) -> String {
     metrics::gauge!("tally_applied_index").set(status.applied_index.0 as f64);
     metrics::gauge!("tally_prepared_txns").set(status.prepared as f64);
     metrics::gauge!("tally_catching_up").set(if status.catching_up { 1.0 } else { 0.0 });
+    metrics::gauge!("tally_item_filter_bytes").set(replica.store().item_filter_bytes() as f64);
     handle.render()
 }

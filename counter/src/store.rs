@@ -165,6 +165,9 @@ pub trait Store: Send + Sync + 'static {
         until: CommitIndex,
         sink: &mut dyn FnMut(ExportEntry) -> bool,
     ) -> Result<(), Error>;
+
+    /// Memory held by the item filter, for `/metrics`.
+    fn item_filter_bytes(&self) -> usize;
 }
 
 fn u64_key(n: u64) -> [u8; 8] {
@@ -659,6 +662,13 @@ impl Store for FjallStore {
             }
         }
         Ok(())
+    }
+
+    fn item_filter_bytes(&self) -> usize {
+        self.filter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes()
     }
 }
 

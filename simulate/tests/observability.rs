@@ -209,6 +209,13 @@ async fn metrics_agree_with_the_writes_made_and_parse_as_prometheus_text() {
             c.id
         );
         assert_eq!(value(&samples, "tally_catching_up", &[]), 0.0, "{}", c.id);
+        // The first layer of the filter is 1,048,576 keys of 12 bits.
+        assert_eq!(
+            value(&samples, "tally_item_filter_bytes", &[]),
+            1_572_864.0,
+            "{}",
+            c.id
+        );
     }
 }
 
