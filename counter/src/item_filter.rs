@@ -9,8 +9,8 @@
 //! stored" for a stored key, so counts stay exact: a "maybe" only means the
 //! lookup in fjall still runs.
 //!
-//! The filter is rebuilt from the `items` keyspace when the store opens, and
-//! then grows with it: when the newest layer holds what it was sized for, a
+//! The filter is rebuilt from the `items` keyspace on a thread of its own
+//! when the store opens ([`FilterState`]), and then grows with it: when the newest layer holds what it was sized for, a
 //! layer four times as large takes the next keys. Old layers are never
 //! rebuilt, so growth costs no scan; a key is "maybe stored" if any layer
 //! says so. Each layer costs a new key one cache miss, hence the steep
@@ -20,6 +20,7 @@
 //! layer fills up, answers "maybe" more and more often, and the writer slides
 //! back to looking every item up, as it did without a filter.
 
+use std::sync::mpsc::{Receiver, TryRecvError};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Bits per key in each layer: with the split-block layout below this gives
@@ -187,6 +188,90 @@ impl ItemFilter {
     }
 }
 
+/// The writer's view of the filter: ready, or being built from the stored
+/// keys on another thread while the writer records the keys it inserts
+/// meanwhile. A counter with millions of items thus starts serving at once
+/// (building took 3.8 s for 9.1 million keys); until the filter arrives,
+/// every key is "maybe" and the writer looks items up as it did before it
+/// had one.
+pub enum FilterState {
+    Building {
+        inserted_meanwhile: Vec<KeyHash>,
+        built: Receiver<ItemFilter>,
+    },
+    Ready(ItemFilter),
+}
+
+impl FilterState {
+    /// A state waiting for the filter sent on the other end of `built`.
+    pub fn building(built: Receiver<ItemFilter>) -> Self {
+        FilterState::Building {
+            inserted_meanwhile: Vec::new(),
+            built,
+        }
+    }
+
+    /// Takes the built filter if it has arrived. A build that died leaves
+    /// the writer without a filter, as with `ITEM_FILTER_MB=0`.
+    pub fn poll(&mut self) {
+        let FilterState::Building {
+            inserted_meanwhile,
+            built,
+        } = self
+        else {
+            return;
+        };
+        let filter = match built.try_recv() {
+            Ok(mut filter) => {
+                for hash in inserted_meanwhile.drain(..) {
+                    filter.insert(hash);
+                }
+                filter
+            }
+            Err(TryRecvError::Empty) => return,
+            Err(TryRecvError::Disconnected) => {
+                tracing::error!("the item filter was not built; looking every item up");
+                ItemFilter::new(0, 0)
+            }
+        };
+        *self = FilterState::Ready(filter);
+    }
+
+    #[cfg(test)]
+    pub fn is_ready(&self) -> bool {
+        matches!(self, FilterState::Ready(_))
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            FilterState::Ready(filter) => filter.bytes(),
+            FilterState::Building { .. } => 0,
+        }
+    }
+
+    pub fn insert(&mut self, hash: KeyHash) {
+        match self {
+            FilterState::Ready(filter) => filter.insert(hash),
+            FilterState::Building {
+                inserted_meanwhile, ..
+            } => inserted_meanwhile.push(hash),
+        }
+    }
+
+    pub fn prefetch(&self, hash: KeyHash) {
+        if let FilterState::Ready(filter) = self {
+            filter.prefetch(hash);
+        }
+    }
+
+    pub fn may_contain(&self, hash: KeyHash) -> bool {
+        match self {
+            FilterState::Ready(filter) => filter.may_contain(hash),
+            FilterState::Building { .. } => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +325,33 @@ mod tests {
         assert!((0..n).all(|i| filter.may_contain(key(i))));
         // Overfull: most new keys are "maybe", which costs lookups, not counts.
         assert!(false_positive_rate(&filter, 10_000) > 0.5);
+    }
+
+    #[test]
+    fn keys_inserted_while_the_filter_is_built_are_in_it_once_it_arrives() {
+        let (send, built) = std::sync::mpsc::channel();
+        let mut state = FilterState::building(built);
+        state.insert(key(1));
+        state.poll();
+        assert!(!state.is_ready());
+        assert!(state.may_contain(key(2)), "everything is maybe meanwhile");
+        let mut filter = ItemFilter::new(0, usize::MAX);
+        filter.insert(key(0));
+        send.send(filter).unwrap();
+        state.poll();
+        assert!(state.is_ready());
+        assert!(state.may_contain(key(0)) && state.may_contain(key(1)));
+        assert!(!state.may_contain(key(2)));
+    }
+
+    #[test]
+    fn a_build_that_died_leaves_no_filter() {
+        let (send, built) = std::sync::mpsc::channel::<ItemFilter>();
+        let mut state = FilterState::building(built);
+        drop(send);
+        state.poll();
+        assert!(state.is_ready());
+        assert!(state.may_contain(key(2)));
     }
 
     #[test]

@@ -50,7 +50,7 @@
 //! length, ("ab", "c") and ("a", "bc") would share a key.
 
 use crate::error::Error;
-use crate::item_filter::{ItemFilter, KeyHash};
+use crate::item_filter::{FilterState, ItemFilter, KeyHash};
 use fjall::compaction::Leveled;
 use fjall::{
     Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable, UserKey,
@@ -217,7 +217,7 @@ pub struct FjallStore {
     meta: Keyspace,
     /// Keys of `items`, so that a new item needs no lookup. Only the writer
     /// thread takes the lock.
-    filter: Mutex<ItemFilter>,
+    filter: Mutex<FilterState>,
     /// The items of transactions this process prepared, until their commit
     /// or abort: a commit then needs no decoding of the prepared record
     /// (about 5% of a counter under bulk writes). After a restart it is
@@ -264,9 +264,23 @@ impl FjallStore {
                 Leveled::default().with_l0_threshold(ITEMS_L0_TABLES),
             ))
         })?;
-        let filter = Self::load_filter(&items, options.item_filter_bytes)?;
+        // Taken before any write: the keys written after it reach the filter
+        // through the writer (`FilterState::Building`).
+        let snapshot = db.snapshot();
+        let (send, built) = std::sync::mpsc::channel();
+        let scanned = items.clone();
+        let max_bytes = options.item_filter_bytes;
+        std::thread::Builder::new()
+            .name("item-filter".into())
+            .spawn(
+                move || match Self::load_filter(&snapshot, &scanned, max_bytes) {
+                    Ok(filter) => drop(send.send(filter)),
+                    Err(e) => tracing::error!(error = %e, "cannot build the item filter"),
+                },
+            )
+            .map_err(|e| Error::Storage(fjall::Error::Io(e)))?;
         Ok(FjallStore {
-            filter: Mutex::new(filter),
+            filter: Mutex::new(FilterState::building(built)),
             prepared_items: Mutex::default(),
             items,
             counts: keyspace("counts")?,
@@ -278,13 +292,30 @@ impl FjallStore {
         })
     }
 
-    /// Builds the item filter from every stored key, sized for twice as many.
-    fn load_filter(items: &Keyspace, max_bytes: usize) -> Result<ItemFilter, Error> {
+    /// The item filter, taken over from its builder if it has arrived.
+    fn lock_filter(&self) -> MutexGuard<'_, FilterState> {
+        let mut filter = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
+        filter.poll();
+        filter
+    }
+
+    #[cfg(test)]
+    fn filter_ready(&self) -> bool {
+        self.lock_filter().is_ready()
+    }
+
+    /// Builds the item filter from every key in `snapshot`, sized for twice
+    /// as many.
+    fn load_filter(
+        snapshot: &fjall::Snapshot,
+        items: &Keyspace,
+        max_bytes: usize,
+    ) -> Result<ItemFilter, Error> {
         let started = Instant::now();
         let mut filter = ItemFilter::new(items.approximate_len() * 2, max_bytes);
         let mut keys = 0u64;
         if max_bytes > 0 {
-            for guard in items.iter() {
+            for guard in snapshot.iter(items) {
                 filter.insert(KeyHash::of(&guard.key()?));
                 keys += 1;
             }
@@ -366,7 +397,7 @@ impl FreshItems {
 struct PendingWrite<'a> {
     store: &'a FjallStore,
     batch: OwnedWriteBatch,
-    filter: MutexGuard<'a, ItemFilter>,
+    filter: MutexGuard<'a, FilterState>,
     prepared_items: MutexGuard<'a, HashMap<TxnId, Vec<Item>>>,
     /// Item keys this write inserts.
     inserted: InsertedKeys,
@@ -383,7 +414,7 @@ impl<'a> PendingWrite<'a> {
         PendingWrite {
             store,
             batch: store.db.batch().durability(Some(PersistMode::SyncAll)),
-            filter: store.filter.lock().unwrap_or_else(PoisonError::into_inner),
+            filter: store.lock_filter(),
             prepared_items: store
                 .prepared_items
                 .lock()
@@ -665,10 +696,7 @@ impl Store for FjallStore {
     }
 
     fn item_filter_bytes(&self) -> usize {
-        self.filter
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .bytes()
+        self.lock_filter().bytes()
     }
 }
 
@@ -842,7 +870,11 @@ mod tests {
         let batch = |range: std::ops::Range<u32>| -> Vec<Item> {
             range.map(|i| item(&format!("id-{i}"), "t")).collect()
         };
-        for filter_bytes in [StoreOptions::default().item_filter_bytes, 0] {
+        let default_bytes = StoreOptions::default().item_filter_bytes;
+        // With the filter built, while it may still be building, without one.
+        for (filter_bytes, wait_for_filter) in
+            [(default_bytes, true), (default_bytes, false), (0, false)]
+        {
             let options = StoreOptions {
                 item_filter_bytes: filter_bytes,
             };
@@ -855,11 +887,20 @@ mod tests {
             let store = FjallStore::open_with(dir.path(), options).unwrap();
             let recovered = store.recover().unwrap();
             let (mut participant, _) = Participant::recover([], recovered.applied);
+            if wait_for_filter {
+                let deadline = Instant::now() + std::time::Duration::from_secs(10);
+                while !store.filter_ready() {
+                    assert!(Instant::now() < deadline, "the filter was never built");
+                    std::thread::yield_now();
+                }
+                assert!(store.item_filter_bytes() > 0);
+            }
             // Half old, half new: only the new half counts.
             let effect = commit(&store, &mut participant, 2, batch(2500..7500));
-            assert_eq!(effect.counts["t"], 7500, "filter of {filter_bytes} bytes");
+            let case = format!("filter of {filter_bytes} bytes, waited: {wait_for_filter}");
+            assert_eq!(effect.counts["t"], 7500, "{case}");
             let effect = commit(&store, &mut participant, 3, batch(0..7500));
-            assert!(effect.counts.is_empty(), "nothing new");
+            assert!(effect.counts.is_empty(), "nothing new, {case}");
         }
     }
 
