@@ -3,7 +3,7 @@
 //! With the `openapi` feature the public ones also derive `ToSchema`, so the
 //! coordinator's OpenAPI document describes exactly what is serialised.
 
-use crate::{CommitIndex, CounterId, Item, TxnId};
+use crate::{CommitIndex, CounterId, Error, Item, TxnId};
 use serde::{Deserialize, Serialize};
 
 /// Header that carries the cluster token on internal calls.
@@ -141,12 +141,13 @@ impl PrepareRequest {
     }
 
     /// Reads a body of `content_type`: postcard for [`PREPARE_CONTENT_TYPE`],
-    /// JSON otherwise. The error says what is wrong, for a 400.
-    pub fn decode(content_type: Option<&str>, body: &[u8]) -> Result<Self, String> {
+    /// JSON otherwise.
+    pub fn decode(content_type: Option<&str>, body: &[u8]) -> Result<Self, Error> {
+        let malformed = |encoding, problem: String| Error::MalformedPrepare { encoding, problem };
         if content_type == Some(PREPARE_CONTENT_TYPE) {
-            postcard::from_bytes(body).map_err(|e| format!("malformed prepare (postcard): {e}"))
+            postcard::from_bytes(body).map_err(|e| malformed("postcard", e.to_string()))
         } else {
-            serde_json::from_slice(body).map_err(|e| format!("malformed prepare (JSON): {e}"))
+            serde_json::from_slice(body).map_err(|e| malformed("JSON", e.to_string()))
         }
     }
 }

@@ -3,7 +3,8 @@
 
 /// Why a `POST /items` body or a tenant in a path was refused (each variant
 /// maps to one HTTP status in the coordinator, so the mapping lives in one
-/// place), or why a counter gave up on a peer's export stream.
+/// place), why a counter refused a prepare, or why it gave up on a peer's
+/// export stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The body is not a JSON array of item objects (400).
@@ -18,6 +19,13 @@ pub enum Error {
     /// More items than one request may carry (413).
     #[error("too many items in one request: {count}, the limit is {limit}")]
     TooManyItems { count: usize, limit: usize },
+    /// A prepare from the coordinator does not decode (the counter
+    /// answers 400).
+    #[error("malformed prepare ({encoding}): {problem}")]
+    MalformedPrepare {
+        encoding: &'static str,
+        problem: String,
+    },
     /// A frame of a peer's export stream does not decode (the counter
     /// abandons the stream).
     #[error("export stream frame {frame}: {problem}")]

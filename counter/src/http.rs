@@ -161,7 +161,8 @@ async fn prepare(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let request = PrepareRequest::decode(content_type, &body).map_err(Error::BadRequest)?;
+    let request = PrepareRequest::decode(content_type, &body)
+        .map_err(|e| Error::BadRequest(e.to_string()))?;
     let committed = state
         .replica
         .commit_and_prepare(request.commits, request.txn, request.items)

@@ -10,15 +10,16 @@
 //! lookup in fjall still runs.
 //!
 //! The filter is rebuilt from the `items` keyspace on a thread of its own
-//! when the store opens ([`FilterState`]), and then grows with it: when the newest layer holds what it was sized for, a
-//! layer four times as large takes the next keys. Old layers are never
-//! rebuilt, so growth costs no scan; a key is "maybe stored" if any layer
-//! says so. Each layer costs a new key one cache miss, hence the steep
-//! growth and the large first layer; a restart sizes a single layer for
-//! twice the stored keys. Memory is 1.5 bytes per key a layer has room for,
-//! so between 1.5 and 8 per stored item, up to `max_bytes`; past that the last
-//! layer fills up, answers "maybe" more and more often, and the writer slides
-//! back to looking every item up, as it did without a filter.
+//! when the store opens ([`FilterState`]), and then grows with it: when the
+//! newest layer holds what it was sized for, a layer four times as large
+//! takes the next keys. Old layers are never rebuilt, so growth costs no
+//! scan; a key is "maybe stored" if any layer says so. Each layer costs a
+//! new key one cache miss, hence the steep growth and the large first
+//! layer; a restart sizes a single layer for twice the stored keys. Memory
+//! is 1.5 bytes per key a layer has room for, so between 1.5 and 8 per
+//! stored item, up to `max_bytes`; past that the last layer fills up,
+//! answers "maybe" more and more often, and the writer slides back to
+//! looking every item up, as it did without a filter.
 
 use std::sync::mpsc::{Receiver, TryRecvError};
 use xxhash_rust::xxh3::xxh3_64;
@@ -159,13 +160,11 @@ impl ItemFilter {
 
     /// Records a key that is (or is about to be) stored.
     pub fn insert(&mut self, hash: KeyHash) {
-        let full = match self.layers.last() {
-            Some(last) => last.keys >= last.capacity,
-            None => return,
+        let Some(last) = self.layers.last() else {
+            return;
         };
-        if full {
-            let next = self.layers.last().map_or(0, |l| l.capacity * GROWTH);
-            self.add_layer(next);
+        if last.keys >= last.capacity {
+            self.add_layer(last.capacity * GROWTH);
         }
         if let Some(last) = self.layers.last_mut() {
             last.insert(hash);

@@ -215,14 +215,14 @@ pub struct FjallStore {
     commits: Keyspace,
     applied_above: Keyspace,
     meta: Keyspace,
-    /// Keys of `items`, so that a new item needs no lookup. Only the writer
-    /// thread takes the lock.
+    /// Keys of `items`, so that a new item needs no lookup. The writer holds
+    /// the lock through a write; a metrics scrape takes it briefly.
     filter: Mutex<FilterState>,
     /// The items of transactions this process prepared, until their commit
     /// or abort: a commit then needs no decoding of the prepared record
     /// (about 5% of a counter under bulk writes). After a restart it is
     /// empty and commits read the record.
-    prepared_items: Mutex<HashMap<TxnId, Vec<Item>>>,
+    prepared_in_memory: Mutex<HashMap<TxnId, Vec<Item>>>,
 }
 
 /// Settings of a [`FjallStore`].
@@ -281,7 +281,7 @@ impl FjallStore {
             .map_err(|e| Error::Storage(fjall::Error::Io(e)))?;
         Ok(FjallStore {
             filter: Mutex::new(FilterState::building(built)),
-            prepared_items: Mutex::default(),
+            prepared_in_memory: Mutex::default(),
             items,
             counts: keyspace("counts")?,
             prepared: keyspace("prepared")?,
@@ -398,7 +398,7 @@ struct PendingWrite<'a> {
     store: &'a FjallStore,
     batch: OwnedWriteBatch,
     filter: MutexGuard<'a, FilterState>,
-    prepared_items: MutexGuard<'a, HashMap<TxnId, Vec<Item>>>,
+    prepared_in_memory: MutexGuard<'a, HashMap<TxnId, Vec<Item>>>,
     /// Item keys this write inserts.
     inserted: InsertedKeys,
     /// Prepared records this write creates (`Some`) or removes (`None`).
@@ -415,8 +415,8 @@ impl<'a> PendingWrite<'a> {
             store,
             batch: store.db.batch().durability(Some(PersistMode::SyncAll)),
             filter: store.lock_filter(),
-            prepared_items: store
-                .prepared_items
+            prepared_in_memory: store
+                .prepared_in_memory
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
             inserted: InsertedKeys::default(),
@@ -497,7 +497,7 @@ impl<'a> PendingWrite<'a> {
             Some(Some(items)) => Ok(Cow::Borrowed(*items)),
             Some(None) => Err(missing),
             None => {
-                if let Some(items) = self.prepared_items.remove(&txn) {
+                if let Some(items) = self.prepared_in_memory.remove(&txn) {
                     return Ok(Cow::Owned(items));
                 }
                 let record = self.store.prepared.get(u64_key(txn.0))?.ok_or(missing)?;
@@ -514,7 +514,7 @@ impl<'a> PendingWrite<'a> {
     }
 
     fn forget(&mut self, txn: TxnId) {
-        self.prepared_items.remove(&txn);
+        self.prepared_in_memory.remove(&txn);
         self.batch.remove(&self.store.prepared, u64_key(txn.0));
         self.prepared.insert(txn, None);
     }
@@ -567,8 +567,10 @@ impl<'a> PendingWrite<'a> {
 }
 
 impl FjallStore {
-    /// [`Store::write`] but for keeping the prepared items.
-    fn write_ops(
+    /// Writes `ops` in one durable fjall batch. [`Store::write`] then keeps
+    /// the items of what stays prepared, which this borrows until the
+    /// batch is built.
+    fn durable_write(
         &self,
         ops: &[WriteOp],
         participant: &mut Participant,
@@ -627,10 +629,10 @@ impl Store for FjallStore {
         ops: &mut [WriteOp],
         participant: &mut Participant,
     ) -> Result<BatchEffect, Error> {
-        let effect = self.write_ops(ops, participant)?;
+        let effect = self.durable_write(ops, participant)?;
         // Durable now: keep the items of what stays prepared for its commit.
         let mut kept = self
-            .prepared_items
+            .prepared_in_memory
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for op in ops {
@@ -941,7 +943,7 @@ mod tests {
     fn prepared_items_stay_in_memory_only_until_commit_or_abort() {
         let (_dir, store) = open();
         let mut participant = Participant::default();
-        let kept = |store: &FjallStore| store.prepared_items.lock().unwrap().len();
+        let kept = |store: &FjallStore| store.prepared_in_memory.lock().unwrap().len();
         let prepare = |txn: u64, id: &str| WriteOp::Prepare {
             txn: TxnId(txn),
             items: vec![item(id, "t")],
