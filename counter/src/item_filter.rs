@@ -34,13 +34,18 @@ const MIN_CAPACITY: usize = 1 << 20;
 /// How much larger each new layer is than the one before.
 const GROWTH: usize = 4;
 
-/// The hash of an item key that the filter works on.
+/// The hash of an item key that the filter works on, and the hash table of
+/// keys not yet indexed (`unindexed`), so a key is hashed once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyHash(u64);
 
 impl KeyHash {
     pub fn of(key: &[u8]) -> Self {
         KeyHash(xxh3_64(key))
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
     }
 }
 
@@ -61,16 +66,18 @@ const SALTS: [u64; 8] = [
     0xc48e_6d0f_17b2_3c8b,
 ];
 
+/// Asks the CPU to start loading the cache line of `value`, so that a
+/// lookup a few keys later does not wait for memory.
 #[cfg(target_arch = "x86_64")]
-fn prefetch(block: &Block) {
+pub fn prefetch<T>(value: &T) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     // SAFETY: a prefetch is a hint: it never faults and changes no memory,
     // and the pointer comes from a live reference anyway.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().cast()) }
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast()) }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn prefetch(_: &Block) {}
+pub fn prefetch<T>(_: &T) {}
 
 struct Layer {
     blocks: Vec<Block>,

@@ -10,6 +10,7 @@ mod item_filter;
 mod metrics;
 mod replica;
 mod store;
+mod unindexed;
 
 use anyhow::Context;
 use clap::Parser;
@@ -43,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
 
     let options = store::StoreOptions {
         item_filter_bytes: args.item_filter_mb << 20,
+        index_batch_keys: args.index_batch_keys,
     };
     let store = store::FjallStore::open_with(&args.data_dir, options)
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;

@@ -1,6 +1,7 @@
 //! `GET /metrics` of a counter: its storage write (fsync) latency and batch
 //! size, requests by route and status, its progress (applied index,
-//! prepared transactions, catch-up) and the item filter's memory. Events
+//! prepared transactions, catch-up), the item filter's memory and the
+//! stored items not yet indexed. Events
 //! are recorded where they happen through the `metrics` facade; gauges are
 //! read from the replica at scrape time so they always match
 //! `GET /health`.
@@ -24,5 +25,6 @@ pub fn render(handle: &PrometheusHandle, replica: &Replica) -> String {
     metrics::gauge!("tally_prepared_txns").set(status.prepared as f64);
     metrics::gauge!("tally_catching_up").set(if status.catching_up { 1.0 } else { 0.0 });
     metrics::gauge!("tally_item_filter_bytes").set(replica.store().item_filter_bytes() as f64);
+    metrics::gauge!("tally_unindexed_items").set(replica.store().unindexed_items() as f64);
     handle.render()
 }

@@ -26,19 +26,20 @@
 //! The files live in `DATA_DIR/fjall/`.
 //!
 //! Keyspaces:
-//! * `items`: (tenant, id) -> (). Whether the key is stored, or inserted
-//!   earlier in the same write, tells whether the item is new; the in-memory
-//!   [`ItemFilter`] answers that for most new items without a lookup, and
-//!   level 0 may hold more tables than fjall's default (`ITEMS_L0_TABLES`).
-//!   Its memtable keeps fjall's default size (64 MiB): 8, 16 and 32 MiB
-//!   made the writer faster alone (`bulk_commits_count_each_distinct_item_once`
-//!   below) but the cluster slower, as the extra flushing and compaction
-//!   share the same two cores.
+//! * `items`: (tenant, id) -> (). Whether the key is here or among the keys
+//!   not indexed yet ([`IndexBacklog`]) tells whether the item is new; the
+//!   in-memory [`ItemFilter`] answers that for most new items without a
+//!   lookup. Keys reach `items` only by ingestion of sorted batches, never
+//!   through the write batch (crate::unindexed says why), and level 0 may
+//!   hold more tables than fjall's default (`ITEMS_L0_TABLES`).
 //! * `counts`: tenant -> number of distinct ids, so a read is one lookup.
 //! * `prepared`: txn id -> the transaction's items, until commit or abort.
 //! * `commits`: commit index -> the items first seen here in that commit
 //!   (commits that added nothing new have no entry). Catch-up streams this
 //!   keyspace to a peer.
+//! * `unindexed`: commit index -> (), for each entry of `commits` whose
+//!   items' keys may not be in `items` yet. Written with the entry, removed
+//!   once they were ingested; start-up reloads the keys from these entries.
 //! * `applied_above`: commit indexes applied beyond the gap-free prefix
 //!   (commits arrive out of order); emptied as the prefix advances.
 //! * `meta`: the gap-free applied index, under `applied`.
@@ -51,6 +52,7 @@
 
 use crate::error::Error;
 use crate::item_filter::{FilterState, ItemFilter, KeyHash};
+use crate::unindexed::{IndexBacklog, WriteMark};
 use fjall::compaction::Leveled;
 use fjall::{
     Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable, UserKey,
@@ -68,15 +70,17 @@ use tally_common::{CommitIndex, Item, TxnId};
 const APPLIED_KEY: &str = "applied";
 
 /// Tables the `items` keyspace lets pile up in level 0 before merging them
-/// into level 1 (fjall's default: 4). Item keys are random, so every such
-/// merge rewrites all of level 1: merging three times as much at once cuts
-/// that work, and the item filter spares most lookups the extra tables.
-/// Under 1,000-item POSTs the default left a compaction backlog that took
-/// single-item writes down to 5-10k/s for seconds afterwards
-/// (docs/benchmarks.md).
-const ITEMS_L0_TABLES: u8 = 12;
+/// into level 1 (fjall's default: 4). Each is one ingested batch of keys
+/// (`StoreOptions::index_batch_keys`). Item keys are spread over the whole
+/// key space, so every such merge rewrites all of level 1: the more is
+/// merged at once, the less often that happens, and the item filter spares
+/// most lookups the extra tables. With 12, merges took up to half of a
+/// counter's CPU after 20 million 1,000-item POSTs; with the default, single-item
+/// writes fell to 5-10k/s for seconds after bulk loads (docs/benchmarks.md).
+const ITEMS_L0_TABLES: u8 = 32;
 
-/// How many items ahead the writer asks for the item filter's memory.
+/// How many items ahead the writer asks for the memory of the item filter
+/// and of the unindexed keys.
 const PREFETCH_AHEAD: usize = 8;
 
 /// One change to make durable.
@@ -168,6 +172,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Memory held by the item filter, for `/metrics`.
     fn item_filter_bytes(&self) -> usize;
+
+    /// Stored items whose keys wait for indexing, for `/metrics`.
+    fn unindexed_items(&self) -> usize;
 }
 
 fn u64_key(n: u64) -> [u8; 8] {
@@ -213,8 +220,12 @@ pub struct FjallStore {
     counts: Keyspace,
     prepared: Keyspace,
     commits: Keyspace,
+    unindexed: Keyspace,
     applied_above: Keyspace,
     meta: Keyspace,
+    /// Keys stored but not yet in `items`. The writer holds the lock
+    /// through a write.
+    backlog: Mutex<IndexBacklog>,
     /// Keys of `items`, so that a new item needs no lookup. The writer holds
     /// the lock through a write; a metrics scrape takes it briefly.
     filter: Mutex<FilterState>,
@@ -230,12 +241,17 @@ pub struct FjallStore {
 pub struct StoreOptions {
     /// Memory the item filter may grow to (`item_filter`).
     pub item_filter_bytes: usize,
+    /// How many new keys gather in memory before they are ingested into
+    /// `items` as one sorted batch. A million keys of 20-40 bytes hold
+    /// about as much memory as one fjall memtable (64 MiB).
+    pub index_batch_keys: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             item_filter_bytes: 256 << 20,
+            index_batch_keys: 1 << 20,
         }
     }
 }
@@ -279,17 +295,58 @@ impl FjallStore {
                 },
             )
             .map_err(|e| Error::Storage(fjall::Error::Io(e)))?;
-        Ok(FjallStore {
+        let backlog = IndexBacklog::start(items.clone(), options.index_batch_keys)
+            .map_err(|e| Error::Storage(fjall::Error::Io(e)))?;
+        let store = FjallStore {
             filter: Mutex::new(FilterState::building(built)),
+            backlog: Mutex::new(backlog),
             prepared_in_memory: Mutex::default(),
             items,
             counts: keyspace("counts")?,
             prepared: keyspace("prepared")?,
             commits: keyspace("commits")?,
+            unindexed: keyspace("unindexed")?,
             applied_above: keyspace("applied_above")?,
             meta: keyspace("meta")?,
             db,
-        })
+        };
+        store.reload_unindexed()?;
+        Ok(store)
+    }
+
+    /// Puts back in memory the keys of the commits that were not indexed
+    /// when the process stopped.
+    fn reload_unindexed(&self) -> Result<(), Error> {
+        let started = Instant::now();
+        let mut backlog = self.backlog.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut filter = self.lock_filter();
+        let mut mark = WriteMark::default();
+        let mut scratch = Vec::new();
+        for guard in self.unindexed.iter() {
+            let index = guard.key()?;
+            let Some(entry) = self.commits.get(&index)? else {
+                continue;
+            };
+            let items: Vec<Item> = postcard::from_bytes(&entry)?;
+            for item in &items {
+                let key = item_key(item, &mut scratch)?;
+                let hash = KeyHash::of(&key);
+                if !backlog.contains(&key, hash) {
+                    backlog.insert(key, hash);
+                    filter.insert(hash);
+                }
+            }
+            let index = CommitIndex(decode_u64(&index, "commit index")?);
+            backlog.note_commit(index, &mut mark);
+        }
+        if backlog.len() > 0 {
+            tracing::info!(
+                keys = backlog.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "item keys not yet indexed reloaded from the commit log"
+            );
+        }
+        Ok(())
     }
 
     /// The item filter, taken over from its builder if it has arrived.
@@ -330,30 +387,13 @@ impl FjallStore {
     }
 }
 
-/// Item keys a write inserts, one run per batch of items, each in key order
-/// as the batch is walked. Keys the write inserts are in the item filter
-/// too, so these are searched only when the filter says "maybe"; a run
-/// costs a push per key where a hash set cost a hash and an insert.
-#[derive(Default)]
-struct InsertedKeys {
-    runs: Vec<Vec<UserKey>>,
-}
-
-impl InsertedKeys {
-    fn start_run(&mut self) {
-        self.runs.push(Vec::new());
-    }
-
-    /// `key` must not sort before the last key of the current run.
-    fn push(&mut self, key: UserKey) {
-        if let Some(run) = self.runs.last_mut() {
-            debug_assert!(run.last().is_none_or(|last| *last <= key));
-            run.push(key);
-        }
-    }
-
-    fn contains(&self, key: &UserKey) -> bool {
-        self.runs.iter().any(|run| run.binary_search(key).is_ok())
+impl Drop for FjallStore {
+    fn drop(&mut self) {
+        // Before `db` and the keyspaces close the database.
+        self.backlog
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stop();
     }
 }
 
@@ -398,9 +438,10 @@ struct PendingWrite<'a> {
     store: &'a FjallStore,
     batch: OwnedWriteBatch,
     filter: MutexGuard<'a, FilterState>,
+    backlog: MutexGuard<'a, IndexBacklog>,
+    /// What this write added to `backlog`, to undo should it fail.
+    mark: WriteMark,
     prepared_in_memory: MutexGuard<'a, HashMap<TxnId, Vec<Item>>>,
-    /// Item keys this write inserts.
-    inserted: InsertedKeys,
     /// Prepared records this write creates (`Some`) or removes (`None`).
     prepared: HashMap<TxnId, Option<&'a [Item]>>,
     /// Items first seen by this write, by the commit that brought them.
@@ -411,36 +452,41 @@ struct PendingWrite<'a> {
 
 impl<'a> PendingWrite<'a> {
     fn new(store: &'a FjallStore) -> Self {
+        let mut batch = store.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut backlog = store.backlog.lock().unwrap_or_else(PoisonError::into_inner);
+        for index in backlog.take_indexed() {
+            batch.remove(&store.unindexed, u64_key(index.0));
+        }
         PendingWrite {
             store,
-            batch: store.db.batch().durability(Some(PersistMode::SyncAll)),
+            batch,
             filter: store.lock_filter(),
+            mark: backlog.mark(),
+            backlog,
             prepared_in_memory: store
                 .prepared_in_memory
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
-            inserted: InsertedKeys::default(),
             prepared: HashMap::new(),
             fresh: BTreeMap::new(),
             added: BTreeMap::new(),
         }
     }
 
-    /// Whether the item is stored or inserted earlier in this write. Keys
-    /// this write inserts are in the filter too, so "certainly not" from the
-    /// filter settles it.
+    /// Whether the item is stored, by an earlier write or this one. Every
+    /// stored key is in the filter, so "certainly not" from it settles it.
     fn is_stored(&self, key: &UserKey, hash: KeyHash) -> Result<bool, Error> {
         if !self.filter.may_contain(hash) {
             return Ok(false);
         }
-        Ok(self.inserted.contains(key) || self.store.items.contains_key(key)?)
+        Ok(self.backlog.contains(key, hash) || self.store.items.contains_key(key)?)
     }
 
     /// Inserts items committed at `index` that this replica has not seen,
     /// and remembers them for that commit's log entry.
     fn add_items(&mut self, index: CommitIndex, batch: Cow<'_, [Item]>) -> Result<(), Error> {
-        // In key order, each skiplist search (lookup, then insert) starts
-        // near where the previous one ended, in memory the cache still holds.
+        // In key order: lookups in `items` then touch neighbouring blocks,
+        // and the backlog gets a sorted run, which its ingestion sorts cheaply.
         let mut scratch = Vec::new();
         let mut keyed = batch
             .iter()
@@ -450,22 +496,22 @@ impl<'a> PendingWrite<'a> {
         let hashes: Vec<KeyHash> = keyed.iter().map(|(key, _)| KeyHash::of(key)).collect();
         for hash in hashes.iter().take(PREFETCH_AHEAD) {
             self.filter.prefetch(*hash);
+            self.backlog.prefetch(*hash);
         }
         let mut fresh = FreshItems::default();
-        self.inserted.start_run();
         for (i, (key, item)) in keyed.into_iter().enumerate() {
             if let Some(ahead) = hashes.get(i + PREFETCH_AHEAD) {
                 self.filter.prefetch(*ahead);
+                self.backlog.prefetch(*ahead);
             }
             let hash = hashes[i];
             if self.is_stored(&key, hash)? {
                 continue;
             }
-            self.batch.insert(&self.store.items, key.clone(), []);
             // Before the commit: should it fail, a key too many in the filter
-            // only costs a lookup.
+            // only costs a lookup, and the backlog is rolled back.
             self.filter.insert(hash);
-            self.inserted.push(key);
+            self.backlog.insert(key, hash);
             match self.added.get_mut(item.tenant.as_str()) {
                 Some(added) => *added += 1,
                 None => drop(self.added.insert(item.tenant.clone(), 1)),
@@ -532,6 +578,8 @@ impl<'a> PendingWrite<'a> {
             };
             self.batch
                 .insert(&store.commits, key, fresh.after(&logged)?);
+            self.batch.insert(&store.unindexed, key, []);
+            self.backlog.note_commit(index, &mut self.mark);
         }
         let mut counts = HashMap::new();
         for (tenant, n) in std::mem::take(&mut self.added) {
@@ -544,6 +592,81 @@ impl<'a> PendingWrite<'a> {
             counts.insert(tenant, count);
         }
         Ok(counts)
+    }
+
+    /// Puts `ops` in the batch, as `next` (the participant, stepped along)
+    /// decides them, with the log entries, counts and applied indexes they
+    /// change.
+    fn build(
+        &mut self,
+        ops: &'a [WriteOp],
+        applied_before: &AppliedSet,
+        next: &mut Participant,
+        effect: &mut BatchEffect,
+    ) -> Result<(), Error> {
+        for op in ops {
+            if let WriteOp::Import { entries, .. } = op {
+                for entry in entries {
+                    self.add_items(entry.index, Cow::Borrowed(&entry.items))?;
+                }
+            }
+            let mut result = WriteResult::Done;
+            for action in next.step(op.event()) {
+                match action {
+                    Action::Persist(Record::Prepared { txn }) => {
+                        let WriteOp::Prepare { items, .. } = op else {
+                            unreachable!("only a prepare persists a prepared record")
+                        };
+                        self.prepare(txn, items)?;
+                        effect.prepared.push(txn);
+                    }
+                    Action::Persist(Record::Applied { txn, index }) => {
+                        self.apply(txn, index)?;
+                        effect.forgotten.push(txn);
+                    }
+                    Action::Persist(Record::Forgotten { txn }) => {
+                        self.forget(txn);
+                        effect.forgotten.push(txn);
+                    }
+                    // Applied indexes are written from `next` below.
+                    Action::Persist(Record::AppliedRange { .. }) => {}
+                    Action::VoteYes { .. } | Action::Ack { .. } => {}
+                    Action::UnknownTxn { .. } => result = WriteResult::UnknownTxn,
+                    // Only in-doubt events ask, and no write op is one.
+                    Action::AskOutcome { .. } => {}
+                }
+            }
+            effect.results.push(result);
+        }
+        effect.counts = self.finish_items()?;
+        self.record_applied(applied_before, next.applied())
+    }
+
+    /// Makes the write durable, or undoes what it added to the backlog.
+    /// Once it is durable, a full backlog goes to the indexer.
+    fn commit(self) -> Result<(), Error> {
+        let PendingWrite {
+            batch,
+            filter,
+            mut backlog,
+            mark,
+            ..
+        } = self;
+        drop(filter);
+        match batch.commit() {
+            Ok(()) => {
+                backlog.seal_if_full();
+                Ok(())
+            }
+            Err(e) => {
+                backlog.roll_back(&mark);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn roll_back(&mut self) {
+        self.backlog.roll_back(&self.mark);
     }
 
     /// Records which commits are applied: the gap-free prefix, and the
@@ -579,45 +702,11 @@ impl FjallStore {
         let mut effect = BatchEffect::default();
         // Step a copy so a failed commit leaves the caller's state intact.
         let mut next = participant.clone();
-
-        for op in ops {
-            if let WriteOp::Import { entries, .. } = op {
-                for entry in entries {
-                    write.add_items(entry.index, Cow::Borrowed(&entry.items))?;
-                }
-            }
-            let mut result = WriteResult::Done;
-            for action in next.step(op.event()) {
-                match action {
-                    Action::Persist(Record::Prepared { txn }) => {
-                        let WriteOp::Prepare { items, .. } = op else {
-                            unreachable!("only a prepare persists a prepared record")
-                        };
-                        write.prepare(txn, items)?;
-                        effect.prepared.push(txn);
-                    }
-                    Action::Persist(Record::Applied { txn, index }) => {
-                        write.apply(txn, index)?;
-                        effect.forgotten.push(txn);
-                    }
-                    Action::Persist(Record::Forgotten { txn }) => {
-                        write.forget(txn);
-                        effect.forgotten.push(txn);
-                    }
-                    // Applied indexes are written from `next` below.
-                    Action::Persist(Record::AppliedRange { .. }) => {}
-                    Action::VoteYes { .. } | Action::Ack { .. } => {}
-                    Action::UnknownTxn { .. } => result = WriteResult::UnknownTxn,
-                    // Only in-doubt events ask, and no write op is one.
-                    Action::AskOutcome { .. } => {}
-                }
-            }
-            effect.results.push(result);
+        if let Err(e) = write.build(ops, participant.applied(), &mut next, &mut effect) {
+            write.roll_back();
+            return Err(e);
         }
-
-        effect.counts = write.finish_items()?;
-        write.record_applied(participant.applied(), next.applied())?;
-        write.batch.commit()?;
+        write.commit()?;
         *participant = next;
         Ok(effect)
     }
@@ -700,6 +789,13 @@ impl Store for FjallStore {
     fn item_filter_bytes(&self) -> usize {
         self.lock_filter().bytes()
     }
+
+    fn unindexed_items(&self) -> usize {
+        self.backlog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
 }
 
 #[cfg(test)]
@@ -715,6 +811,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FjallStore::open(dir.path()).unwrap();
         (dir, store)
+    }
+
+    /// Opens a store that was just dropped. fjall's own worker threads may
+    /// hold the database a moment longer (a queued compaction holds its
+    /// keyspace), and it refuses to open twice meanwhile.
+    fn reopen(dir: &Path, options: StoreOptions) -> FjallStore {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match FjallStore::open_with(dir, options) {
+                Err(Error::Storage(fjall::Error::Locked)) if Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened => return opened.unwrap(),
+            }
+        }
     }
 
     /// The writer's path as the counter runs it under bulk load: each
@@ -815,7 +926,7 @@ mod tests {
         assert_eq!(applied.applied().contiguous(), CommitIndex(1));
         drop(store);
 
-        let store = FjallStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path(), StoreOptions::default());
         let recovered = store.recover().unwrap();
         assert_eq!(recovered.counts["t"], 2);
         assert_eq!(recovered.applied.contiguous(), CommitIndex(1));
@@ -879,6 +990,7 @@ mod tests {
         {
             let options = StoreOptions {
                 item_filter_bytes: filter_bytes,
+                ..StoreOptions::default()
             };
             let dir = tempfile::tempdir().unwrap();
             let store = FjallStore::open_with(dir.path(), options).unwrap();
@@ -886,7 +998,7 @@ mod tests {
             commit(&store, &mut participant, 1, batch(0..5000));
             drop(store);
 
-            let store = FjallStore::open_with(dir.path(), options).unwrap();
+            let store = reopen(dir.path(), options);
             let recovered = store.recover().unwrap();
             let (mut participant, _) = Participant::recover([], recovered.applied);
             if wait_for_filter {
@@ -906,6 +1018,54 @@ mod tests {
         }
     }
 
+    /// Keys wait in memory, are ingested into `items` in batches, and are
+    /// reloaded from the commit log after a restart: an item is new exactly
+    /// once through all of it, with or without the item filter.
+    #[test]
+    fn items_count_once_before_during_and_after_indexing_and_across_reopens() {
+        let batch = |range: std::ops::Range<u32>| -> Vec<Item> {
+            range.map(|i| item(&format!("id-{i}"), "t")).collect()
+        };
+        for filter_bytes in [StoreOptions::default().item_filter_bytes, 0] {
+            let options = StoreOptions {
+                item_filter_bytes: filter_bytes,
+                index_batch_keys: 1000,
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let store = FjallStore::open_with(dir.path(), options).unwrap();
+            let mut participant = Participant::default();
+            let effect = commit(&store, &mut participant, 1, batch(0..5000));
+            assert_eq!(effect.counts["t"], 5000);
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            while store.unindexed_items() > 0 {
+                assert!(Instant::now() < deadline, "the keys were never indexed");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert!(store
+                .items
+                .contains_key(item_key(&item("id-0", "t"), &mut Vec::new()).unwrap())
+                .unwrap());
+
+            // Half indexed, half new; the new half is handed to the indexer
+            // by this write, which also drops the first commit's marker.
+            let effect = commit(&store, &mut participant, 2, batch(2500..7500));
+            assert_eq!(effect.counts["t"], 7500, "filter of {filter_bytes} bytes");
+            drop(store);
+            let store = reopen(dir.path(), options);
+            // Only the second commit's keys may still be missing from `items`.
+            assert_eq!(store.unindexed_items(), 2500);
+            let recovered = store.recover().unwrap();
+            let (mut participant, _) = Participant::recover([], recovered.applied);
+            let effect = commit(&store, &mut participant, 3, batch(0..7500));
+            assert!(
+                effect.counts.is_empty(),
+                "nothing new, filter of {filter_bytes} bytes"
+            );
+            let effect = commit(&store, &mut participant, 4, batch(7000..8000));
+            assert_eq!(effect.counts["t"], 8000, "filter of {filter_bytes} bytes");
+        }
+    }
+
     #[test]
     fn prepared_survives_reopen_and_commit_is_idempotent() {
         let (dir, store) = open();
@@ -916,7 +1076,7 @@ mod tests {
         };
         store.write(&mut [prepare], &mut applied).unwrap();
         drop(store);
-        let store = FjallStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path(), StoreOptions::default());
         assert_eq!(store.recover().unwrap().prepared, vec![TxnId(9)]);
         let commit = WriteOp::Commit {
             txn: TxnId(9),
@@ -1020,7 +1180,9 @@ mod tests {
         assert_eq!(entries.len(), 1, "commit 2 added nothing new");
         assert_eq!(entries[0].index, CommitIndex(1));
         drop(store);
-        let recovered = FjallStore::open(dir.path()).unwrap().recover().unwrap();
+        let recovered = reopen(dir.path(), StoreOptions::default())
+            .recover()
+            .unwrap();
         assert_eq!(recovered.counts["t"], 2);
         assert_eq!(recovered.applied.contiguous(), CommitIndex(2));
     }

@@ -216,6 +216,13 @@ async fn metrics_agree_with_the_writes_made_and_parse_as_prometheus_text() {
             "{}",
             c.id
         );
+        // Far fewer than a batch of keys to index: all wait in memory.
+        assert_eq!(
+            value(&samples, "tally_unindexed_items", &[]),
+            total_items,
+            "{}",
+            c.id
+        );
     }
 }
 
