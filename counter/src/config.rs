@@ -48,8 +48,9 @@ pub struct Args {
     #[arg(long, env = "ITEM_FILTER_MB", default_value_t = 256)]
     pub item_filter_mb: usize,
     /// New item keys held in memory (40-80 bytes each) until they are
-    /// written to the item index as one sorted batch; up to twice this
-    /// while a batch is written. They are in the commit log already.
+    /// written to the item index as one sorted batch. They are in the
+    /// commit log already. Keys go on gathering while a batch is written;
+    /// writes wait for the indexer once four batches' worth are waiting.
     #[arg(long, env = "INDEX_BATCH_KEYS", default_value_t = 1 << 20)]
     pub index_batch_keys: usize,
     #[command(flatten)]

@@ -312,23 +312,28 @@ impl IndexBacklog {
         let Some(ingesting) = &self.ingesting else {
             return;
         };
-        let finished = if wait {
-            let since = Instant::now();
-            let finished = self.done.recv().is_ok();
+        let since = Instant::now();
+        let received = if wait {
+            self.done.recv().map_err(|_| TryRecvError::Disconnected)
+        } else {
+            self.done.try_recv()
+        };
+        match received {
+            Ok(()) => {}
+            Err(TryRecvError::Empty) => return,
+            Err(TryRecvError::Disconnected) => {
+                // The sealed keys stay here, so lookups still find them.
+                if self.jobs.take().is_some() {
+                    tracing::error!("the item indexer has stopped; new keys stay in memory");
+                }
+                return;
+            }
+        }
+        if wait {
             tracing::warn!(
                 waited_ms = since.elapsed().as_millis() as u64,
                 "writes waited for the item indexer"
             );
-            finished
-        } else {
-            match self.done.try_recv() {
-                Ok(()) => true,
-                Err(TryRecvError::Empty) => false,
-                Err(TryRecvError::Disconnected) => false,
-            }
-        };
-        if !finished {
-            return;
         }
         tracing::debug!(
             keys = ingesting.keys.len(),
