@@ -813,21 +813,6 @@ mod tests {
         (dir, store)
     }
 
-    /// Opens a store that was just dropped. fjall's own worker threads may
-    /// hold the database a moment longer (a queued compaction holds its
-    /// keyspace), and it refuses to open twice meanwhile.
-    fn reopen(dir: &Path, options: StoreOptions) -> FjallStore {
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match FjallStore::open_with(dir, options) {
-                Err(Error::Storage(fjall::Error::Locked)) if Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                opened => return opened.unwrap(),
-            }
-        }
-    }
-
     /// The writer's path as the counter runs it under bulk load: each
     /// storage write applies one commit and prepares the next transaction,
     /// with ids spread like random ones and every tenth one repeated. The
@@ -926,7 +911,7 @@ mod tests {
         assert_eq!(applied.applied().contiguous(), CommitIndex(1));
         drop(store);
 
-        let store = reopen(dir.path(), StoreOptions::default());
+        let store = FjallStore::open(dir.path()).unwrap();
         let recovered = store.recover().unwrap();
         assert_eq!(recovered.counts["t"], 2);
         assert_eq!(recovered.applied.contiguous(), CommitIndex(1));
@@ -998,7 +983,7 @@ mod tests {
             commit(&store, &mut participant, 1, batch(0..5000));
             drop(store);
 
-            let store = reopen(dir.path(), options);
+            let store = FjallStore::open_with(dir.path(), options).unwrap();
             let recovered = store.recover().unwrap();
             let (mut participant, _) = Participant::recover([], recovered.applied);
             if wait_for_filter {
@@ -1051,7 +1036,7 @@ mod tests {
             let effect = commit(&store, &mut participant, 2, batch(2500..7500));
             assert_eq!(effect.counts["t"], 7500, "filter of {filter_bytes} bytes");
             drop(store);
-            let store = reopen(dir.path(), options);
+            let store = FjallStore::open_with(dir.path(), options).unwrap();
             // Only the second commit's keys may still be missing from `items`.
             assert_eq!(store.unindexed_items(), 2500);
             let recovered = store.recover().unwrap();
@@ -1076,7 +1061,7 @@ mod tests {
         };
         store.write(&mut [prepare], &mut applied).unwrap();
         drop(store);
-        let store = reopen(dir.path(), StoreOptions::default());
+        let store = FjallStore::open(dir.path()).unwrap();
         assert_eq!(store.recover().unwrap().prepared, vec![TxnId(9)]);
         let commit = WriteOp::Commit {
             txn: TxnId(9),
@@ -1180,9 +1165,7 @@ mod tests {
         assert_eq!(entries.len(), 1, "commit 2 added nothing new");
         assert_eq!(entries[0].index, CommitIndex(1));
         drop(store);
-        let recovered = reopen(dir.path(), StoreOptions::default())
-            .recover()
-            .unwrap();
+        let recovered = FjallStore::open(dir.path()).unwrap().recover().unwrap();
         assert_eq!(recovered.counts["t"], 2);
         assert_eq!(recovered.applied.contiguous(), CommitIndex(2));
     }
