@@ -52,7 +52,7 @@
 
 use crate::error::Error;
 use crate::item_filter::{FilterState, ItemFilter, KeyHash};
-use crate::unindexed::{IndexBacklog, WriteMark};
+use crate::unindexed::IndexBacklog;
 use fjall::compaction::Leveled;
 use fjall::{
     Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable, UserKey,
@@ -320,7 +320,6 @@ impl FjallStore {
         let started = Instant::now();
         let mut backlog = self.backlog.lock().unwrap_or_else(PoisonError::into_inner);
         let mut filter = self.lock_filter();
-        let mut mark = WriteMark::default();
         let mut scratch = Vec::new();
         for guard in self.unindexed.iter() {
             let index = guard.key()?;
@@ -337,11 +336,12 @@ impl FjallStore {
                 }
             }
             let index = CommitIndex(decode_u64(&index, "commit index")?);
-            backlog.note_commit(index, &mut mark);
+            backlog.note_commit(index);
         }
-        if backlog.len() > 0 {
+        let keys = backlog.len();
+        if keys > 0 {
             tracing::info!(
-                keys = backlog.len(),
+                keys,
                 took_ms = started.elapsed().as_millis() as u64,
                 "item keys not yet indexed reloaded from the commit log"
             );
@@ -439,8 +439,6 @@ struct PendingWrite<'a> {
     batch: OwnedWriteBatch,
     filter: MutexGuard<'a, FilterState>,
     backlog: MutexGuard<'a, IndexBacklog>,
-    /// What this write added to `backlog`, to undo should it fail.
-    mark: WriteMark,
     prepared_in_memory: MutexGuard<'a, HashMap<TxnId, Vec<Item>>>,
     /// Prepared records this write creates (`Some`) or removes (`None`).
     prepared: HashMap<TxnId, Option<&'a [Item]>>,
@@ -454,14 +452,13 @@ impl<'a> PendingWrite<'a> {
     fn new(store: &'a FjallStore) -> Self {
         let mut batch = store.db.batch().durability(Some(PersistMode::SyncAll));
         let mut backlog = store.backlog.lock().unwrap_or_else(PoisonError::into_inner);
-        for index in backlog.take_indexed() {
+        for index in backlog.begin_write() {
             batch.remove(&store.unindexed, u64_key(index.0));
         }
         PendingWrite {
             store,
             batch,
             filter: store.lock_filter(),
-            mark: backlog.mark(),
             backlog,
             prepared_in_memory: store
                 .prepared_in_memory
@@ -579,7 +576,7 @@ impl<'a> PendingWrite<'a> {
             self.batch
                 .insert(&store.commits, key, fresh.after(&logged)?);
             self.batch.insert(&store.unindexed, key, []);
-            self.backlog.note_commit(index, &mut self.mark);
+            self.backlog.note_commit(index);
         }
         let mut counts = HashMap::new();
         for (tenant, n) in std::mem::take(&mut self.added) {
@@ -649,7 +646,6 @@ impl<'a> PendingWrite<'a> {
             batch,
             filter,
             mut backlog,
-            mark,
             ..
         } = self;
         drop(filter);
@@ -659,14 +655,14 @@ impl<'a> PendingWrite<'a> {
                 Ok(())
             }
             Err(e) => {
-                backlog.roll_back(&mark);
+                backlog.roll_back();
                 Err(e.into())
             }
         }
     }
 
     fn roll_back(&mut self) {
-        self.backlog.roll_back(&self.mark);
+        self.backlog.roll_back();
     }
 
     /// Records which commits are applied: the gap-free prefix, and the

@@ -112,7 +112,7 @@ impl KeySlots {
 
 /// A set of item keys and the commits that brought them.
 #[derive(Default)]
-pub struct UnindexedKeys {
+struct UnindexedKeys {
     /// In insertion order: a run sorted per batch of items, which is what
     /// makes sorting them all for the ingestion cheap.
     keys: Vec<UserKey>,
@@ -130,11 +130,11 @@ impl UnindexedKeys {
         }
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.keys.len()
     }
 
-    pub fn contains(&self, key: &[u8], hash: KeyHash) -> bool {
+    fn contains(&self, key: &[u8], hash: KeyHash) -> bool {
         self.slots.candidates(hash).any(|at| *self.keys[at] == *key)
     }
 
@@ -182,6 +182,8 @@ pub struct IndexBacklog {
     ingesting: Option<Ingesting>,
     /// Commits whose keys are all in `items` now, for the writer to unmark.
     indexed: BTreeSet<CommitIndex>,
+    /// Where the write in progress started, to undo it should it fail.
+    write_start: WriteMark,
     batch_keys: usize,
     jobs: Option<Sender<Arc<UnindexedKeys>>>,
     done: Receiver<()>,
@@ -190,7 +192,7 @@ pub struct IndexBacklog {
 
 /// Where a write started, to undo its additions if it fails.
 #[derive(Debug, Default)]
-pub struct WriteMark {
+struct WriteMark {
     keys: usize,
     commits: Vec<CommitIndex>,
 }
@@ -219,6 +221,7 @@ impl IndexBacklog {
             pending: UnindexedKeys::with_capacity(batch_keys),
             ingesting: None,
             indexed: BTreeSet::new(),
+            write_start: WriteMark::default(),
             batch_keys: batch_keys.max(1),
             jobs: Some(jobs),
             done,
@@ -240,13 +243,6 @@ impl IndexBacklog {
                 .is_some_and(|i| i.keys.contains(key, hash))
     }
 
-    pub fn mark(&self) -> WriteMark {
-        WriteMark {
-            keys: self.pending.len(),
-            commits: Vec::new(),
-        }
-    }
-
     /// Starts loading what [`insert`](Self::insert) or
     /// [`contains`](Self::contains) of `hash` will read.
     pub fn prefetch(&self, hash: KeyHash) {
@@ -259,20 +255,27 @@ impl IndexBacklog {
     }
 
     /// Records that `index`'s `commits` entry holds keys added here.
-    pub fn note_commit(&mut self, index: CommitIndex, mark: &mut WriteMark) {
+    pub fn note_commit(&mut self, index: CommitIndex) {
         if self.pending.commits.insert(index) {
-            mark.commits.push(index);
+            self.write_start.commits.push(index);
         }
     }
 
-    /// Undoes what a failed write added since `mark`.
-    pub fn roll_back(&mut self, mark: &WriteMark) {
-        self.pending.truncate(mark.keys, &mark.commits);
+    /// Undoes what the write in progress added since
+    /// [`begin_write`](Self::begin_write).
+    pub fn roll_back(&mut self) {
+        let start = std::mem::take(&mut self.write_start);
+        self.pending.truncate(start.keys, &start.commits);
     }
 
-    /// Takes the commits that no longer hold unindexed keys: those of
-    /// finished ingestions that no pending key came back to.
-    pub fn take_indexed(&mut self) -> Vec<CommitIndex> {
+    /// Notes where a write starts, and returns the commits that no longer
+    /// hold unindexed keys for it to unmark: those of finished ingestions
+    /// that no pending key came back to.
+    pub fn begin_write(&mut self) -> Vec<CommitIndex> {
+        self.write_start = WriteMark {
+            keys: self.pending.len(),
+            commits: Vec::new(),
+        };
         self.poll(false);
         let indexed = std::mem::take(&mut self.indexed);
         indexed
