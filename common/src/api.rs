@@ -3,7 +3,7 @@
 //! With the `openapi` feature the public ones also derive `ToSchema`, so the
 //! coordinator's OpenAPI document describes exactly what is serialised.
 
-use crate::{CommitIndex, CounterId, Error, Item, TxnId};
+use crate::{CommitIndex, CounterId, Error, Incarnation, Item, TxnId};
 use serde::{Deserialize, Serialize};
 
 /// Header that carries the cluster token on internal calls.
@@ -11,6 +11,19 @@ pub const TOKEN_HEADER: &str = "x-tally-token";
 
 /// Query parameter of a counter's count read that carries the read fence.
 pub const FENCE_PARAM: &str = "fence";
+
+/// Query parameter of the coordinator's reads and health checks that names
+/// its epoch: a counter answers fenced reads only for the coordinator it
+/// registered with, and registers again when a new one calls.
+pub const EPOCH_PARAM: &str = "epoch";
+
+/// Header of an export stream: the exporting counter's incarnation, so an
+/// importer resumes a cut copy only from the same life of the same disk.
+pub const INCARNATION_HEADER: &str = "x-tally-incarnation";
+
+/// Header of an export stream: how many distinct items the exporting
+/// counter holds, for the importer's estimate of the copy's size.
+pub const ITEMS_HEADER: &str = "x-tally-items";
 
 /// `{"message": "..."}`: the success answer of `POST /items` and every error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +87,76 @@ pub struct CounterView {
     pub last_seen_ms_ago: Option<u64>,
     /// Health checks failed in a row.
     pub failed_checks: u32,
+    /// The life of the counter's data directory, once known.
+    #[serde(default)]
+    pub incarnation: Option<Incarnation>,
+    /// Registered with this coordinator since it started. Until then the
+    /// counter neither votes nor answers reads, whatever `in_sync` says.
+    #[serde(default)]
+    pub registered: bool,
+    /// The copy in progress, while the counter catches up from a peer.
+    #[serde(default)]
+    pub catch_up: Option<CopyProgress>,
+}
+
+/// How far a joining counter's copy from a peer has got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CopyProgress {
+    /// The peer being copied from.
+    pub peer: String,
+    /// Items received in this copy so far.
+    pub copied: u64,
+    /// Estimated items the copy brings in all (the peer's items less the
+    /// counter's own when the copy began).
+    pub total: u64,
+    /// Items per second since the copy began.
+    pub items_per_sec: u64,
+    /// Estimated seconds left, once a rate is known.
+    pub eta_secs: Option<u64>,
+}
+
+/// Whether the cluster can serve, and if not, why: which counters hold
+/// what, and what would fix it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Availability {
+    /// `ok` when reads and writes can be served, `degraded` when only reads
+    /// can, `stalled` when neither can.
+    #[cfg_attr(feature = "openapi", schema(example = "ok"))]
+    pub status: String,
+    /// Why the cluster cannot serve, naming counters and indexes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl Availability {
+    pub fn ok() -> Self {
+        Availability {
+            status: "ok".into(),
+            problem: None,
+        }
+    }
+
+    /// Reads are served, writes abort.
+    pub fn degraded(problem: String) -> Self {
+        Availability {
+            status: "degraded".into(),
+            problem: Some(problem),
+        }
+    }
+
+    /// Neither reads nor writes are served.
+    pub fn stalled(problem: String) -> Self {
+        Availability {
+            status: "stalled".into(),
+            problem: Some(problem),
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.problem.is_none()
+    }
 }
 
 /// `GET /cluster`.
@@ -87,25 +170,34 @@ pub struct ClusterView {
     pub in_sync: usize,
     /// In-sync counters a transaction needs to commit (`--min-insync`).
     pub min_insync: usize,
+    /// Whether the cluster can serve, and if not, why.
+    #[serde(default)]
+    pub availability: Availability,
 }
 
-/// `GET /health`: the coordinator is up and serving. `in_sync` tells an
-/// operator whether writes can commit (they need `--min-insync` of them).
+/// `GET /health`: whether the coordinator can serve reads and writes.
+/// `in_sync` tells an operator how many counters hold everything decided
+/// (writes need `--min-insync` of them); `problem` says why it cannot serve.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
-    /// Always `ok`: a coordinator that cannot serve does not answer.
+    /// `ok`; `degraded` when writes abort; `stalled` when no counter can
+    /// serve (see `problem`).
     #[cfg_attr(feature = "openapi", schema(example = "ok"))]
     pub status: String,
     /// Counters in the in-sync set.
     pub in_sync: usize,
+    /// Why the cluster cannot serve, naming counters and indexes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 impl Health {
-    pub fn ok(in_sync: usize) -> Self {
+    pub fn new(in_sync: usize, availability: Availability) -> Self {
         Health {
-            status: "ok".into(),
+            status: availability.status,
             in_sync,
+            problem: availability.problem,
         }
     }
 }
@@ -170,6 +262,12 @@ pub struct AbortRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterStatus {
     pub id: CounterId,
+    /// The life of this counter's data directory.
+    #[serde(default)]
+    pub incarnation: Incarnation,
+    /// The coordinator epoch this counter registered with; 0 before it has.
+    #[serde(default)]
+    pub registered_epoch: u64,
     pub applied_index: CommitIndex,
     pub catching_up: bool,
     pub prepared: usize,
@@ -181,6 +279,46 @@ pub struct CounterStatus {
     /// commit answer: the index just applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub committed: Vec<CommitIndex>,
+    /// The copy from a peer in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyProgress>,
+}
+
+/// A counter's answer to the coordinator's fenced read: the count and who
+/// answered, so an answer from another process at the same address (a
+/// counter restarted under another id) is never taken for this one's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FencedCount {
+    pub id: CounterId,
+    pub count: u64,
+}
+
+/// The operator's last resort when every complete copy is gone: make the
+/// counter that holds the most the new complete copy, giving up the
+/// commits it lacks (`POST /internal/promote` on the coordinator).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    pub counter: CounterId,
+    /// Must be true: the caller acknowledges that commits are lost.
+    pub accept_loss: bool,
+}
+
+/// What a forced promotion gave up: the commit indexes the promoted
+/// counter did not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteReport {
+    pub counter: CounterId,
+    /// Everything at or below this was held by the promoted counter.
+    pub held_through: CommitIndex,
+    /// The decided index; `(held_through, decided]` is lost.
+    pub decided: CommitIndex,
+}
+
+/// The coordinator tells a counter it promoted by force to take every
+/// index up to `through` as held, so that reads fenced there can be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptLossRequest {
+    pub through: CommitIndex,
 }
 
 /// Tells a joining counter to fetch what it misses up to `until` from peers.
@@ -198,10 +336,12 @@ pub struct ExportEntry {
     pub items: Vec<Item>,
 }
 
-/// One frame of a counter's export stream of `(since, until]`: entries in
-/// index order, then `End`. Only a stream that reached `End` proves that the
-/// importer now holds every transaction in the range, so a cut-off stream
-/// marks nothing as applied. Sent as postcard, not JSON
+/// One frame of a counter's export stream from `since`: every entry above
+/// `since` in index order (also those above `until`), then `End`. Only a
+/// stream that reached `End` proves that the importer now holds every
+/// transaction in `(since, until]` (docs/protocol.md, "Catch-up", says why
+/// entries above `until` are sent too), so a cut-off stream marks nothing
+/// as applied; the importer may resume it from the same peer. Sent as postcard, not JSON
 /// (`export_stream`), so the enum is externally tagged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExportFrame {
@@ -216,6 +356,8 @@ pub enum ExportFrame {
 pub struct RegisterRequest {
     pub id: CounterId,
     pub url: String,
+    #[serde(default)]
+    pub incarnation: Incarnation,
     pub applied_index: CommitIndex,
 }
 
@@ -223,6 +365,8 @@ pub struct RegisterRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaughtUpRequest {
     pub id: CounterId,
+    #[serde(default)]
+    pub incarnation: Incarnation,
     pub applied_index: CommitIndex,
 }
 
@@ -233,6 +377,10 @@ pub struct JoinPlan {
     pub in_sync: bool,
     pub until: CommitIndex,
     pub peers: Vec<String>,
+    /// The epoch of the coordinator that answered: the counter votes only on
+    /// transactions of this epoch, and answers reads only for it.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// The coordinator's logged outcome of a transaction, asked for by a counter

@@ -16,8 +16,10 @@ use crate::Error;
 
 /// The `Content-Type` of the stream. The importer checks it, so a peer of
 /// a version that still sends another format is reported as such rather
-/// than as undecodable bytes.
-pub const CONTENT_TYPE: &str = "application/vnd.tally.export-frames";
+/// than as undecodable bytes. Version 2 sends every entry above `since`,
+/// not only those up to `until`; a version-1 peer's stream could miss items
+/// (docs/protocol.md, "Catch-up"), so an importer refuses it.
+pub const CONTENT_TYPE: &str = "application/vnd.tally.export-frames.v2";
 
 /// The longest frame a reader accepts. One frame is the items one
 /// transaction added: at most a request's 100,000 items of two 256-byte

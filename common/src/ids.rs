@@ -78,6 +78,24 @@ impl From<&str> for CounterId {
     }
 }
 
+/// Which life of a counter's data directory this is: a random number made
+/// when the directory is created and kept in it. A counter that comes back
+/// with another incarnation lost its disk (or is another disk under the same
+/// name), so nothing it held before may be assumed: the coordinator treats
+/// it as a new member that must copy everything.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(transparent)]
+pub struct Incarnation(pub u64);
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

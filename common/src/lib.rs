@@ -18,5 +18,5 @@ pub mod participant;
 pub mod token;
 
 pub use error::Error;
-pub use ids::{CommitIndex, CounterId, TxnId};
+pub use ids::{CommitIndex, CounterId, Incarnation, TxnId};
 pub use items::Item;

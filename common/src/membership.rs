@@ -12,11 +12,21 @@
 //!   transaction it did not vote yes on. It enters the set only once it has
 //!   applied everything up to there, because every later commit had its vote.
 //!
+//! A third rule keeps a counter from being trusted for data it no longer
+//! has. The coordinator remembers each member's *incarnation* (the life of
+//! its data directory) and trusts a counter only once it has *registered*
+//! with the coordinator running now: a counter that comes back with another
+//! incarnation leaves the in-sync set and copies everything, and health
+//! answers never promote anyone. Only registered in-sync counters vote in
+//! [`Cluster::decide`] and answer reads.
+//!
 //! `Cluster` changes only through the methods below; each returns the
 //! [`Effect`]s the caller must carry out (persist, start a catch-up, log).
 
-use crate::api::{CatchUpRequest, ClusterView, CounterState, CounterView, JoinPlan};
-use crate::{CommitIndex, CounterId};
+use crate::api::{
+    Availability, CatchUpRequest, ClusterView, CopyProgress, CounterState, CounterView, JoinPlan,
+};
+use crate::{CommitIndex, CounterId, Incarnation};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Tunables of the membership rules (see DESIGN.md for their defaults).
@@ -51,14 +61,43 @@ pub struct Member {
     pub failed_checks: u32,
     pub last_seen_ms: Option<u64>,
     pub catching_up: bool,
+    /// The life of its data directory, once the counter has told us.
+    pub incarnation: Option<Incarnation>,
+    /// Registered with this coordinator since it started. An unregistered
+    /// counter does not vote and is not read, even if it is in sync: it may
+    /// be a process that has not yet noticed this coordinator, or one that
+    /// restarted on an empty disk and has not said so yet.
+    pub registered: bool,
+    /// Its copy from a peer, while it catches up.
+    pub copy: Option<CopyProgress>,
 }
 
-/// What the durable part of a member is: enough to restore the in-sync set.
+impl Member {
+    /// May vote as an in-sync counter and answer reads.
+    fn serves(&self) -> bool {
+        self.in_sync && self.registered && self.state == CounterState::Live
+    }
+}
+
+/// What the durable part of a member is: enough to restore the in-sync set
+/// and to recognise a counter that lost its disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMember {
     pub id: CounterId,
     pub url: String,
     pub in_sync: bool,
+    pub incarnation: Option<Incarnation>,
+}
+
+/// What a counter's answer to a health check says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthReport {
+    pub incarnation: Incarnation,
+    pub applied: CommitIndex,
+    pub catching_up: bool,
+    /// The counter says it registered with this coordinator (its epoch).
+    pub registered_here: bool,
+    pub copy: Option<CopyProgress>,
 }
 
 /// Something the caller of `Cluster` must do.
@@ -72,6 +111,9 @@ pub enum Effect {
         url: String,
         request: CatchUpRequest,
     },
+    /// A counter came back without the data it had (another incarnation,
+    /// or an applied index lower than before): it is a new member now.
+    LostData { id: CounterId, reason: String },
     /// A counter changed state; `to` is `None` when it left the view.
     Transition {
         id: CounterId,
@@ -100,6 +142,8 @@ pub struct Participant {
     pub id: CounterId,
     pub url: String,
     pub in_sync: bool,
+    /// The life of its data directory: a vote from another one is no vote.
+    pub incarnation: Option<Incarnation>,
 }
 
 /// The whole membership state machine.
@@ -112,8 +156,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Rebuilds the cluster from what the coordinator persisted. In-sync
-    /// members start as live and out-of-sync ones as joining; the first
-    /// health checks correct both.
+    /// members start as live and out-of-sync ones as joining, and none is
+    /// registered: until a counter registers with this coordinator it
+    /// neither votes nor answers reads, so one that lost its disk while the
+    /// coordinator was down cannot pass for the member it was.
     pub fn restore(
         config: MembershipConfig,
         stored: impl IntoIterator<Item = StoredMember>,
@@ -134,6 +180,9 @@ impl Cluster {
                     failed_checks: 0,
                     last_seen_ms: None,
                     catching_up: false,
+                    incarnation: s.incarnation,
+                    registered: false,
+                    copy: None,
                     id: s.id,
                     url: s.url,
                 };
@@ -180,6 +229,7 @@ impl Cluster {
                 id: m.id.clone(),
                 url: m.url.clone(),
                 in_sync: m.in_sync,
+                incarnation: m.incarnation,
             })
             .collect()
     }
@@ -188,24 +238,27 @@ impl Cluster {
         self.members.values().filter(|m| m.in_sync).count()
     }
 
-    /// Counters to ask to prepare a new transaction: every one not dead.
+    /// Counters to ask to prepare a new transaction: every registered one
+    /// not dead (an unregistered counter refuses to vote anyway).
     pub fn participants(&self) -> Vec<Participant> {
         self.members
             .values()
-            .filter(|m| m.state != CounterState::Dead)
+            .filter(|m| m.state != CounterState::Dead && m.registered)
             .map(|m| Participant {
                 id: m.id.clone(),
                 url: m.url.clone(),
                 in_sync: m.in_sync,
+                incarnation: m.incarnation,
             })
             .collect()
     }
 
-    /// Counters that may answer reads: in sync and answering health checks.
+    /// Counters that may answer reads: in sync, registered with this
+    /// coordinator and answering health checks.
     pub fn readable(&self) -> Vec<(CounterId, String)> {
         self.members
             .values()
-            .filter(|m| m.in_sync && m.state == CounterState::Live)
+            .filter(|m| m.serves())
             .map(|m| (m.id.clone(), m.url.clone()))
             .collect()
     }
@@ -219,21 +272,29 @@ impl Cluster {
             .collect()
     }
 
-    /// A counter started (or was forgotten and came back) and says how far it
-    /// got. It leaves the in-sync set, since it may have missed commits while
-    /// it was away, unless no counter is in sync and it holds everything
-    /// decided: then it is the one every other counter must copy from.
+    /// A counter started (or noticed a new coordinator, or was forgotten)
+    /// and says which disk it has and how far it got. An in-sync counter
+    /// with the same disk keeps its place: a commit made without its vote
+    /// would have taken it out of the set, durably, so it missed nothing.
+    /// One whose incarnation changed, or whose applied index went back, is
+    /// a new member that must copy everything, unless no counter is in sync
+    /// and it holds everything decided: then it is the one every other
+    /// counter must copy from.
     pub fn register(
         &mut self,
         id: CounterId,
         url: String,
+        incarnation: Incarnation,
         applied: CommitIndex,
         now_ms: u64,
     ) -> (JoinPlan, Vec<Effect>) {
         let mut effects = vec![Effect::Persist];
-        let from = self.members.get(&id).map(|m| m.state);
-        let was_in_sync = self.members.get(&id).is_some_and(|m| m.in_sync);
+        let known = self.members.get(&id);
+        let from = known.map(|m| m.state);
+        let was_in_sync = known.is_some_and(|m| m.in_sync);
+        let lost = known.and_then(|m| lost_data(m, incarnation, applied));
         let nobody_else_in_sync = !self.members.values().any(|m| m.in_sync && m.id != id);
+        let decided = self.decided;
         let member = self.members.entry(id.clone()).or_insert_with(|| Member {
             id: id.clone(),
             url: url.clone(),
@@ -244,31 +305,35 @@ impl Cluster {
             failed_checks: 0,
             last_seen_ms: None,
             catching_up: false,
+            incarnation: Some(incarnation),
+            registered: false,
+            copy: None,
         });
         member.url = url;
+        member.incarnation = Some(incarnation);
         member.applied = applied;
         member.failed_checks = 0;
         member.last_seen_ms = Some(now_ms);
         member.catching_up = false;
-        let plan = if nobody_else_in_sync && applied >= self.decided {
+        member.registered = true;
+        member.copy = None;
+        if let Some(reason) = lost.clone() {
+            effects.push(Effect::LostData {
+                id: id.clone(),
+                reason,
+            });
+        }
+        let keeps_place = member.in_sync && lost.is_none();
+        let complete = nobody_else_in_sync && applied >= decided;
+        if keeps_place || complete {
             member.in_sync = true;
             member.state = CounterState::Live;
-            JoinPlan {
-                in_sync: true,
-                until: self.decided,
-                peers: vec![],
-            }
         } else {
             member.in_sync = false;
             member.state = CounterState::Joining;
-            member.join_until = self.decided;
-            member.catching_up = applied < self.decided;
-            JoinPlan {
-                in_sync: false,
-                until: self.decided,
-                peers: Vec::new(),
-            }
-        };
+            member.join_until = decided;
+            member.catching_up = applied < decided;
+        }
         let in_sync = member.in_sync;
         let to = member.state;
         if from != Some(to) || was_in_sync != in_sync {
@@ -280,28 +345,33 @@ impl Cluster {
             });
         }
         let plan = JoinPlan {
-            peers: if plan.in_sync {
-                vec![]
-            } else {
-                self.peers_for(&id)
-            },
-            ..plan
+            in_sync,
+            until: decided,
+            peers: if in_sync { vec![] } else { self.peers_for(&id) },
+            epoch: 0,
         };
         (plan, effects)
     }
 
     /// A joining counter says it fetched everything it was told to. It
     /// enters the in-sync set if nothing was committed without it since.
+    /// `None` if the counter is unknown, or is not the registered life of
+    /// that member: it must register (again) first.
     pub fn caught_up(
         &mut self,
         id: &CounterId,
+        incarnation: Incarnation,
         applied: CommitIndex,
         now_ms: u64,
     ) -> Option<(JoinPlan, Vec<Effect>)> {
         let member = self.members.get_mut(id)?;
+        if !member.registered || member.incarnation != Some(incarnation) {
+            return None;
+        }
         member.applied = member.applied.max(applied);
         member.last_seen_ms = Some(now_ms);
         member.catching_up = false;
+        member.copy = None;
         let mut effects = Vec::new();
         self.try_promote(id, &mut effects);
         let member = &self.members[id];
@@ -313,6 +383,7 @@ impl Cluster {
             } else {
                 self.peers_for(id)
             },
+            epoch: 0,
         };
         if !plan.in_sync {
             self.members.get_mut(id)?.catching_up = true;
@@ -325,6 +396,7 @@ impl Cluster {
             return;
         };
         if member.in_sync
+            || !member.registered
             || member.state == CounterState::Dead
             || member.applied < member.join_until
         {
@@ -342,14 +414,12 @@ impl Cluster {
         });
     }
 
-    /// A counter answered a health check (or any other call) with its status.
-    pub fn health_ok(
-        &mut self,
-        id: &CounterId,
-        applied: CommitIndex,
-        catching_up: bool,
-        now_ms: u64,
-    ) -> Vec<Effect> {
+    /// A counter answered a health check with its status. This updates
+    /// what the coordinator knows and may start a catch-up, but never puts
+    /// a counter in the in-sync set: a health answer proves the process is
+    /// up, not what it holds. Only [`Cluster::register`] and
+    /// [`Cluster::caught_up`] promote, and both check the incarnation.
+    pub fn health_ok(&mut self, id: &CounterId, report: HealthReport, now_ms: u64) -> Vec<Effect> {
         let mut effects = Vec::new();
         let decided = self.decided;
         let Some(member) = self.members.get_mut(id) else {
@@ -358,8 +428,44 @@ impl Cluster {
         let from = member.state;
         member.failed_checks = 0;
         member.last_seen_ms = Some(now_ms);
-        member.applied = member.applied.max(applied);
-        member.catching_up = catching_up;
+        if let Some(reason) = lost_data(member, report.incarnation, member.applied) {
+            // Another disk under this name: nothing it held may be assumed,
+            // and it must register (its own start-up does) before it counts.
+            if member.in_sync {
+                effects.push(Effect::Persist);
+            }
+            member.in_sync = false;
+            member.registered = false;
+            member.incarnation = Some(report.incarnation);
+            member.applied = report.applied;
+            member.join_until = decided;
+            member.catching_up = false;
+            member.copy = None;
+            member.state = CounterState::Joining;
+            effects.push(Effect::LostData {
+                id: id.clone(),
+                reason,
+            });
+            effects.push(Effect::Transition {
+                id: id.clone(),
+                from: Some(from),
+                to: Some(CounterState::Joining),
+                in_sync: false,
+            });
+            return effects;
+        }
+        // Registered with this coordinator, in the counter's own words. One
+        // that restarted, or has not heard of this coordinator yet, says
+        // no; it registers again by itself, and counts only once it has.
+        // An answer sent just before a registration can arrive just after
+        // it, so a later "yes" from the same disk restores the mark: only
+        // this coordinator's answer to that very disk can have set it.
+        member.registered = report.registered_here && member.incarnation.is_some();
+        // Within one incarnation applied only grows; a smaller figure is an
+        // answer overtaken by a newer one (a commit acknowledgement).
+        member.applied = member.applied.max(report.applied);
+        member.catching_up = report.catching_up;
+        member.copy = report.copy;
         member.state = match (from, member.in_sync) {
             (CounterState::Dead, _) => {
                 // It may have missed anything while dead: start over.
@@ -377,18 +483,17 @@ impl Cluster {
                 in_sync: member.in_sync,
             });
         }
-        if !member.in_sync {
-            self.try_promote(id, &mut effects);
-        }
-        let member = &self.members[id];
-        if !member.in_sync && !member.catching_up {
+        if !member.in_sync && !member.catching_up && member.registered {
             let request = CatchUpRequest {
                 until: member.join_until,
                 peers: self.peers_for(id),
             };
-            let url = member.url.clone();
-            self.members.get_mut(id).expect("checked above").catching_up = true;
-            effects.push(Effect::CatchUp { url, request });
+            let member = self.members.get_mut(id).expect("checked above");
+            member.catching_up = true;
+            effects.push(Effect::CatchUp {
+                url: member.url.clone(),
+                request,
+            });
         }
         effects
     }
@@ -421,6 +526,7 @@ impl Cluster {
             CounterState::Suspect
         };
         member.catching_up = false;
+        member.copy = None;
         if to == CounterState::Dead && member.in_sync {
             member.in_sync = false;
             effects.push(Effect::Persist);
@@ -449,13 +555,19 @@ impl Cluster {
     /// assigns it the next commit index if it commits. The caller must make
     /// the decision and any [`Effect::Persist`] durable before telling anyone.
     pub fn decide(&mut self, yes: &BTreeSet<CounterId>) -> (Decision, Vec<Effect>) {
+        // Only registered in-sync counters vote as such: an unregistered
+        // one may be a process on an empty disk answering for the member.
         let in_sync: Vec<CounterId> = self
             .members
             .values()
             .filter(|m| m.in_sync)
             .map(|m| m.id.clone())
             .collect();
-        let kept = in_sync.iter().filter(|id| yes.contains(*id)).count();
+        let kept = self
+            .members
+            .values()
+            .filter(|m| m.in_sync && m.registered && yes.contains(&m.id))
+            .count();
         let needed = self.config.min_insync.max(1);
         if kept < needed {
             let reason = format!(
@@ -518,6 +630,111 @@ impl Cluster {
             .unwrap_or(CommitIndex::ZERO)
     }
 
+    /// Whether reads and writes can be served now, and if not, why, naming
+    /// counters and indexes, so an operator knows what to bring back.
+    pub fn availability(&self) -> Availability {
+        let serving: Vec<&Member> = self.members.values().filter(|m| m.serves()).collect();
+        let needed = self.config.min_insync.max(1);
+        if serving.len() >= needed {
+            return Availability::ok();
+        }
+        let decided = self.decided;
+        let describe = |m: &Member| {
+            let mut s = format!("{} ({}", m.id, state_name(m.state));
+            if m.in_sync && !m.registered {
+                s.push_str(", not registered with this coordinator yet");
+            }
+            s.push_str(&format!(", holds up to {}", m.applied));
+            if !m.in_sync {
+                s.push_str(&format!(", needs {}", m.join_until.max(m.applied)));
+            }
+            if let Some(copy) = &m.copy {
+                s.push_str(&format!(
+                    ", copying from {}: {} of about {} items",
+                    copy.peer, copy.copied, copy.total
+                ));
+            }
+            s.push(')');
+            s
+        };
+        let in_sync: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.in_sync)
+            .map(describe)
+            .collect();
+        let others: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| !m.in_sync)
+            .map(describe)
+            .collect();
+        if !serving.is_empty() {
+            return Availability::degraded(format!(
+                "writes abort: {} in-sync counter(s) serve, --min-insync needs {needed}",
+                serving.len()
+            ));
+        }
+        let mut problem = if in_sync.is_empty() {
+            format!(
+                "no counter can prove it holds every decided transaction (decided index {decided}); \
+                 bring back a counter that was in sync, or, if none will come back, promote the \
+                 most complete one by hand, giving up what it lacks (docs/operations.md)"
+            )
+        } else {
+            format!(
+                "the counters that hold everything decided (index {decided}) are not serving: {}",
+                in_sync.join(", ")
+            )
+        };
+        if !others.is_empty() {
+            problem.push_str(&format!("; out of sync: {}", others.join(", ")));
+        }
+        if self.members.is_empty() {
+            problem = "no counter has registered".to_string();
+        }
+        Availability::stalled(problem)
+    }
+
+    /// The operator's last resort when no complete copy can come back:
+    /// `id` becomes the complete copy, and every commit above what it holds
+    /// is given up. Refused while any counter serves. The caller must first
+    /// have `id` take `(held, decided]` as held (the counter's accept-loss
+    /// call), then persist. Returns what `id` held.
+    pub fn force_promote(&mut self, id: &CounterId) -> Result<(CommitIndex, Vec<Effect>), String> {
+        if self.members.values().any(Member::serves) {
+            return Err("the cluster is serving: promotion is only for a stalled cluster".into());
+        }
+        let member = self
+            .members
+            .get_mut(id)
+            .ok_or_else(|| format!("unknown counter {id}"))?;
+        if !member.registered || member.state == CounterState::Dead {
+            return Err(format!(
+                "{id} must be up and registered with this coordinator to be promoted"
+            ));
+        }
+        let held = member.applied;
+        let from = member.state;
+        member.in_sync = true;
+        member.state = CounterState::Live;
+        member.applied = self.decided;
+        member.catching_up = false;
+        member.copy = None;
+        Ok((
+            held,
+            vec![
+                Effect::Persist,
+                Effect::Transition {
+                    id: id.clone(),
+                    from: Some(from),
+                    to: Some(CounterState::Live),
+                    in_sync: true,
+                },
+            ],
+        ))
+    }
+
     /// The `GET /cluster` answer.
     pub fn view(&self, now_ms: u64) -> ClusterView {
         ClusterView {
@@ -533,12 +750,40 @@ impl Cluster {
                     lag: self.decided.0.saturating_sub(m.applied.0),
                     last_seen_ms_ago: m.last_seen_ms.map(|t| now_ms.saturating_sub(t)),
                     failed_checks: m.failed_checks,
+                    incarnation: m.incarnation,
+                    registered: m.registered,
+                    catch_up: m.copy.clone(),
                 })
                 .collect(),
             decided_index: self.decided,
             in_sync: self.in_sync_count(),
             min_insync: self.config.min_insync,
+            availability: self.availability(),
         }
+    }
+}
+
+/// Why `member` cannot be trusted with what it held: its disk is another
+/// one, or it reports less than it had already applied.
+fn lost_data(member: &Member, incarnation: Incarnation, applied: CommitIndex) -> Option<String> {
+    match member.incarnation {
+        Some(known) if known != incarnation => Some(format!(
+            "its data directory is another one (incarnation {incarnation}, was {known})"
+        )),
+        _ if applied < member.applied => Some(format!(
+            "its applied index went back from {} to {applied}",
+            member.applied
+        )),
+        _ => None,
+    }
+}
+
+fn state_name(state: CounterState) -> &'static str {
+    match state {
+        CounterState::Joining => "joining",
+        CounterState::Live => "live",
+        CounterState::Suspect => "suspect",
+        CounterState::Dead => "dead",
     }
 }
 
@@ -554,13 +799,51 @@ mod tests {
         ids.iter().map(|s| id(s)).collect()
     }
 
+    /// Every test counter's first disk.
+    const DISK: Incarnation = Incarnation(1);
+    /// A new, empty disk.
+    const NEW_DISK: Incarnation = Incarnation(2);
+
+    fn register(c: &mut Cluster, name: &str, applied: u64) -> (JoinPlan, Vec<Effect>) {
+        register_disk(c, name, DISK, applied)
+    }
+
+    fn register_disk(
+        c: &mut Cluster,
+        name: &str,
+        disk: Incarnation,
+        applied: u64,
+    ) -> (JoinPlan, Vec<Effect>) {
+        c.register(
+            id(name),
+            format!("http://{name}"),
+            disk,
+            CommitIndex(applied),
+            0,
+        )
+    }
+
+    fn caught_up(c: &mut Cluster, name: &str, applied: u64) -> Option<(JoinPlan, Vec<Effect>)> {
+        c.caught_up(&id(name), DISK, CommitIndex(applied), 0)
+    }
+
+    fn health(disk: Incarnation, applied: u64, catching_up: bool) -> HealthReport {
+        HealthReport {
+            incarnation: disk,
+            applied: CommitIndex(applied),
+            catching_up,
+            registered_here: true,
+            copy: None,
+        }
+    }
+
     /// Three counters registered from empty and all in sync.
     fn three_in_sync() -> Cluster {
         let mut c = Cluster::restore(MembershipConfig::default(), [], CommitIndex::ZERO);
         for name in ["c1", "c2", "c3"] {
-            let (plan, _) = c.register(id(name), format!("http://{name}"), CommitIndex::ZERO, 0);
+            let (plan, _) = register(&mut c, name, 0);
             if !plan.in_sync {
-                let (plan, _) = c.caught_up(&id(name), CommitIndex::ZERO, 0).unwrap();
+                let (plan, _) = caught_up(&mut c, name, 0).unwrap();
                 assert!(plan.in_sync, "{name} holds everything decided");
             }
         }
@@ -622,23 +905,40 @@ mod tests {
         c.decide(&yes(&["c1", "c2"]));
         c.decide(&yes(&["c1", "c2"]));
         c.decide(&yes(&["c1", "c2", "c3"]));
-        let (plan, _) = c.caught_up(&id("c3"), CommitIndex(1), 0).unwrap();
+        let (plan, _) = caught_up(&mut c, "c3", 1).unwrap();
         assert!(!plan.in_sync);
         assert_eq!(plan.until, CommitIndex(2));
         assert_eq!(plan.peers, vec!["http://c1", "http://c2"]);
-        let (plan, effects) = c.caught_up(&id("c3"), CommitIndex(2), 0).unwrap();
+        let (plan, effects) = caught_up(&mut c, "c3", 2).unwrap();
         assert!(plan.in_sync);
         assert!(effects.contains(&Effect::Persist));
     }
 
     #[test]
-    fn a_restarted_counter_rejoins_unless_it_is_the_only_complete_one() {
+    fn a_restarted_counter_with_its_disk_keeps_its_place_and_a_wiped_one_joins_as_new() {
         let mut c = three_in_sync();
         c.decide(&yes(&["c1", "c2", "c3"]));
-        let (plan, _) = c.register(id("c1"), "http://c1".into(), CommitIndex(1), 0);
-        assert!(!plan.in_sync, "others are in sync: copy from them first");
-        assert_eq!(plan.until, CommitIndex(1));
+        // A commit without c1's vote takes it out durably, so an in-sync
+        // counter that restarts on the same disk missed nothing.
+        let (plan, _) = register(&mut c, "c1", 1);
+        assert!(plan.in_sync, "same disk, still in sync");
 
+        let (plan, effects) = register_disk(&mut c, "c2", NEW_DISK, 0);
+        assert!(!plan.in_sync, "a new disk holds nothing");
+        assert_eq!(plan.until, CommitIndex(1));
+        assert!(effects
+            .iter()
+            .any(|e| matches!(e, Effect::LostData { id, .. } if id == &CounterId::from("c2"))));
+        assert_eq!(plan.peers, vec!["http://c1", "http://c3"]);
+
+        // Same disk but less than it had reported: it lost data too.
+        c.record_applied(&id("c3"), CommitIndex(1));
+        let (plan, _) = register(&mut c, "c3", 0);
+        assert!(!plan.in_sync, "applied went back");
+    }
+
+    #[test]
+    fn only_a_counter_holding_everything_decided_restarts_the_cluster() {
         // Everyone dies; the stale counter must not be promoted.
         let mut c = three_in_sync();
         c.decide(&yes(&["c1", "c2", "c3"]));
@@ -647,13 +947,94 @@ mod tests {
             c.health_failed(&id(name));
         }
         assert_eq!(c.in_sync_count(), 0);
-        let (plan, _) = c.register(id("c1"), "http://c1".into(), CommitIndex(1), 0);
+        assert_eq!(c.availability().status, "stalled");
+        let (plan, _) = register(&mut c, "c1", 1);
         assert!(!plan.in_sync, "c1 misses index 2");
         assert!(plan.peers.is_empty());
-        let (plan, _) = c.register(id("c2"), "http://c2".into(), CommitIndex(2), 0);
+        let problem = c.availability().problem.unwrap();
+        assert!(
+            problem.contains("c1 (joining, holds up to 1, needs 2)"),
+            "{problem}"
+        );
+        let (plan, _) = register(&mut c, "c2", 2);
         assert!(plan.in_sync, "c2 holds everything decided");
-        let (plan, _) = c.caught_up(&id("c1"), CommitIndex(1), 0).unwrap();
+        assert!(c.availability().is_ok());
+        let (plan, _) = caught_up(&mut c, "c1", 1).unwrap();
         assert_eq!(plan.peers, vec!["http://c2"]);
+    }
+
+    #[test]
+    fn after_a_coordinator_restart_nobody_votes_or_is_read_until_it_registers() {
+        let mut c = three_in_sync();
+        c.decide(&yes(&["c1", "c2", "c3"]));
+        let mut c = Cluster::restore(c.config(), c.stored(), c.decided());
+        assert!(c.readable().is_empty());
+        assert!(c.participants().is_empty());
+        let (d, _) = c.decide(&yes(&["c1", "c2", "c3"]));
+        assert!(
+            matches!(d, Decision::Abort { .. }),
+            "votes of unregistered counters do not count"
+        );
+        let problem = c.availability().problem.unwrap();
+        assert!(problem.contains("not registered"), "{problem}");
+
+        // c1 lost its disk while everything was down: it comes back new.
+        let (plan, _) = register_disk(&mut c, "c1", NEW_DISK, 0);
+        assert!(!plan.in_sync);
+        assert!(c.readable().is_empty(), "c1 cannot be read");
+        let (d, _) = c.decide(&yes(&["c1"]));
+        assert!(
+            matches!(d, Decision::Abort { .. }),
+            "c1's vote is no in-sync vote"
+        );
+
+        // c2 and c3 come back with their disks and serve again.
+        assert!(register(&mut c, "c2", 1).0.in_sync);
+        assert!(register(&mut c, "c3", 1).0.in_sync);
+        assert_eq!(c.readable().len(), 2);
+    }
+
+    #[test]
+    fn a_health_answer_never_promotes_and_a_new_disk_leaves_the_set() {
+        let mut c = three_in_sync();
+        c.decide(&yes(&["c1", "c2", "c3"]));
+        c.health_failed(&id("c1"));
+        // c1 restarts on an empty disk and answers a health check before it
+        // registers: it stays out, whatever it reports.
+        let effects = c.health_ok(&id("c1"), health(NEW_DISK, 1, false), 1);
+        assert!(effects.iter().any(|e| matches!(e, Effect::LostData { .. })));
+        let m = c.member(&id("c1")).unwrap();
+        assert!(!m.in_sync && !m.registered);
+        assert_eq!(
+            m.applied,
+            CommitIndex(1),
+            "what it says now, not the old figure"
+        );
+
+        // An in-sync member whose disk changed under it leaves at once.
+        let effects = c.health_ok(&id("c2"), health(NEW_DISK, 0, false), 2);
+        assert_eq!(effects[0], Effect::Persist);
+        assert!(!c.member(&id("c2")).unwrap().in_sync);
+
+        // Holding everything and saying so in a health answer is not enough:
+        // only a caught-up report (after registering) promotes.
+        register(&mut c, "c1", 0);
+        c.health_ok(&id("c1"), health(DISK, 1, false), 3);
+        assert!(!c.member(&id("c1")).unwrap().in_sync);
+        assert!(caught_up(&mut c, "c1", 1).unwrap().0.in_sync);
+    }
+
+    #[test]
+    fn a_forced_promotion_is_refused_while_anyone_serves() {
+        let mut c = three_in_sync();
+        c.decide(&yes(&["c1"]));
+        assert!(c.force_promote(&id("c2")).is_err(), "c1 serves");
+        c.health_failed(&id("c1"));
+        assert_eq!(c.availability().status, "stalled");
+        let (held, effects) = c.force_promote(&id("c2")).unwrap();
+        assert_eq!(held, CommitIndex::ZERO, "c2 missed index 1");
+        assert_eq!(effects[0], Effect::Persist);
+        assert!(c.availability().is_ok());
     }
 
     #[test]
@@ -677,18 +1058,19 @@ mod tests {
         let mut c = three_in_sync();
         c.health_failed(&id("c2"));
         c.decide(&yes(&["c1", "c3"]));
-        let effects = c.health_ok(&id("c2"), CommitIndex::ZERO, false, 5);
+        let effects = c.health_ok(&id("c2"), health(DISK, 0, false), 5);
         assert!(effects.iter().any(|e| matches!(
             e,
             Effect::CatchUp { request, .. } if request.until == CommitIndex(1)
         )));
         assert_eq!(c.member(&id("c2")).unwrap().state, CounterState::Joining);
         // A second check while it is fetching does not start another fetch.
-        let effects = c.health_ok(&id("c2"), CommitIndex::ZERO, true, 6);
+        let effects = c.health_ok(&id("c2"), health(DISK, 0, true), 6);
         assert!(!effects.iter().any(|e| matches!(e, Effect::CatchUp { .. })));
-        let effects = c.health_ok(&id("c2"), CommitIndex(1), false, 7);
+        // Done copying: its report, not a health answer, puts it back.
+        let (plan, effects) = caught_up(&mut c, "c2", 1).unwrap();
+        assert!(plan.in_sync);
         assert!(effects.contains(&Effect::Persist));
-        assert!(c.member(&id("c2")).unwrap().in_sync);
     }
 
     #[test]
@@ -699,7 +1081,7 @@ mod tests {
         c.decide(&yes(&["c1", "c2"]));
         c.decide(&yes(&["c1", "c2", "c3"]));
         c.must_copy(&id("c3"), CommitIndex(2));
-        let (plan, _) = c.caught_up(&id("c3"), CommitIndex(1), 0).unwrap();
+        let (plan, _) = caught_up(&mut c, "c3", 1).unwrap();
         assert!(!plan.in_sync, "holding index 1 is not enough any more");
         assert_eq!(plan.until, CommitIndex(2));
     }

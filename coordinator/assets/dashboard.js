@@ -18,12 +18,18 @@ function renderCluster(view) {
   $("decided").textContent = view.decided_index;
   $("in-sync").textContent = view.in_sync;
   $("min-insync").textContent = view.min_insync;
+  // Why the cluster cannot serve, in the coordinator's words.
+  const availability = $("availability");
+  const problem = view.availability && view.availability.problem;
+  availability.hidden = !problem;
+  availability.dataset.status = problem ? view.availability.status : "ok";
+  availability.textContent = problem ? view.availability.status + ": " + problem : "";
   const body = $("counters").tBodies[0];
   body.replaceChildren();
   if (view.counters.length === 0) {
     const tr = document.createElement("tr");
     tr.className = "empty";
-    tr.appendChild(cell("no counter registered")).colSpan = 7;
+    tr.appendChild(cell("no counter registered")).colSpan = 8;
     body.appendChild(tr);
   }
   for (const c of view.counters) {
@@ -39,13 +45,22 @@ function renderCluster(view) {
     badge.textContent = c.state;
     state.appendChild(badge);
     tr.appendChild(state);
-    tr.appendChild(cell(c.in_sync ? "yes" : "no"));
+    tr.appendChild(cell(c.in_sync ? (c.registered ? "yes" : "yes, not registered") : "no"));
     tr.appendChild(cell(c.applied_index, "num"));
     tr.appendChild(cell(c.lag, "num"));
     const seen = c.last_seen_ms_ago == null ? "never" : (c.last_seen_ms_ago / 1000).toFixed(1) + " s ago";
     tr.appendChild(cell(seen, "num"));
+    tr.appendChild(cell(copyProgress(c.catch_up), "catch-up"));
     body.appendChild(tr);
   }
+}
+
+// "42% of 1,000,000 from http://…, 12 s left" while a counter copies.
+function copyProgress(p) {
+  if (!p) return "";
+  const pct = p.total > 0 ? Math.floor((100 * p.copied) / p.total) : 0;
+  const left = p.eta_secs == null ? "" : ", " + p.eta_secs + " s left";
+  return pct + "% of " + p.total.toLocaleString("en") + " from " + p.peer + left;
 }
 
 function setConnection(ok) {

@@ -7,10 +7,10 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 use tally_common::api::{
-    AbortRequest, CatchUpRequest, CommitRequest, Count, CounterStatus, FENCE_PARAM,
-    PREPARE_CONTENT_TYPE, TOKEN_HEADER,
+    AbortRequest, AcceptLossRequest, CatchUpRequest, CommitRequest, CounterStatus, FencedCount,
+    EPOCH_PARAM, FENCE_PARAM, PREPARE_CONTENT_TYPE, TOKEN_HEADER,
 };
-use tally_common::{CommitIndex, CounterId, TxnId};
+use tally_common::{CommitIndex, CounterId, Incarnation, TxnId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -23,6 +23,10 @@ pub enum CallError {
     },
     #[error("answered for counter {0}, not the one asked")]
     WrongCounter(CounterId),
+    /// The right name, but another data directory than the one registered:
+    /// a counter restarted on an empty disk, not yet registered again.
+    #[error("answered from another data directory (incarnation {0})")]
+    WrongIncarnation(Incarnation),
     /// A well-formed answer to a question that was not asked: a vote for
     /// another transaction, an acknowledgement of another commit.
     #[error("answered for something not asked: {0}")]
@@ -38,6 +42,7 @@ impl CallError {
             CallError::Http(_) => "unreachable",
             CallError::Status { .. } => "error_status",
             CallError::WrongCounter(_) => "wrong_counter",
+            CallError::WrongIncarnation(_) => "wrong_incarnation",
             CallError::Unasked(_) => "unasked",
         }
     }
@@ -81,11 +86,13 @@ impl CounterClient {
     }
 
     /// Sends an already serialised prepare body (postcard), shared by all
-    /// participants.
+    /// participants. A yes counts only from the registered life of the
+    /// counter (`incarnation`, when known).
     pub async fn prepare(
         &self,
         url: &str,
         id: &CounterId,
+        incarnation: Option<Incarnation>,
         txn: TxnId,
         body: Bytes,
         timeout: Duration,
@@ -96,6 +103,11 @@ impl CounterClient {
             .header("content-type", PREPARE_CONTENT_TYPE)
             .body(body);
         let status = check_identity(id, self.send(request, timeout).await?)?;
+        if let Some(expected) = incarnation {
+            if status.incarnation != expected {
+                return Err(CallError::WrongIncarnation(status.incarnation));
+            }
+        }
         if status.voted != Some(txn) {
             return Err(CallError::Unasked(format!(
                 "a vote for {:?} in answer to prepare {txn}",
@@ -140,13 +152,35 @@ impl CounterClient {
         self.send(request, timeout).await
     }
 
+    /// The health check. It names this coordinator's epoch, so a counter
+    /// registered with an earlier coordinator registers again at once.
     pub async fn status(
         &self,
         url: &str,
         id: &CounterId,
+        epoch: u64,
         timeout: Duration,
     ) -> Result<CounterStatus, CallError> {
-        let request = self.http.get(format!("{url}/internal/status"));
+        let request = self
+            .http
+            .get(format!("{url}/internal/status"))
+            .query(&[(EPOCH_PARAM, epoch)]);
+        check_identity(id, self.send(request, timeout).await?)
+    }
+
+    /// Tells a counter promoted by force to take every index up to
+    /// `through` as held (the operator gave up what it lacks).
+    pub async fn accept_loss(
+        &self,
+        url: &str,
+        id: &CounterId,
+        through: CommitIndex,
+        timeout: Duration,
+    ) -> Result<CounterStatus, CallError> {
+        let request = self
+            .http
+            .post(format!("{url}/internal/accept-loss"))
+            .json(&AcceptLossRequest { through });
         check_identity(id, self.send(request, timeout).await?)
     }
 
@@ -173,20 +207,29 @@ impl CounterClient {
         Ok(())
     }
 
+    /// A fenced read. The counter answers only for the coordinator it
+    /// registered with (`epoch`), and says who it is, like every other
+    /// answer: a read from another process at the same address is no read.
     pub async fn count(
         &self,
         url: &str,
+        id: &CounterId,
         tenant: &str,
         fence: CommitIndex,
+        epoch: u64,
         timeout: Duration,
     ) -> Result<u64, CallError> {
-        let fence = fence.0.to_string();
-        let request = self
-            .http
-            .get(format!("{url}/internal/count"))
-            .query(&[("tenant", tenant), (FENCE_PARAM, &fence)]);
-        let count: Count = self.send(request, timeout).await?;
-        Ok(count.count)
+        let (fence, epoch) = (fence.0.to_string(), epoch.to_string());
+        let request = self.http.get(format!("{url}/internal/count")).query(&[
+            ("tenant", tenant),
+            (FENCE_PARAM, &fence),
+            (EPOCH_PARAM, &epoch),
+        ]);
+        let answer: FencedCount = self.send(request, timeout).await?;
+        if &answer.id != id {
+            return Err(CallError::WrongCounter(answer.id));
+        }
+        Ok(answer.count)
     }
 }
 

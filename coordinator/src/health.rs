@@ -8,6 +8,7 @@ use crate::txn::acknowledge;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_common::api::{CommitRequest, CounterState};
+use tally_common::membership::HealthReport;
 use tally_common::CommitIndex;
 use tokio::time::MissedTickBehavior;
 
@@ -30,16 +31,21 @@ pub async fn run_checks(shared: Arc<Shared>) {
         let checks = members.into_iter().map(|(id, url)| {
             let shared = shared.clone();
             async move {
-                let result = shared.counters.status(&url, &id, timeout).await;
+                let epoch = shared.epoch();
+                let result = shared.counters.status(&url, &id, epoch, timeout).await;
                 let effects = {
                     let mut cluster = shared.cluster.lock().expect("poisoned");
-                    match &result {
-                        Ok(status) => cluster.health_ok(
-                            &id,
-                            status.applied_index,
-                            status.catching_up,
-                            now_ms(),
-                        ),
+                    match result {
+                        Ok(status) => {
+                            let report = HealthReport {
+                                incarnation: status.incarnation,
+                                applied: status.applied_index,
+                                catching_up: status.catching_up,
+                                registered_here: status.registered_epoch == epoch,
+                                copy: status.copy,
+                            };
+                            cluster.health_ok(&id, report, now_ms())
+                        }
                         Err(e) => {
                             tracing::debug!(counter = %id, error = %e, "health check failed");
                             cluster.health_failed(&id)

@@ -23,7 +23,8 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use tally_common::api::{
-    CaughtUpRequest, ClusterView, Count, Health, JoinPlan, Message, Outcome, RegisterRequest,
+    CaughtUpRequest, ClusterView, Count, Health, JoinPlan, Message, Outcome, PromoteReport,
+    PromoteRequest, RegisterRequest,
 };
 use tally_common::items::{check_tenant, parse_items};
 use tally_common::TxnId;
@@ -64,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/register", post(register))
         .route("/internal/caught-up", post(caught_up))
         .route("/internal/outcome/{txn}", get(outcome))
+        .route("/internal/promote", post(promote))
         .route_layer(middleware::from_fn_with_state(
             state.token.clone(),
             require_token,
@@ -287,21 +289,20 @@ pub(crate) async fn cluster(State(state): State<AppState>) -> Json<ClusterView> 
     Json(view)
 }
 
-/// Liveness of the coordinator
+/// Liveness of the coordinator, and whether the cluster can serve
+///
+/// Answers 200 whenever the coordinator process serves, so a supervisor
+/// does not restart it for its counters' sake; `status` says whether reads
+/// and writes can be served, and `problem` why not.
 #[utoipa::path(
     get,
     path = "/health",
     tag = "operations",
-    responses((status = 200, description = "The coordinator is serving.", body = Health)),
+    responses((status = 200, description = "The coordinator is up; `status` tells whether the cluster serves.", body = Health)),
 )]
 pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
-    let in_sync = state
-        .shared
-        .cluster
-        .lock()
-        .expect("poisoned")
-        .in_sync_count();
-    Json(Health::ok(in_sync))
+    let cluster = state.shared.cluster.lock().expect("poisoned");
+    Json(Health::new(cluster.in_sync_count(), cluster.availability()))
 }
 
 /// This document
@@ -323,19 +324,22 @@ async fn register(
     State(state): State<AppState>,
     Json(request): Json<RegisterRequest>,
 ) -> Result<Json<JoinPlan>, Error> {
-    let (plan, effects) = {
+    let (mut plan, effects) = {
         let mut cluster = state.shared.cluster.lock().expect("poisoned");
         refuse_impossible_claim(&cluster, &request.id, request.applied_index)?;
         cluster.register(
             request.id.clone(),
             request.url.clone(),
+            request.incarnation,
             request.applied_index,
             now_ms(),
         )
     };
+    plan.epoch = state.shared.epoch();
     tracing::info!(
-        counter = %request.id, url = %request.url, applied = %request.applied_index,
-        in_sync = plan.in_sync, until = %plan.until, "counter registered"
+        counter = %request.id, url = %request.url, incarnation = %request.incarnation,
+        applied = %request.applied_index, in_sync = plan.in_sync, until = %plan.until,
+        "counter registered"
     );
     state.shared.carry_out(effects).await;
     Ok(Json(plan))
@@ -366,12 +370,81 @@ async fn caught_up(
     let result = {
         let mut cluster = state.shared.cluster.lock().expect("poisoned");
         refuse_impossible_claim(&cluster, &request.id, request.applied_index)?;
-        cluster.caught_up(&request.id, request.applied_index, now_ms())
+        cluster.caught_up(
+            &request.id,
+            request.incarnation,
+            request.applied_index,
+            now_ms(),
+        )
     };
-    let (plan, effects) =
-        result.ok_or_else(|| Error::NotFound(format!("unknown counter {}", request.id)))?;
+    let (mut plan, effects) = result.ok_or_else(|| {
+        Error::NotFound(format!(
+            "counter {} (incarnation {}) is not registered here: register first",
+            request.id, request.incarnation
+        ))
+    })?;
+    plan.epoch = state.shared.epoch();
     state.shared.carry_out(effects).await;
     Ok(Json(plan))
+}
+
+/// The operator's last resort for a stalled cluster whose complete copies
+/// are gone for good: the named counter becomes the complete copy, and the
+/// commits it lacks are given up. Never done automatically; logged as an
+/// error with what was lost (docs/operations.md).
+async fn promote(
+    State(state): State<AppState>,
+    Json(request): Json<PromoteRequest>,
+) -> Result<Json<PromoteReport>, Error> {
+    if !request.accept_loss {
+        return Err(Error::Conflict(
+            "a forced promotion gives up every commit the counter lacks: send accept_loss: true"
+                .into(),
+        ));
+    }
+    let shared = &state.shared;
+    let (url, decided) = {
+        let cluster = shared.cluster.lock().expect("poisoned");
+        if cluster.availability().is_ok() {
+            return Err(Error::Conflict(
+                "the cluster is serving: nothing to promote".into(),
+            ));
+        }
+        let member = cluster
+            .member(&request.counter)
+            .ok_or_else(|| Error::NotFound(format!("unknown counter {}", request.counter)))?;
+        (member.url.clone(), cluster.decided())
+    };
+    // The counter first takes everything up to the decided index as held,
+    // so that reads fenced there can be answered; only then is it trusted.
+    let status = shared
+        .counters
+        .accept_loss(
+            &url,
+            &request.counter,
+            decided,
+            shared.settings.commit_timeout,
+        )
+        .await
+        .map_err(|e| Error::Unavailable(format!("{} did not accept: {e}", request.counter)))?;
+    let (held, effects) = {
+        let mut cluster = shared.cluster.lock().expect("poisoned");
+        cluster
+            .force_promote(&request.counter)
+            .map_err(Error::Conflict)?
+    };
+    shared.carry_out(effects).await;
+    tracing::error!(
+        counter = %request.counter, held_through = %held, decided = %decided,
+        applied_now = %status.applied_index,
+        "operator promoted a counter by force: commits {}..={} are given up",
+        held.0 + 1, decided
+    );
+    Ok(Json(PromoteReport {
+        counter: request.counter,
+        held_through: held,
+        decided,
+    }))
 }
 
 /// Presumed abort: no logged decision and not in flight means aborted.

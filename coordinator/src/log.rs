@@ -11,7 +11,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tally_common::membership::StoredMember;
-use tally_common::{CommitIndex, CounterId, TxnId};
+use tally_common::{CommitIndex, CounterId, Incarnation, TxnId};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DECISIONS: TableDefinition<u64, u64> = TableDefinition::new("decisions");
@@ -23,6 +23,10 @@ const DECIDED: &str = "decided";
 struct MemberRecord {
     url: String,
     in_sync: bool,
+    /// Absent in logs written before incarnations existed: the member's
+    /// next registration then tells it.
+    #[serde(default)]
+    incarnation: Option<u64>,
 }
 
 /// What a restarted coordinator resumes from.
@@ -64,6 +68,7 @@ impl DecisionLog {
                     id: CounterId(id.value().to_string()),
                     url: record.url,
                     in_sync: record.in_sync,
+                    incarnation: record.incarnation.map(Incarnation),
                 });
             }
             Restored {
@@ -126,6 +131,7 @@ impl Batch {
             let record = serde_json::to_vec(&MemberRecord {
                 url: m.url.clone(),
                 in_sync: m.in_sync,
+                incarnation: m.incarnation.map(|i| i.0),
             })?;
             table.insert(m.id.0.as_str(), record.as_slice())?;
         }
@@ -165,6 +171,7 @@ mod tests {
                 id: CounterId::from("c1"),
                 url: "http://c1".into(),
                 in_sync: true,
+                incarnation: Some(Incarnation(7)),
             }])
             .unwrap();
         batch.commit().unwrap();
@@ -181,5 +188,6 @@ mod tests {
         assert_eq!(restored.decisions, vec![(TxnId(8), CommitIndex(2))]);
         assert_eq!(restored.members.len(), 1);
         assert!(restored.members[0].in_sync);
+        assert_eq!(restored.members[0].incarnation, Some(Incarnation(7)));
     }
 }

@@ -69,17 +69,29 @@ async fn read_from_counters(
     tenant: &str,
     fence: CommitIndex,
 ) -> Result<u64, String> {
-    let mut readable = shared.cluster.lock().expect("poisoned").readable();
-    if readable.is_empty() {
-        return Err("no in-sync counter is live".into());
-    }
+    let mut readable = {
+        let cluster = shared.cluster.lock().expect("poisoned");
+        let readable = cluster.readable();
+        if readable.is_empty() {
+            let why = cluster.availability().problem.unwrap_or_default();
+            return Err(format!("no in-sync counter can answer: {why}"));
+        }
+        readable
+    };
     let start = shared.next_read_start() % readable.len();
     readable.rotate_left(start);
     let mut last_error = String::new();
     for (id, url) in readable {
         match shared
             .counters
-            .count(&url, tenant, fence, shared.settings.read_timeout)
+            .count(
+                &url,
+                &id,
+                tenant,
+                fence,
+                shared.epoch(),
+                shared.settings.read_timeout,
+            )
             .await
         {
             Ok(count) => return Ok(count),

@@ -104,6 +104,12 @@ impl Shared {
         *self.decided.borrow()
     }
 
+    /// This coordinator's run: counters vote and answer reads only for the
+    /// epoch they registered with.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Carries out what the membership state machine asked for: persist
     /// first, so nobody acts on a change a crash could undo.
     pub async fn carry_out(&self, effects: Vec<Effect>) {
@@ -113,6 +119,12 @@ impl Shared {
         for effect in effects {
             match effect {
                 Effect::Persist => {}
+                Effect::LostData { id, reason } => {
+                    tracing::warn!(
+                        counter = %id, %reason,
+                        "counter came back without its data: it left the in-sync set and copies everything"
+                    );
+                }
                 Effect::Transition {
                     id,
                     from,

@@ -127,7 +127,7 @@ async fn prepare(shared: &Arc<Shared>, txn: TxnId, items: Vec<Item>) -> BTreeSet
         tokio::spawn(async move {
             let result = shared
                 .counters
-                .prepare(&p.url, &p.id, txn, body, timeout)
+                .prepare(&p.url, &p.id, p.incarnation, txn, body, timeout)
                 .await;
             if let Ok(status) = &result {
                 // Only commits this prepare carried can have been applied

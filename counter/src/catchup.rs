@@ -2,23 +2,25 @@
 //! prepared by a crash, register with the coordinator, copy what it misses
 //! from in-sync peers, and report when it holds everything.
 //!
-//! Copying is resumable by construction: importing is idempotent (an item
-//! already held is not counted again), and every pass starts from the
-//! replica's own applied index, which moves only when a stream ended
-//! complete; a peer dying mid-stream costs reading again, never counting
-//! twice.
+//! A pass copies everything a peer logged above the counter's own applied
+//! index (its *pass start*), whatever order that peer applied commits in,
+//! and only the peer's end marker proves the range (docs/protocol.md,
+//! "Catch-up"). Importing is idempotent (an item already held is not
+//! counted again). A cut stream resumes where the imported entries end,
+//! but only from the same peer's same disk: another peer may log an item
+//! under a different index, so a new peer starts a new pass.
 
 use crate::http::AppState;
 use crate::replica::QueuedImport;
 use futures_util::StreamExt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tally_common::api::{
-    CatchUpRequest, CaughtUpRequest, ExportEntry, ExportFrame, JoinPlan, Outcome, RegisterRequest,
-    TOKEN_HEADER,
+    CatchUpRequest, CaughtUpRequest, CopyProgress, ExportEntry, ExportFrame, JoinPlan, Outcome,
+    RegisterRequest, INCARNATION_HEADER, ITEMS_HEADER, TOKEN_HEADER,
 };
 use tally_common::export_stream::{self, FrameReader};
-use tally_common::{CommitIndex, TxnId};
+use tally_common::{CommitIndex, Incarnation, TxnId};
 
 /// Items per import handed to the writer. Two are in memory at a time (one
 /// being written, one being read off the stream), which bounds memory while
@@ -30,11 +32,25 @@ const IMPORT_BATCH_ITEMS: usize = 5_000;
 /// counter asks the coordinator for it.
 const IN_DOUBT_AFTER: Duration = Duration::from_secs(3);
 
-/// Start-up: settle in-doubt transactions, then register and catch up.
-pub async fn join(state: Arc<AppState>, advertise: String) {
+/// How long a call to the coordinator may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a copy may go without a byte from the peer before it counts as
+/// cut. A copy as a whole has no time limit: a large one at a capped rate
+/// takes minutes, and a total timeout once made every copy longer than it
+/// start over for ever. The exporter sends at least every quarter second
+/// when it is rate-capped, and waits at most its fence timeout before its
+/// first byte.
+const COPY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Start-up: settle in-doubt transactions, register, then keep the
+/// counter in the cluster: catch up, settle what stays in doubt, and
+/// register again whenever the coordinator needs it.
+pub async fn join(state: Arc<AppState>, advertise: String, rejoin_after: Duration) {
     resolve_in_doubt(&state, Duration::ZERO).await;
     let plan = register(&state, &advertise).await;
-    run(state, plan).await;
+    tokio::spawn(run(state.clone(), plan));
+    maintain(state, advertise, rejoin_after).await;
 }
 
 /// Starts a catch-up in the background unless one is running.
@@ -45,24 +61,29 @@ pub fn spawn(state: Arc<AppState>, request: CatchUpRequest) {
             in_sync: false,
             until: request.until,
             peers: request.peers,
+            epoch: 0,
         },
     ));
 }
 
-/// Registers, retrying with backoff until the coordinator answers.
+/// Registers, retrying with backoff until the coordinator answers. From
+/// then on the counter votes for that coordinator's epoch only.
 pub async fn register(state: &AppState, advertise: &str) -> JoinPlan {
     let mut backoff = Backoff::new();
     loop {
         let request = RegisterRequest {
             id: state.replica.id().clone(),
             url: advertise.to_string(),
+            incarnation: state.replica.status().incarnation,
             applied_index: state.replica.applied(),
         };
         match post::<_, JoinPlan>(state, "/internal/register", &request).await {
             Ok(plan) => {
+                state.replica.registered(plan.epoch, plan.in_sync);
                 tracing::info!(
                     in_sync = plan.in_sync,
                     until = %plan.until,
+                    epoch = plan.epoch,
                     applied = %request.applied_index,
                     "registered with the coordinator"
                 );
@@ -84,6 +105,7 @@ async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
     let mut request = state
         .http
         .post(format!("{}{path}", state.coordinator))
+        .timeout(CALL_TIMEOUT)
         .json(body);
     if let Some(token) = state.token.get() {
         request = request.header(TOKEN_HEADER, token);
@@ -97,11 +119,12 @@ async fn run(state: Arc<AppState>, mut plan: JoinPlan) {
         return;
     }
     let mut backoff = Backoff::new();
+    let mut pass: Option<Pass> = None;
     loop {
         let start = state.replica.applied();
         if start < plan.until {
             for peer in &plan.peers {
-                match copy_from(&state, peer, plan.until).await {
+                match copy_from(&state, peer, plan.until, &mut pass).await {
                     Ok(()) if state.replica.applied() >= plan.until => break,
                     Ok(()) => {}
                     Err(e) => {
@@ -112,10 +135,12 @@ async fn run(state: Arc<AppState>, mut plan: JoinPlan) {
         }
         let request = CaughtUpRequest {
             id: state.replica.id().clone(),
+            incarnation: state.replica.status().incarnation,
             applied_index: state.replica.applied(),
         };
         match post::<_, JoinPlan>(&state, "/internal/caught-up", &request).await {
             Ok(next) if next.in_sync => {
+                state.replica.registered(next.epoch, true);
                 tracing::info!(applied = %request.applied_index, "caught up and in sync");
                 break;
             }
@@ -126,8 +151,9 @@ async fn run(state: Arc<AppState>, mut plan: JoinPlan) {
                 plan = next;
             }
             Err(e) if e.status() == Some(reqwest::StatusCode::NOT_FOUND) => {
-                // The coordinator forgot us: the rejoin watchdog registers again.
-                tracing::warn!("coordinator does not know this counter");
+                // The coordinator forgot us, or restarted: register again.
+                tracing::warn!("the coordinator does not know this counter: registering again");
+                state.register_again.notify_one();
                 break;
             }
             Err(e) => {
@@ -136,15 +162,124 @@ async fn run(state: Arc<AppState>, mut plan: JoinPlan) {
             }
         }
     }
+    state.replica.set_copy_progress(None);
     state.replica.end_catch_up();
 }
 
-/// Streams `(applied, until]` from one peer, importing as it goes. The
-/// range counts as applied only when the stream ends complete: entries are
-/// what the *peer* saw first at each index, so a cut stream may lack items
-/// that a later entry of the same peer would have carried.
-async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::Result<()> {
-    let since = state.replica.applied();
+/// One pass of copying from one peer's disk: what it must prove, and how
+/// far the entries imported so far go, so a cut stream can resume.
+struct Pass {
+    peer: String,
+    incarnation: Incarnation,
+    /// The counter's applied index when the pass began: the pass proves
+    /// `(start, until]` when the peer's end marker arrives.
+    start: CommitIndex,
+    /// Every entry of the peer at or below this is imported and durable.
+    next: CommitIndex,
+    /// For the progress estimate: items the peer holds, and the counter
+    /// held, when the pass began.
+    peer_items: u64,
+    own_items: u64,
+    copied: u64,
+    began: Instant,
+}
+
+impl Pass {
+    fn progress(&self) -> CopyProgress {
+        let total = self
+            .peer_items
+            .saturating_sub(self.own_items)
+            .max(self.copied);
+        let secs = self.began.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 {
+            (self.copied as f64 / secs) as u64
+        } else {
+            0
+        };
+        CopyProgress {
+            peer: self.peer.clone(),
+            copied: self.copied,
+            total,
+            items_per_sec: rate,
+            eta_secs: (rate > 0).then(|| (total - self.copied) / rate),
+        }
+    }
+}
+
+/// Streams from one peer everything it logged above the pass start (or,
+/// resuming a cut pass from the same disk, above what was imported), and
+/// imports it as it goes. The pass counts as proof of `(start, until]` only
+/// when the stream ends with its end marker.
+async fn copy_from(
+    state: &AppState,
+    peer: &str,
+    until: CommitIndex,
+    pass: &mut Option<Pass>,
+) -> anyhow::Result<()> {
+    let resuming = pass.as_ref().filter(|p| p.peer == peer).map(|p| p.next);
+    let since = resuming.unwrap_or_else(|| state.replica.applied());
+    let response = export_request(state, peer, since, until).await?;
+    let incarnation = Incarnation(header_u64(&response, INCARNATION_HEADER)?);
+    let peer_items = header_u64(&response, ITEMS_HEADER)?;
+    let response = match pass {
+        Some(p) if resuming.is_some() && p.incarnation == incarnation => {
+            tracing::info!(peer, since = %since, pass_start = %p.start, "resuming a cut copy");
+            response
+        }
+        _ => {
+            let response = if resuming.is_some() {
+                // Another disk at the same address: its log may list items
+                // elsewhere, so the imported entries prove nothing.
+                tracing::info!(
+                    peer,
+                    "peer has a new data directory: copying from the start again"
+                );
+                drop(response);
+                None
+            } else {
+                Some(response)
+            };
+            let start = state.replica.applied();
+            *pass = Some(Pass {
+                peer: peer.to_string(),
+                incarnation,
+                start,
+                next: start,
+                peer_items,
+                own_items: state.replica.total_items(),
+                copied: 0,
+                began: Instant::now(),
+            });
+            match response {
+                Some(response) => response,
+                None => export_request(state, peer, start, until).await?,
+            }
+        }
+    };
+    let p = pass.as_mut().expect("set above");
+    tracing::info!(peer, since = %p.next, %until, "copying from peer");
+    metrics::gauge!("tally_catchup_target_index").set(until.0 as f64);
+    let streamed = stream_into(state, response, p, until).await;
+    state.replica.set_copy_progress(Some(p.progress()));
+    match streamed {
+        Ok(()) => {
+            tracing::info!(peer, start = %p.start, %until, items = p.copied, "copied from peer");
+            *pass = None;
+            Ok(())
+        }
+        Err(e) => {
+            tracing::info!(peer, imported_through = %p.next, "copy cut; it resumes from there if the peer comes back");
+            Err(e)
+        }
+    }
+}
+
+async fn export_request(
+    state: &AppState,
+    peer: &str,
+    since: CommitIndex,
+    until: CommitIndex,
+) -> anyhow::Result<reqwest::Response> {
     let mut request = state
         .http
         .get(format!("{peer}/internal/export"))
@@ -152,47 +287,87 @@ async fn copy_from(state: &AppState, peer: &str, until: CommitIndex) -> anyhow::
     if let Some(token) = state.token.get() {
         request = request.header(TOKEN_HEADER, token);
     }
-    let response = request.send().await?.error_for_status()?;
+    let response = tokio::time::timeout(COPY_IDLE_TIMEOUT, request.send())
+        .await
+        .map_err(|_| anyhow::anyhow!("{peer} did not answer within {COPY_IDLE_TIMEOUT:?}"))??
+        .error_for_status()?;
     check_format(&response, peer)?;
-    tracing::info!(peer, %since, %until, "copying from peer");
-    metrics::gauge!("tally_catchup_target_index").set(until.0 as f64);
+    Ok(response)
+}
+
+fn header_u64(response: &reqwest::Response, name: &str) -> anyhow::Result<u64> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("the export lacks a valid {name} header"))
+}
+
+/// Reads the stream into the writer, moving `pass.next` as imports become
+/// durable. On any failure the import in progress is finished first, so
+/// `pass.next` is exact.
+async fn stream_into(
+    state: &AppState,
+    response: reqwest::Response,
+    pass: &mut Pass,
+    until: CommitIndex,
+) -> anyhow::Result<()> {
     let mut stream = response.bytes_stream();
     let mut frames = FrameReader::new();
     let mut batch: Vec<ExportEntry> = Vec::new();
     let mut batch_items = 0;
-    let mut copied = 0usize;
     let mut importing = Importing::default();
-    while let Some(chunk) = stream.next().await {
-        frames.push(&chunk?);
-        while let Some(frame) = frames.next_frame() {
-            match frame? {
-                ExportFrame::Entry(entry) => {
-                    batch_items += entry.items.len();
-                    copied += entry.items.len();
-                    metrics::counter!("tally_catchup_items_copied_total")
-                        .increment(entry.items.len() as u64);
-                    batch.push(entry);
-                    if batch_items >= IMPORT_BATCH_ITEMS {
-                        importing
-                            .hand_over(state, std::mem::take(&mut batch), None)
-                            .await?;
-                        batch_items = 0;
+    let result: anyhow::Result<()> = async {
+        loop {
+            let chunk = tokio::time::timeout(COPY_IDLE_TIMEOUT, stream.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("no data from the peer for {COPY_IDLE_TIMEOUT:?}"))?;
+            let Some(chunk) = chunk else {
+                anyhow::bail!("the stream ended before its end marker");
+            };
+            frames.push(&chunk?);
+            while let Some(frame) = frames.next_frame() {
+                match frame? {
+                    ExportFrame::Entry(entry) => {
+                        batch_items += entry.items.len();
+                        pass.copied += entry.items.len() as u64;
+                        metrics::counter!("tally_catchup_items_copied_total")
+                            .increment(entry.items.len() as u64);
+                        batch.push(entry);
+                        if batch_items >= IMPORT_BATCH_ITEMS {
+                            let last = batch.last().map(|e| e.index);
+                            importing
+                                .hand_over(state, std::mem::take(&mut batch), None, last)
+                                .await?;
+                            pass.next = pass.next.max(importing.durable_through);
+                            state.replica.set_copy_progress(Some(pass.progress()));
+                            batch_items = 0;
+                        }
                     }
-                }
-                ExportFrame::End { through } => {
-                    importing
-                        .hand_over(state, std::mem::take(&mut batch), Some((since, through)))
-                        .await?;
-                    importing.finish().await?;
-                    tracing::info!(peer, %since, %through, items = copied, "copied from peer");
-                    return Ok(());
+                    ExportFrame::End { through } => {
+                        if through != until {
+                            anyhow::bail!("the stream proves {through}, not {until}");
+                        }
+                        let last = batch.last().map(|e| e.index);
+                        let range = Some((pass.start, through));
+                        importing
+                            .hand_over(state, std::mem::take(&mut batch), range, last)
+                            .await?;
+                        importing.finish().await?;
+                        return Ok(());
+                    }
                 }
             }
         }
     }
-    importing.hand_over(state, batch, None).await?;
-    importing.finish().await?;
-    anyhow::bail!("the stream from {peer} ended before its end marker")
+    .await;
+    if result.is_err() {
+        // Entries already handed over still count toward a resumed pass.
+        importing.finish().await?;
+        pass.next = pass.next.max(importing.durable_through);
+    }
+    result
 }
 
 /// Refuses a stream in a format this counter cannot read: a peer of
@@ -215,29 +390,38 @@ fn check_format(response: &reqwest::Response, peer: &str) -> anyhow::Result<()> 
 /// The import the writer is working on while the next one is read off the
 /// stream: reading and writing overlap, yet at most two batches are held.
 #[derive(Default)]
-struct Importing(Option<QueuedImport>);
+struct Importing {
+    in_progress: Option<(QueuedImport, Option<CommitIndex>)>,
+    /// The last entry index of every import known durable.
+    durable_through: CommitIndex,
+}
 
 impl Importing {
-    /// Waits for the previous import to be durable, then queues `entries`.
+    /// Waits for the previous import to be durable, then queues `entries`,
+    /// whose last index is `last`.
     async fn hand_over(
         &mut self,
         state: &AppState,
         entries: Vec<ExportEntry>,
         through: Option<(CommitIndex, CommitIndex)>,
+        last: Option<CommitIndex>,
     ) -> Result<(), crate::error::Error> {
         self.finish().await?;
         if !entries.is_empty() || through.is_some() {
-            self.0 = Some(state.replica.queue_import(entries, through)?);
+            self.in_progress = Some((state.replica.queue_import(entries, through)?, last));
         }
         Ok(())
     }
 
     /// Waits for the import in progress, if any.
     async fn finish(&mut self) -> Result<(), crate::error::Error> {
-        match self.0.take() {
-            Some(import) => import.durable().await,
-            None => Ok(()),
+        if let Some((import, last)) = self.in_progress.take() {
+            import.durable().await?;
+            if let Some(last) = last {
+                self.durable_through = self.durable_through.max(last);
+            }
         }
+        Ok(())
     }
 }
 
@@ -283,7 +467,8 @@ pub async fn resolve_in_doubt(state: &AppState, age: Duration) {
 async fn outcome(state: &AppState, txn: TxnId) -> Result<Outcome, reqwest::Error> {
     let mut request = state
         .http
-        .get(format!("{}/internal/outcome/{}", state.coordinator, txn.0));
+        .get(format!("{}/internal/outcome/{}", state.coordinator, txn.0))
+        .timeout(CALL_TIMEOUT);
     if let Some(token) = state.token.get() {
         request = request.header(TOKEN_HEADER, token);
     }
@@ -291,15 +476,24 @@ async fn outcome(state: &AppState, txn: TxnId) -> Result<Outcome, reqwest::Error
 }
 
 /// Background duties: settle old prepared transactions, and register again
-/// if the coordinator has not called for `rejoin_after` (it forgot us).
-pub async fn maintain(state: Arc<AppState>, advertise: String, rejoin_after: Duration) {
+/// when a coordinator of another epoch calls (it restarted), when the
+/// coordinator no longer knows this counter, or when it has not called for
+/// `rejoin_after` (it forgot us).
+async fn maintain(state: Arc<AppState>, advertise: String, rejoin_after: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tick.tick().await;
-        resolve_in_doubt(&state, IN_DOUBT_AFTER).await;
+        let asked = tokio::select! {
+            _ = tick.tick() => false,
+            () = state.register_again.notified() => true,
+        };
+        if !asked {
+            resolve_in_doubt(&state, IN_DOUBT_AFTER).await;
+        }
         let silent = state.last_contact.lock().expect("poisoned").elapsed();
-        if silent >= rejoin_after {
-            tracing::warn!(silent = ?silent, "no word from the coordinator, registering again");
+        if asked || silent >= rejoin_after {
+            if !asked {
+                tracing::warn!(silent = ?silent, "no word from the coordinator, registering again");
+            }
             *state.last_contact.lock().expect("poisoned") = std::time::Instant::now();
             let plan = register(&state, &advertise).await;
             tokio::spawn(run(state.clone(), plan));

@@ -23,6 +23,15 @@ pub enum Error {
     },
     #[error("the writer has stopped")]
     WriterGone,
+    /// A storage write failed (fjall refuses writes after a failed fsync
+    /// until a restart): nothing of it is durable.
+    #[error("storage write failed: {0}")]
+    WriteFailed(String),
+    /// A vote or a fenced read asked for by a coordinator this counter has
+    /// not registered with (or before it registered at all): a counter that
+    /// restarted on an empty disk must not answer for the member it was.
+    #[error("not registered with the coordinator of epoch {asked} (registered: {registered})")]
+    NotRegistered { asked: u64, registered: u64 },
     #[error("{0}")]
     BadRequest(String),
 }
@@ -31,7 +40,10 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = match &self {
             Error::UnknownTxn(_) => StatusCode::CONFLICT,
-            Error::FenceTimeout { .. } | Error::WriterGone => StatusCode::SERVICE_UNAVAILABLE,
+            Error::FenceTimeout { .. }
+            | Error::WriterGone
+            | Error::WriteFailed(_)
+            | Error::NotRegistered { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Storage(_) | Error::Corrupt(_) | Error::CorruptEncoding(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR

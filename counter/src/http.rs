@@ -20,8 +20,9 @@ use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_common::api::{
-    AbortRequest, CatchUpRequest, CommitRequest, Count, CounterStatus, ExportEntry, ExportFrame,
-    Message, PrepareRequest,
+    AbortRequest, AcceptLossRequest, CatchUpRequest, CommitRequest, Count, CounterStatus,
+    ExportEntry, ExportFrame, FencedCount, Message, PrepareRequest, INCARNATION_HEADER,
+    ITEMS_HEADER,
 };
 use tally_common::export_stream::{self, encode_frame};
 use tally_common::CommitIndex;
@@ -49,6 +50,9 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// When the coordinator last reached us: a counter it forgot re-registers.
     pub last_contact: std::sync::Mutex<Instant>,
+    /// Woken when this counter must register again now: a coordinator of
+    /// another epoch called, or the coordinator no longer knows it.
+    pub register_again: tokio::sync::Notify,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -61,6 +65,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/internal/count", get(internal_count))
         .route("/internal/catchup", post(catch_up))
         .route("/internal/export", get(export))
+        .route("/internal/accept-loss", post(accept_loss))
         .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), note_contact))
         .route_layer(middleware::from_fn_with_state(
@@ -128,16 +133,24 @@ async fn count(
 struct CountQuery {
     tenant: String,
     fence: Option<u64>,
+    epoch: u64,
 }
 
 /// The coordinator's reads. The tenant travels in the query because a URL
 /// path cannot carry every name: clients normalise `.` and `..` segments
-/// (even percent-encoded ones) away.
+/// (even percent-encoded ones) away. Answered only for the coordinator
+/// this counter registered with, and only once it said this counter is in
+/// sync: a process on an empty disk must never answer for the member.
 async fn internal_count(
     State(state): State<Arc<AppState>>,
     Query(query): Query<CountQuery>,
-) -> Result<Json<Count>, Error> {
-    fenced_count(&state, &query.tenant, query.fence).await
+) -> Result<Json<FencedCount>, Error> {
+    state.replica.check_registered(query.epoch, true)?;
+    let Json(Count { count }) = fenced_count(&state, &query.tenant, query.fence).await?;
+    Ok(Json(FencedCount {
+        id: state.replica.id().clone(),
+        count,
+    }))
 }
 
 async fn fenced_count(
@@ -163,6 +176,9 @@ async fn prepare(
         .and_then(|v| v.to_str().ok());
     let request = PrepareRequest::decode(content_type, &body)
         .map_err(|e| Error::BadRequest(e.to_string()))?;
+    // A vote only for the coordinator this counter registered with: until
+    // it has, the coordinator cannot know which disk answers.
+    state.replica.check_registered(request.txn.epoch(), false)?;
     let committed = state
         .replica
         .commit_and_prepare(request.commits, request.txn, request.items)
@@ -191,8 +207,39 @@ async fn abort(
     Ok(Json(state.replica.status()))
 }
 
-async fn status(State(state): State<Arc<AppState>>) -> Json<CounterStatus> {
+#[derive(Deserialize)]
+struct StatusQuery {
+    epoch: Option<u64>,
+}
+
+/// The coordinator's health check. One from a coordinator of another epoch
+/// (it restarted) makes this counter register again at once, since it
+/// neither votes nor is read until it has.
+async fn status(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<StatusQuery>,
+) -> Json<CounterStatus> {
+    if query
+        .epoch
+        .is_some_and(|epoch| epoch != state.replica.registered_epoch())
+    {
+        state.register_again.notify_one();
+    }
     Json(state.replica.status())
+}
+
+/// The operator promoted this counter by force (coordinator's
+/// `POST /internal/promote`).
+async fn accept_loss(
+    State(state): State<Arc<AppState>>,
+    Json(request): Json<AcceptLossRequest>,
+) -> Result<Json<CounterStatus>, Error> {
+    state.replica.accept_loss(request.through).await?;
+    // The coordinator promotes this counter next: it serves reads from now.
+    state
+        .replica
+        .registered(state.replica.registered_epoch(), true);
+    Ok(Json(state.replica.status()))
 }
 
 async fn catch_up(
@@ -209,10 +256,16 @@ struct ExportQuery {
     until: u64,
 }
 
-/// Streams the commit log in `(since, until]` as length-prefixed postcard
-/// frames (`tally_common::export_stream`), ending with an `End` frame. It serves only a range this replica holds
-/// whole: it waits briefly for `until` to be applied, and refuses with 503
-/// otherwise, so the importer may trust `End`.
+/// Streams every commit-log entry above `since` as length-prefixed
+/// postcard frames (`tally_common::export_stream`), ending with an `End`
+/// frame for `until`. It serves only when this replica holds `(since,
+/// until]` whole: it waits briefly for `until` to be applied, and refuses
+/// with 503 otherwise, so the importer may trust `End`. Entries above
+/// `until` are sent too: an item of a commit at or below `until` may be
+/// logged here under a later commit that this replica applied first
+/// (docs/protocol.md, "Catch-up"). The headers carry this disk's
+/// incarnation, so that an importer resumes a cut copy only from the same
+/// disk, and how many items it holds, for the importer's progress.
 async fn export(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ExportQuery>,
@@ -223,16 +276,28 @@ async fn export(
         .wait_applied(until, state.fence_timeout)
         .await?;
     let store = state.replica.store();
+    let incarnation = store.incarnation();
+    let items_held = state.replica.total_items();
     let rate = state.catch_up_rate;
+    // With a rate cap, a chunk holds at most a quarter second of items, so
+    // the importer hears from us often enough for its idle timeout.
+    let chunk_items = if rate > 0 {
+        (rate / 4).max(1) as usize
+    } else {
+        usize::MAX
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let mut sent = 0usize;
+        let mut in_chunk = 0usize;
         let mut buf = Vec::with_capacity(EXPORT_CHUNK_BYTES);
         let mut sink = |entry: ExportEntry| {
             sent += entry.items.len();
+            in_chunk += entry.items.len();
             encode_frame(&mut buf, &ExportFrame::Entry(entry));
-            if buf.len() >= EXPORT_CHUNK_BYTES {
+            if buf.len() >= EXPORT_CHUNK_BYTES || in_chunk >= chunk_items {
+                in_chunk = 0;
                 // --catch-up-rate: hold the chunk until its items are due.
                 if rate > 0 {
                     let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
@@ -243,7 +308,7 @@ async fn export(
             }
             true
         };
-        match store.export(since, until, &mut sink) {
+        match store.export(since, &mut sink) {
             Ok(()) => {
                 encode_frame(&mut buf, &ExportFrame::End { through: until });
                 let _ = tx.blocking_send(Bytes::from(buf));
@@ -258,7 +323,20 @@ async fn export(
             .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
     });
     Ok((
-        [(header::CONTENT_TYPE, export_stream::CONTENT_TYPE)],
+        [
+            (
+                header::CONTENT_TYPE,
+                export_stream::CONTENT_TYPE.to_string(),
+            ),
+            (
+                header::HeaderName::from_static(INCARNATION_HEADER),
+                incarnation.0.to_string(),
+            ),
+            (
+                header::HeaderName::from_static(ITEMS_HEADER),
+                items_held.to_string(),
+            ),
+        ],
         Body::from_stream(stream),
     )
         .into_response())

@@ -60,21 +60,18 @@ async fn main() -> anyhow::Result<()> {
         token: tally_server::ClusterToken::new(args.cluster_token.as_deref()),
         fence_timeout: args.fence_timeout,
         catch_up_rate: args.catch_up_rate,
+        // No total timeout here: each call to the coordinator sets its own,
+        // and a copy from a peer has an idle timeout instead (catchup.rs).
         http: reqwest::Client::builder()
             .pool_idle_timeout(args.serve.client_idle_timeout())
             .connect_timeout(std::time::Duration::from_secs(2))
-            .timeout(std::time::Duration::from_secs(30))
             .build()?,
         last_contact: Mutex::new(Instant::now()),
+        register_again: tokio::sync::Notify::new(),
         metrics: metrics::install()?,
     });
 
-    tokio::spawn(catchup::join(state.clone(), advertise.clone()));
-    tokio::spawn(catchup::maintain(
-        state.clone(),
-        advertise,
-        args.rejoin_after,
-    ));
+    tokio::spawn(catchup::join(state.clone(), advertise, args.rejoin_after));
 
     tally_server::serve(
         listener,

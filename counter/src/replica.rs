@@ -13,10 +13,10 @@ use crate::error::Error;
 use crate::import_queue::{Import, ImportQueue, Slice, IMPORT_SLICE_ITEMS};
 use crate::store::{BatchEffect, Store, WriteOp, WriteResult};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tally_common::api::{CommitRequest, CounterStatus, ExportEntry};
+use tally_common::api::{CommitRequest, CopyProgress, CounterStatus, ExportEntry};
 use tally_common::participant::Participant;
 use tally_common::{CommitIndex, CounterId, Item, TxnId};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -51,6 +51,14 @@ struct Inner {
     /// in-doubt resolver only asks about ones that waited too long.
     prepared: Mutex<HashMap<TxnId, Instant>>,
     catching_up: AtomicBool,
+    /// The coordinator epoch this counter registered with; 0 before it has.
+    /// Votes and fenced reads are only for that coordinator.
+    registered_epoch: AtomicU64,
+    /// The coordinator said so in its last answer to registration or to a
+    /// caught-up report: fenced reads are served only then.
+    told_in_sync: AtomicBool,
+    /// The copy from a peer in progress, for the coordinator's view.
+    copy: Mutex<Option<CopyProgress>>,
 }
 
 impl Replica {
@@ -68,6 +76,9 @@ impl Replica {
             applied,
             prepared: Mutex::new(recovered.prepared.iter().map(|&t| (t, now)).collect()),
             catching_up: AtomicBool::new(false),
+            registered_epoch: AtomicU64::new(0),
+            told_in_sync: AtomicBool::new(false),
+            copy: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
         // The participant's start-up questions (one per prepared
@@ -76,7 +87,7 @@ impl Replica {
         std::thread::Builder::new()
             .name("writer".into())
             .spawn(move || run_writer(store, participant, jobs, weak))
-            .map_err(|e| Error::BadRequest(format!("cannot start writer: {e}")))?;
+            .map_err(|e| Error::WriteFailed(format!("cannot start the writer: {e}")))?;
         Ok(Replica { inner })
     }
 
@@ -92,12 +103,66 @@ impl Replica {
     pub fn status(&self) -> CounterStatus {
         CounterStatus {
             id: self.inner.id.clone(),
+            incarnation: self.inner.store.incarnation(),
+            registered_epoch: self.registered_epoch(),
             applied_index: self.applied(),
             catching_up: self.inner.catching_up.load(Ordering::SeqCst),
             prepared: self.inner.prepared.lock().expect("poisoned").len(),
             voted: None,
             committed: Vec::new(),
+            copy: self.inner.copy.lock().expect("poisoned").clone(),
         }
+    }
+
+    /// The coordinator epoch this counter registered with; 0 before it has.
+    pub fn registered_epoch(&self) -> u64 {
+        self.inner.registered_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Records the coordinator's answer to a registration or a caught-up
+    /// report: from now on this counter votes for that epoch only.
+    pub fn registered(&self, epoch: u64, in_sync: bool) {
+        self.inner.registered_epoch.store(epoch, Ordering::SeqCst);
+        self.inner.told_in_sync.store(in_sync, Ordering::SeqCst);
+    }
+
+    /// Refuses a vote or a fenced read for any coordinator but the one this
+    /// counter registered with. `need_in_sync`: also refuse unless that
+    /// coordinator said this counter is in sync.
+    pub fn check_registered(&self, epoch: u64, need_in_sync: bool) -> Result<(), Error> {
+        let registered = self.registered_epoch();
+        let in_sync = self.inner.told_in_sync.load(Ordering::SeqCst);
+        if registered == 0 || registered != epoch || (need_in_sync && !in_sync) {
+            return Err(Error::NotRegistered {
+                asked: epoch,
+                registered,
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes how far the copy from a peer has got (`None` when done).
+    pub fn set_copy_progress(&self, progress: Option<CopyProgress>) {
+        *self.inner.copy.lock().expect("poisoned") = progress;
+    }
+
+    /// Distinct items held, over every tenant.
+    pub fn total_items(&self) -> u64 {
+        self.inner.counts.read().expect("poisoned").values().sum()
+    }
+
+    /// The operator promoted this counter by force: every index up to
+    /// `through` counts as held, giving up the commits it lacks, so that
+    /// reads fenced there can be answered.
+    pub async fn accept_loss(&self, through: CommitIndex) -> Result<(), Error> {
+        let since = self.applied();
+        if through <= since {
+            return Ok(());
+        }
+        tracing::error!(%since, %through, "told to take commits it never received as held: they are lost");
+        self.queue_import(Vec::new(), Some((since, through)))?
+            .durable()
+            .await
     }
 
     /// The tenant's count once everything up to `fence` is applied.
@@ -248,7 +313,7 @@ fn writer_answer(
 ) -> Result<WriteResult, Error> {
     match answer {
         Ok(Ok(result)) => Ok(result),
-        Ok(Err(e)) => Err(Error::BadRequest(e)),
+        Ok(Err(e)) => Err(Error::WriteFailed(e)),
         Err(_) => Err(Error::WriterGone),
     }
 }

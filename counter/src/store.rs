@@ -42,7 +42,10 @@
 //!   once they were ingested; start-up reloads the keys from these entries.
 //! * `applied_above`: commit indexes applied beyond the gap-free prefix
 //!   (commits arrive out of order); emptied as the prefix advances.
-//! * `meta`: the gap-free applied index, under `applied`.
+//! * `meta`: the gap-free applied index, under `applied`, and the data
+//!   directory's incarnation, under `incarnation`: a random number made
+//!   when the directory is first opened, so that the coordinator can tell
+//!   a counter that lost its disk from the member it was.
 //!
 //! fjall keys and values are bytes, ordered bytewise. u64 keys and values are
 //! big-endian so that byte order is numeric order: export scans `commits` by
@@ -65,9 +68,10 @@ use std::time::Instant;
 use tally_common::api::ExportEntry;
 use tally_common::applied::AppliedSet;
 use tally_common::participant::{Action, Event, Participant, Record};
-use tally_common::{CommitIndex, Item, TxnId};
+use tally_common::{CommitIndex, Incarnation, Item, TxnId};
 
 const APPLIED_KEY: &str = "applied";
+const INCARNATION_KEY: &str = "incarnation";
 
 /// Tables the `items` keyspace lets pile up in level 0 before merging them
 /// into level 1 (fjall's default: 4). Each is one ingested batch of keys
@@ -161,12 +165,15 @@ pub trait Store: Send + Sync + 'static {
     /// Reads back everything needed to serve after a restart.
     fn recover(&self) -> Result<Recovered, Error>;
 
-    /// Calls `sink` with the log entries in `(since, until]`, in index order,
-    /// until it returns false.
+    /// Calls `sink` with every log entry above `since`, in index order,
+    /// until it returns false. There is no upper bound: an item is logged
+    /// at the commit that first brought it *here*, which depends on the
+    /// order this replica applied commits in, so an item of a commit at or
+    /// below some `until` may be logged above it (docs/protocol.md,
+    /// "Catch-up").
     fn export(
         &self,
         since: CommitIndex,
-        until: CommitIndex,
         sink: &mut dyn FnMut(ExportEntry) -> bool,
     ) -> Result<(), Error>;
 
@@ -175,6 +182,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stored items whose keys wait for indexing, for `/metrics`.
     fn unindexed_items(&self) -> usize;
+
+    /// The life of this data directory (see the module doc).
+    fn incarnation(&self) -> Incarnation;
+}
+
+/// 64 random bits from the standard library's per-process hash keys, the
+/// clock and the process id: enough that two data directories never share
+/// an incarnation, with no extra dependency.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(now);
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 fn u64_key(n: u64) -> [u8; 8] {
@@ -223,6 +247,7 @@ pub struct FjallStore {
     unindexed: Keyspace,
     applied_above: Keyspace,
     meta: Keyspace,
+    incarnation: Incarnation,
     /// Keys stored but not yet in `items`. The writer holds the lock
     /// through a write.
     backlog: Mutex<IndexBacklog>,
@@ -297,7 +322,10 @@ impl FjallStore {
             .map_err(|e| Error::Storage(fjall::Error::Io(e)))?;
         let backlog = IndexBacklog::start(items.clone(), options.index_batch_keys)
             .map_err(|e| Error::Storage(fjall::Error::Io(e)))?;
+        let meta = keyspace("meta")?;
+        let incarnation = Self::incarnation_of(&db, &meta)?;
         let store = FjallStore {
+            incarnation,
             filter: Mutex::new(FilterState::building(built)),
             backlog: Mutex::new(backlog),
             prepared_in_memory: Mutex::default(),
@@ -307,11 +335,26 @@ impl FjallStore {
             commits: keyspace("commits")?,
             unindexed: keyspace("unindexed")?,
             applied_above: keyspace("applied_above")?,
-            meta: keyspace("meta")?,
+            meta,
             db,
         };
         store.reload_unindexed()?;
         Ok(store)
+    }
+
+    /// The directory's incarnation, made and made durable on first open. A
+    /// directory from before incarnations existed gets one now: it is still
+    /// the same disk.
+    fn incarnation_of(db: &Database, meta: &Keyspace) -> Result<Incarnation, Error> {
+        if let Some(v) = meta.get(INCARNATION_KEY)? {
+            return Ok(Incarnation(decode_u64(&v, "incarnation")?));
+        }
+        let incarnation = Incarnation(random_u64());
+        let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+        batch.insert(meta, INCARNATION_KEY, u64_key(incarnation.0));
+        batch.commit()?;
+        tracing::info!(%incarnation, "new data directory");
+        Ok(incarnation)
     }
 
     /// Puts back in memory the keys of the commits that were not indexed
@@ -761,14 +804,10 @@ impl Store for FjallStore {
     fn export(
         &self,
         since: CommitIndex,
-        until: CommitIndex,
         sink: &mut dyn FnMut(ExportEntry) -> bool,
     ) -> Result<(), Error> {
-        if until <= since {
-            return Ok(());
-        }
         let snapshot = self.db.snapshot();
-        let range = u64_key(since.0 + 1)..=u64_key(until.0);
+        let range = u64_key(since.0.saturating_add(1))..;
         for guard in snapshot.range(&self.commits, range) {
             let (index, items) = guard.into_inner()?;
             let entry = ExportEntry {
@@ -784,6 +823,10 @@ impl Store for FjallStore {
 
     fn item_filter_bytes(&self) -> usize {
         self.lock_filter().bytes()
+    }
+
+    fn incarnation(&self) -> Incarnation {
+        self.incarnation
     }
 
     fn unindexed_items(&self) -> usize {
@@ -1153,7 +1196,7 @@ mod tests {
         assert_eq!(effect.counts["t"], 2, "a once, b once");
         let mut entries = Vec::new();
         store
-            .export(CommitIndex(0), CommitIndex(2), &mut |e| {
+            .export(CommitIndex(0), &mut |e| {
                 entries.push(e);
                 true
             })
@@ -1191,7 +1234,7 @@ mod tests {
         }
         let mut indexes = Vec::new();
         store
-            .export(CommitIndex(0), CommitIndex(1000), &mut |e| {
+            .export(CommitIndex(0), &mut |e| {
                 indexes.push(e.index);
                 true
             })
@@ -1249,7 +1292,7 @@ mod tests {
         assert_eq!(replica_applied.applied().contiguous(), CommitIndex(0));
         let mut entries = Vec::new();
         source
-            .export(CommitIndex(0), CommitIndex(2), &mut |e| {
+            .export(CommitIndex(0), &mut |e| {
                 entries.push(e);
                 true
             })
@@ -1285,5 +1328,72 @@ mod tests {
         let recovered = replica.recover().unwrap();
         assert_eq!(recovered.applied.contiguous(), CommitIndex(3));
         assert_eq!(recovered.counts["t"], 2);
+    }
+
+    /// What a catch-up pass does: everything `from` exports above `since`,
+    /// imported into `to` as proof of `(since, until]`.
+    fn copy_pass(
+        from: &FjallStore,
+        to: &FjallStore,
+        to_state: &mut Participant,
+        since: u64,
+        until: u64,
+    ) {
+        let mut entries = Vec::new();
+        from.export(CommitIndex(since), &mut |e| {
+            entries.push(e);
+            true
+        })
+        .unwrap();
+        let through = Some((CommitIndex(since), CommitIndex(until)));
+        to.write(&mut [WriteOp::Import { entries, through }], to_state)
+            .unwrap();
+    }
+
+    /// Two replicas that applied the same two commits in different orders
+    /// log their shared item at different indexes: b at 2 (it applied 2
+    /// first), c at 1. A joiner that copies `(0, 1]` from b and `(1, 2]`
+    /// from c must still end up with the item. When each pass sent only
+    /// the entries inside its range, it did not: b's entry 2 fell outside
+    /// the first pass and c's entry 1 outside the second.
+    #[test]
+    fn passes_from_peers_that_applied_in_different_orders_miss_nothing() {
+        let shared = item("x", "t");
+        let first = vec![shared.clone(), item("only-1", "t")];
+        let second = vec![shared.clone(), item("only-2", "t")];
+        let build = |order: [(u64, u64); 2]| {
+            let (dir, store) = open();
+            let mut state = Participant::default();
+            let mut ops = vec![
+                WriteOp::Prepare {
+                    txn: TxnId(1),
+                    items: first.clone(),
+                },
+                WriteOp::Prepare {
+                    txn: TxnId(2),
+                    items: second.clone(),
+                },
+            ];
+            for (txn, index) in order {
+                ops.push(WriteOp::Commit {
+                    txn: TxnId(txn),
+                    index: CommitIndex(index),
+                });
+            }
+            store.write(&mut ops, &mut state).unwrap();
+            (dir, store)
+        };
+        let (_b_dir, b) = build([(2, 2), (1, 1)]);
+        let (_c_dir, c) = build([(1, 1), (2, 2)]);
+        let (_j_dir, joiner) = open();
+        let mut joiner_state = Participant::default();
+        copy_pass(&b, &joiner, &mut joiner_state, 0, 1);
+        copy_pass(&c, &joiner, &mut joiner_state, 1, 2);
+        assert_eq!(joiner_state.applied().contiguous(), CommitIndex(2));
+        let recovered = joiner.recover().unwrap();
+        assert_eq!(
+            recovered.counts["t"], 3,
+            "x, only-1 and only-2, whatever order the peers applied in"
+        );
     }
 }

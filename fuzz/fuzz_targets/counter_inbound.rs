@@ -8,8 +8,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use tally_common::api::{
-    AbortRequest, CatchUpRequest, CommitRequest, JoinPlan, Outcome, PrepareRequest,
-    PREPARE_CONTENT_TYPE,
+    AbortRequest, AcceptLossRequest, CatchUpRequest, CommitRequest, JoinPlan, Outcome,
+    PrepareRequest, PREPARE_CONTENT_TYPE,
 };
 use tally_fuzz::json_round_trip;
 
@@ -28,4 +28,5 @@ fuzz_target!(|data: &[u8]| {
     json_round_trip::<CatchUpRequest>(data);
     json_round_trip::<JoinPlan>(data);
     json_round_trip::<Outcome>(data);
+    json_round_trip::<AcceptLossRequest>(data);
 });

@@ -82,6 +82,23 @@ impl Api {
         count_at(&self.http, counter_url, tenant).await
     }
 
+    /// A counter's own `GET /health`: its id, disk, applied index and copy.
+    pub async fn counter_health(&self, counter_url: &str) -> Result<CounterStatus, String> {
+        let response = self
+            .http
+            .get(format!("{counter_url}/health"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "{counter_url}/health answered {}",
+                response.status()
+            ));
+        }
+        response.json().await.map_err(|e| e.to_string())
+    }
+
     pub async fn cluster(&self) -> Result<ClusterView, String> {
         let response = self
             .http

@@ -35,6 +35,8 @@ pub struct ClusterOptions {
     pub cluster_token: Option<String>,
     /// Extra environment for every counter.
     pub counter_env: Vec<(String, String)>,
+    /// Extra `--flag value` arguments for every counter.
+    pub counter_args: Vec<String>,
 }
 
 impl ClusterOptions {
@@ -50,6 +52,7 @@ impl ClusterOptions {
             inherit_output: false,
             cluster_token: None,
             counter_env: Vec::new(),
+            counter_args: Vec::new(),
         }
     }
 }
@@ -263,7 +266,10 @@ impl LocalCluster {
                     info.url.clone(),
                     "--id".into(),
                     info.id.clone(),
-                ],
+                ]
+                .into_iter()
+                .chain(options.counter_args.iter().cloned())
+                .collect(),
                 env: token_env
                     .iter()
                     .chain(&options.counter_env)
@@ -360,6 +366,16 @@ impl LocalCluster {
         self.coordinator.start()
     }
 
+    /// Sets `--flag value` on counter `i`'s command line for its next start
+    /// (replacing the flag's value if it is there already).
+    pub fn set_counter_arg(&mut self, i: usize, flag: &str, value: &str) {
+        let args = &mut self.counters[i].args;
+        match args.iter().position(|a| a == flag) {
+            Some(at) => args[at + 1] = value.to_string(),
+            None => args.extend([flag.to_string(), value.to_string()]),
+        }
+    }
+
     /// Replaces the coordinator's environment for its next start.
     pub fn set_coordinator_env(&mut self, env: Vec<(String, String)>) {
         self.coordinator.env = env;
@@ -412,9 +428,14 @@ impl LocalCluster {
             async move {
                 let view = api.cluster().await?;
                 let ready = ids.iter().all(|id| {
-                    view.counters
-                        .iter()
-                        .any(|c| &c.id.0 == id && c.in_sync && c.state == CounterState::Live)
+                    // A coordinator of a version without registrations
+                    // reports no incarnation; it is then not waited for.
+                    view.counters.iter().any(|c| {
+                        &c.id.0 == id
+                            && c.in_sync
+                            && (c.registered || c.incarnation.is_none())
+                            && c.state == CounterState::Live
+                    })
                 });
                 if ready {
                     Ok(())

@@ -115,6 +115,22 @@ enum Command {
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         wait_timeout: Duration,
     },
+    /// The last resort for a stalled cluster whose complete copies are gone
+    /// for good: make COUNTER the complete copy, giving up every commit it
+    /// lacks (docs/operations.md). Refused while the cluster serves.
+    Promote {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        coordinator: String,
+        /// The counter to promote: the one `status` shows holding the most.
+        #[arg(long)]
+        counter: String,
+        /// The cluster token, if one is set.
+        #[arg(long, env = "TALLY_CLUSTER_TOKEN", hide_env_values = true)]
+        cluster_token: Option<String>,
+        /// Required: you accept that the commits the counter lacks are lost.
+        #[arg(long)]
+        accept_loss: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -217,7 +233,51 @@ async fn main() -> anyhow::Result<()> {
             }
             status(&coordinator).await
         }
+        Command::Promote {
+            coordinator,
+            counter,
+            cluster_token,
+            accept_loss,
+        } => promote(&coordinator, &counter, cluster_token, accept_loss).await,
     }
+}
+
+async fn promote(
+    coordinator: &str,
+    counter: &str,
+    token: Option<String>,
+    accept_loss: bool,
+) -> anyhow::Result<()> {
+    if !accept_loss {
+        bail!("a forced promotion gives up every commit {counter} lacks: add --accept-loss");
+    }
+    let mut request = reqwest::Client::new()
+        .post(format!(
+            "{}/internal/promote",
+            coordinator.trim_end_matches('/')
+        ))
+        .json(&tally_common::api::PromoteRequest {
+            counter: tally_common::CounterId(counter.to_string()),
+            accept_loss,
+        });
+    if let Some(token) = token {
+        request = request.header(tally_common::api::TOKEN_HEADER, token);
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    let body = response.text().await?;
+    if !status.is_success() {
+        bail!("promotion refused ({status}): {body}");
+    }
+    let report: tally_common::api::PromoteReport = serde_json::from_str(&body)?;
+    println!(
+        "{} promoted: it held everything up to {}; commits {}..={} are lost",
+        report.counter,
+        report.held_through,
+        report.held_through.0 + 1,
+        report.decided
+    );
+    Ok(())
 }
 
 async fn run_cluster(
@@ -400,5 +460,22 @@ async fn status(coordinator: &str) -> anyhow::Result<()> {
         view.min_insync,
         view.decided_index
     );
+    for c in &view.counters {
+        if let Some(copy) = &c.catch_up {
+            println!(
+                "{} copying from {}: {} of about {} items, {}/s{}",
+                c.id,
+                copy.peer,
+                copy.copied,
+                copy.total,
+                copy.items_per_sec,
+                copy.eta_secs
+                    .map_or(String::new(), |s| format!(", about {s}s left"))
+            );
+        }
+    }
+    if let Some(problem) = &view.availability.problem {
+        println!("\n{}: {problem}", view.availability.status);
+    }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The web dashboard in a real (headless) chromium against a real local
 //! cluster: the counters appear live, items added through the form show up
 //! in the live count without a reload, the bounded load button reports its
-//! result, and a killed counter turns dead on the page. Leaves a screenshot
+//! result, a killed counter turns dead on the page, and a cluster with no
+//! counter left says it is stalled and why. Leaves a screenshot
 //! in `target/dashboard.png` for a person to look at.
 
 mod browser;
@@ -163,4 +164,21 @@ async fn dashboard_shows_live_counts_and_a_dead_counter_in_a_browser() {
     let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
     assert_eq!((width, height), (1280, 800), "screenshot size");
     eprintln!("screenshot: {}", path.display());
+
+    // With every counter gone the page says the cluster is stalled, and why.
+    cluster.kill_counter(0).unwrap();
+    cluster.kill_counter(2).unwrap();
+    let banner = page
+        .wait_for(
+            "the stall explained on the page",
+            WAIT,
+            "(() => { const a = document.getElementById('availability');
+                      return a.hidden ? null : {status: a.dataset.status, text: a.textContent}; })()",
+            |v| v["status"] == "stalled",
+        )
+        .await
+        .unwrap();
+    let text = banner["text"].as_str().unwrap();
+    assert!(text.contains("no counter can prove"), "{text}");
+    assert!(text.contains("counter-1 (dead, holds up to"), "{text}");
 }
