@@ -10,6 +10,7 @@
 //! but only from the same peer's same disk: another peer may log an item
 //! under a different index, so a new peer starts a new pass.
 
+use crate::error::Error;
 use crate::http::AppState;
 use crate::replica::QueuedImport;
 use futures_util::StreamExt;
@@ -215,7 +216,7 @@ async fn copy_from(
     peer: &str,
     until: CommitIndex,
     pass: &mut Option<Pass>,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let resuming = pass.as_ref().filter(|p| p.peer == peer).map(|p| p.next);
     let since = resuming.unwrap_or_else(|| state.replica.applied());
     let response = export_request(state, peer, since, until).await?;
@@ -279,7 +280,7 @@ async fn export_request(
     peer: &str,
     since: CommitIndex,
     until: CommitIndex,
-) -> anyhow::Result<reqwest::Response> {
+) -> Result<reqwest::Response, Error> {
     let mut request = state
         .http
         .get(format!("{peer}/internal/export"))
@@ -289,19 +290,23 @@ async fn export_request(
     }
     let response = tokio::time::timeout(COPY_IDLE_TIMEOUT, request.send())
         .await
-        .map_err(|_| anyhow::anyhow!("{peer} did not answer within {COPY_IDLE_TIMEOUT:?}"))??
+        .map_err(|_| {
+            copy_failed(format!(
+                "{peer} did not answer within {COPY_IDLE_TIMEOUT:?}"
+            ))
+        })??
         .error_for_status()?;
     check_format(&response, peer)?;
     Ok(response)
 }
 
-fn header_u64(response: &reqwest::Response, name: &str) -> anyhow::Result<u64> {
+fn header_u64(response: &reqwest::Response, name: &str) -> Result<u64, Error> {
     response
         .headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("the export lacks a valid {name} header"))
+        .ok_or_else(|| copy_failed(format!("the export lacks a valid {name} header")))
 }
 
 /// Reads the stream into the writer, moving `pass.next` as imports become
@@ -312,19 +317,21 @@ async fn stream_into(
     response: reqwest::Response,
     pass: &mut Pass,
     until: CommitIndex,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let mut stream = response.bytes_stream();
     let mut frames = FrameReader::new();
     let mut batch: Vec<ExportEntry> = Vec::new();
     let mut batch_items = 0;
     let mut importing = Importing::default();
-    let result: anyhow::Result<()> = async {
+    let result: Result<(), Error> = async {
         loop {
             let chunk = tokio::time::timeout(COPY_IDLE_TIMEOUT, stream.next())
                 .await
-                .map_err(|_| anyhow::anyhow!("no data from the peer for {COPY_IDLE_TIMEOUT:?}"))?;
+                .map_err(|_| {
+                    copy_failed(format!("no data from the peer for {COPY_IDLE_TIMEOUT:?}"))
+                })?;
             let Some(chunk) = chunk else {
-                anyhow::bail!("the stream ended before its end marker");
+                return Err(copy_failed("the stream ended before its end marker".into()));
             };
             frames.push(&chunk?);
             while let Some(frame) = frames.next_frame() {
@@ -347,7 +354,9 @@ async fn stream_into(
                     }
                     ExportFrame::End { through } => {
                         if through != until {
-                            anyhow::bail!("the stream proves {through}, not {until}");
+                            return Err(copy_failed(format!(
+                                "the stream proves {through}, not {until}"
+                            )));
                         }
                         let last = batch.last().map(|e| e.index);
                         let range = Some((pass.start, through));
@@ -370,19 +379,23 @@ async fn stream_into(
     result
 }
 
+fn copy_failed(reason: String) -> Error {
+    Error::CopyFailed(reason)
+}
+
 /// Refuses a stream in a format this counter cannot read: a peer of
 /// another version, met during a rolling upgrade.
-fn check_format(response: &reqwest::Response, peer: &str) -> anyhow::Result<()> {
+fn check_format(response: &reqwest::Response, peer: &str) -> Result<(), Error> {
     let format = response
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("none");
     if format != export_stream::CONTENT_TYPE {
-        anyhow::bail!(
+        return Err(copy_failed(format!(
             "{peer} exports as {format}, this counter reads {}: another version?",
             export_stream::CONTENT_TYPE
-        );
+        )));
     }
     Ok(())
 }

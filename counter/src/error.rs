@@ -34,6 +34,15 @@ pub enum Error {
     NotRegistered { asked: u64, registered: u64 },
     #[error("{0}")]
     BadRequest(String),
+    /// A copy from a peer failed: the peer is unreachable, sent something
+    /// else than an export stream, or went quiet. The copy moves on to the
+    /// next peer, or resumes later.
+    #[error("copy from a peer failed: {0}")]
+    CopyFailed(String),
+    #[error("peer: {0}")]
+    Peer(#[from] reqwest::Error),
+    #[error("peer sent a broken stream: {0}")]
+    Stream(#[from] tally_common::Error),
 }
 
 impl IntoResponse for Error {
@@ -43,7 +52,10 @@ impl IntoResponse for Error {
             Error::FenceTimeout { .. }
             | Error::WriterGone
             | Error::WriteFailed(_)
-            | Error::NotRegistered { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | Error::NotRegistered { .. }
+            | Error::CopyFailed(_)
+            | Error::Peer(_)
+            | Error::Stream(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Storage(_) | Error::Corrupt(_) | Error::CorruptEncoding(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
