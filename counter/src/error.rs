@@ -61,7 +61,12 @@ impl IntoResponse for Error {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        if status.is_server_error() {
+        // A counter that has not registered yet refuses votes and reads as
+        // a matter of course (the coordinator learns at its next health
+        // check); that is no failure of this process.
+        if let Error::NotRegistered { .. } = self {
+            tracing::debug!(error = %self, "refused until registered");
+        } else if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
         (status, Json(Message::new(self.to_string()))).into_response()

@@ -452,7 +452,10 @@ async fn catch_up(dir: &Path, missed: usize, duration: Duration) -> anyhow::Resu
         let ids: Vec<String> = cluster.counters().iter().map(|c| c.id.clone()).collect();
         let api = api.clone();
         tokio::spawn(async move {
-            simulate::wait::until("catch-up", Duration::from_secs(300), || {
+            // A million items take about 4 s on a quiet machine; allow for
+            // a loaded one, and never less than five minutes.
+            let limit = Duration::from_secs((missed as u64 / 20_000).max(300));
+            simulate::wait::until("catch-up", limit, || {
                 let (api, ids) = (api.clone(), ids.clone());
                 async move {
                     let view = api.cluster().await?;
