@@ -38,7 +38,7 @@ impl Item {
     }
 }
 
-/// How much one request may carry. Defaults match DESIGN.md.
+/// How much one request may carry. Defaults match the API's documented limits (README.md).
 #[derive(Debug, Clone, Copy)]
 pub struct ItemLimits {
     pub max_items: usize,

@@ -19,7 +19,7 @@ use crate::api::{CatchUpRequest, ClusterView, CounterState, CounterView, JoinPla
 use crate::{CommitIndex, CounterId};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Tunables of the membership rules (see DESIGN.md for their defaults).
+/// Tunables of the membership rules (the coordinator's flags set them; their defaults are in coordinator/src/config.rs).
 #[derive(Debug, Clone, Copy)]
 pub struct MembershipConfig {
     pub dead_after: u32,

@@ -1,5 +1,5 @@
-//! The public API against a real cluster: the seed's clients work
-//! unchanged, and every bad input gets its status and a clear message while
+//! The public API against a real cluster: clients that use
+//! curl's defaults work, and every bad input gets its status and a clear message while
 //! changing no count.
 
 use simulate::api::Api;
