@@ -15,7 +15,7 @@ async fn cluster(dir: &tempfile::TempDir) -> LocalCluster {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_clients_work_unchanged() {
+async fn curl_style_clients_work_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(&dir).await;
     let api = cluster.api();

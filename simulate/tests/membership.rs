@@ -40,7 +40,7 @@ fn counter_log(cluster: &LocalCluster, i: usize) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_scenario_holds() {
+async fn walkthrough_scenario_holds() {
     let dir = tempfile::tempdir().unwrap();
     let mut backend = ProcessBackend(cluster(&dir).await);
     scenario::run(&mut backend, Duration::from_secs(30))
