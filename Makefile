@@ -123,8 +123,10 @@ simulate: build ## the walkthrough scenario (checked) and a 10 s load against :$
 	fi
 	$(BIN)/simulate load --duration 10s --clients 16 --target http://127.0.0.1:$(HTTP_PORT)
 
+# The same build as make run's (a narrower -p build would resolve features
+# differently and compile the dependencies again).
 status: ## table of the running cluster's counters
-	$(CARGO) build --release -p tally-simulate --bin simulate
+	$(CARGO) build --release --workspace --bins
 	$(BIN)/simulate status --coordinator http://127.0.0.1:$(HTTP_PORT)
 
 clean-data: ## delete make run's data directory (data/)
