@@ -158,6 +158,8 @@ docker-images-from-binaries: ## the same, without building the binaries first
 docker-images-if-engine: build ## tally:dev when a Docker engine answers (make test)
 	@if docker info >/dev/null 2>&1; then \
 	  $(MAKE) --no-print-directory docker-images-from-binaries; \
+	  docker compose version >/dev/null 2>&1 || docker-compose version >/dev/null 2>&1 || \
+	    echo "no docker compose or docker-compose: the Docker tests (simulate/tests/docker.rs) will be SKIPPED"; \
 	else \
 	  echo "no Docker engine reachable: the Docker tests (simulate/tests/docker.rs) will be SKIPPED"; \
 	fi
