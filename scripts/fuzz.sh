@@ -36,7 +36,8 @@ stable) fuzz=(cargo fuzz) build=(--sanitizer none) ;;
     ;;
 esac
 if [ "$toolchain" = nightly ]; then rustc=$(rustc +nightly --version); else rustc=$(rustc --version); fi
-echo "== fuzzing with $rustc, sanitizer: ${build[*]:-address} (${fuzz[*]} run ${build[*]} <target>)"
+run=("${fuzz[@]}" run "${build[@]}")
+echo "== fuzzing with $rustc, sanitizer: ${build[*]:-address} (reproduce: ${run[*]} <target> <input>)"
 
 targets=$("${fuzz[@]}" list)
 "${fuzz[@]}" build "${build[@]}"
