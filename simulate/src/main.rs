@@ -230,6 +230,14 @@ async fn run_cluster(
     options.base_port = Some(base_port);
     options.health_interval = health_interval;
     options.inherit_output = true;
+    // The processes run with a cluster token, as a deployment should: the
+    // one in TALLY_CLUSTER_TOKEN, else a fresh random one, printed below
+    // for a counter started by hand.
+    let token = std::env::var("TALLY_CLUSTER_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    options.cluster_token = Some(token.clone());
     let mut cluster = LocalCluster::spawn(options)?;
     // Up when every counter is in sync; a process that exits meanwhile is
     // reported at once (its own error is just above, on this terminal).
@@ -274,6 +282,7 @@ async fn run_cluster(
     for c in cluster.counters() {
         println!("  {:<11}  {}", c.id, c.url);
     }
+    println!("  cluster token (TALLY_CLUSTER_TOKEN): {token}");
     println!(
         "\ntry:  curl {0}/items -d '[{{\"id\":\"item1\",\"tenant\":\"test\"}}]'\n      curl {0}/items/test/count\nCtrl-C stops everything.\n",
         cluster.coordinator_url()

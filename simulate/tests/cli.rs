@@ -431,3 +431,63 @@ async fn both_binaries_read_tally_prefixed_variables_and_warn_without_a_token() 
     assert!(text.contains("coordinator serving"), "{text}");
     assert!(!text.contains("no cluster token"), "{text}");
 }
+
+#[test]
+fn simulate_cluster_runs_with_a_token_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, counter) = (0..20)
+        .find_map(|_| {
+            let base = simulate::cluster::free_port().ok()?;
+            let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+            (free(base) && free(base + 1)).then_some((base, base + 1))
+        })
+        .expect("two ports in a row");
+    let log = dir.path().join("out.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_simulate"))
+        .args([
+            "cluster",
+            "--counters",
+            "1",
+            "--base-port",
+            &base.to_string(),
+        ])
+        .args(["--health-interval", "200ms", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("NO_COLOR", "1")
+        .env_remove("TALLY_CLUSTER_TOKEN")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let banner = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Ctrl-C stops everything") {
+            break text;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("simulate cluster did not come up:\n{text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status:?}\n{text}");
+    assert!(
+        banner.contains(&format!("counter-1    http://127.0.0.1:{counter}")),
+        "{banner}"
+    );
+    let token = banner
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("cluster token (TALLY_CLUSTER_TOKEN): ")
+        })
+        .unwrap_or_else(|| panic!("no token in the banner:\n{banner}"));
+    assert_eq!(token.len(), 32, "{banner}");
+    assert!(!text.contains("no cluster token"), "{text}");
+}
