@@ -27,22 +27,19 @@ COMPOSE_RUN = IMAGE=$(IMAGE) DOCKERFILE=$(DOCKERFILE) BUILD_CONTEXT=$(BUILD_CONT
 
 .PHONY: all build run test fmt-check clippy unit-and-integration schemathesis bench bench-engines simulate status clean-data help \
 	up dev log stop clean cluster-token image docker-images docker-images-if-engine docker-images-from-binaries test-deps \
-	fuzz fuzz-smoke
+	fuzz fuzz-smoke deploy-check
 
-all: build
+# `make` alone prints this list. Every target has a `## ` line after its
+# name: help prints those lines, so a new target shows up by writing one
+# (simulate/tests/cli.rs checks that none is missing).
+.DEFAULT_GOAL := help
 
-help:
-	@echo "make run        build and start a coordinator on :8080 and $(COUNTERS) counters (Ctrl-C stops)"
-	@echo "make test       fmt check, clippy, unit and integration tests, schemathesis"
-	@echo "make schemathesis  a live cluster against its OpenAPI document (docs/api.md)"
-	@echo "make bench      benchmarks, table on stdout, results in target/bench/"
-	@echo "make fuzz       every fuzz target for FUZZ_SECONDS ($(FUZZ_SECONDS)) seconds each"
-	@echo "make up         the cluster in containers ($(COUNTERS) counters), image from $(DOCKERFILE)"
-	@echo "make dev        the same with the development image (Dockerfile.dev)"
-	@echo "make log        follow the containers' logs; make stop stops them"
-	@echo "make clean      remove the containers, their network and volumes (data)"
-	@echo "make simulate   the seed scenario (checked) and a 10 s load against :$(HTTP_PORT)"
-	@echo "make status     table of the running cluster"
+help: ## this list
+	@echo "tally: make TARGET (settings from .env, or on the command line: make run HTTP_PORT=9000)"
+	@echo
+	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / { printf "  make %-28s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+all: build ## the same as make build
 
 # The failpoint build of the coordinator is for tests only: it can crash
 # between logging a commit decision and sending it. Cargo keeps both
@@ -50,31 +47,42 @@ help:
 # Both builds select every target of the workspace, so dependencies resolve
 # to the same features as `cargo test` and are compiled once for all three
 # (the second build recompiles only the coordinator crate).
-build:
+build: ## release binaries, and coordinator-failpoints for the tests
 	$(CARGO) build --release --workspace --all-targets --features tally-coordinator/failpoints
 	cp $(BIN)/coordinator $(BIN)/coordinator-failpoints
 	$(CARGO) build --release --workspace --all-targets
 
-run:
+# The coordinator takes HTTP_PORT and the counters the ports after it; a
+# port in use stops it at once with the name of the holder when known.
+run: ## build and start a coordinator on :$(HTTP_PORT) and $(COUNTERS) counters (Ctrl-C stops)
 	$(CARGO) build --release --workspace --bins
-	$(BIN)/simulate cluster --counters $(COUNTERS) --base-port 8080 --data-dir data
+	$(BIN)/simulate cluster --counters $(COUNTERS) --base-port $(HTTP_PORT) --data-dir data
 
-test: fmt-check clippy build docker-images-if-engine test-deps unit-and-integration schemathesis fuzz-smoke
+test: fmt-check clippy build docker-images-if-engine test-deps unit-and-integration schemathesis deploy-check fuzz-smoke ## everything CI runs (.ci/run)
 
 # A headless chromium for the dashboard's browser test (apt, if missing),
-# and schemathesis (PyPI, pinned) in target/schemathesis-venv.
-test-deps:
+# schemathesis (PyPI, pinned) in target/schemathesis-venv, and promtool,
+# kubectl and kubernetes-validate in target/tools (scripts/install-deploy-deps.sh).
+test-deps: ## install what the tests need beyond Rust (apt, pip; idempotent)
 	scripts/install-test-deps.sh
 	scripts/install-schemathesis.sh
+	scripts/install-deploy-deps.sh
 
-fmt-check:
+# deploy/ checked offline: the alerting rules with promtool, the Kubernetes
+# base rendered, schema-validated and its key settings checked
+# (docs/kubernetes.md says what this does and does not prove).
+deploy-check: ## check deploy/: alerting rules, Kubernetes manifests (offline)
+	scripts/install-deploy-deps.sh
+	scripts/check-deploy.sh
+
+fmt-check: ## cargo fmt --check on the workspace and fuzz/
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 
-clippy:
+clippy: ## clippy on every target, warnings are errors
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
-unit-and-integration:
+unit-and-integration: ## cargo test on the workspace (real processes on loopback)
 	TALLY_BIN_DIR=$(CURDIR)/$(BIN) $(CARGO) test --release --workspace
 
 # Fuzzing (docs/testing.md): cargo-fuzz on the nightly toolchain, each
@@ -82,28 +90,28 @@ unit-and-integration:
 FUZZ_SECONDS       ?= 60
 FUZZ_SMOKE_SECONDS ?= 20
 
-fuzz:
+fuzz: ## every fuzz target for FUZZ_SECONDS ($(FUZZ_SECONDS)) s each (docs/testing.md)
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 
-fuzz-smoke:
+fuzz-smoke: ## every fuzz target for FUZZ_SMOKE_SECONDS ($(FUZZ_SMOKE_SECONDS)) s each
 	scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS)
 
 # A coordinator and two counters on free ports, checked by schemathesis
 # against the OpenAPI document the coordinator serves (docs/api.md).
-schemathesis: build
+schemathesis: build ## a live cluster against its OpenAPI document (docs/api.md)
 	scripts/install-schemathesis.sh
 	TALLY_BIN_DIR=$(CURDIR)/$(BIN) scripts/schemathesis.sh
 
-bench: build
+bench: build ## benchmarks, table on stdout, results in target/bench/
 	scripts/install-bench-deps.sh
 	$(BIN)/simulate bench --out target/bench/results.json
 
-bench-engines:
+bench-engines: ## the storage engine comparison (docs/storage-engine.md)
 	cd bench/engines && $(CARGO) run --release -- --out ../../target/engine-bench.json
 
 # The scenario runs against the containers when the compose project is up
 # (make up), else on its own local processes; the load goes to :HTTP_PORT.
-simulate: build
+simulate: build ## the walkthrough scenario (checked) and a 10 s load against :$(HTTP_PORT)
 	@if [ -n "$$(docker ps -q --filter label=com.docker.compose.project=$(COMPOSE_PROJECT_NAME) \
 	      --filter label=com.docker.compose.service=coordinator 2>/dev/null)" ]; then \
 	  echo "scenario against the containers of project $(COMPOSE_PROJECT_NAME)"; \
@@ -115,10 +123,13 @@ simulate: build
 	fi
 	$(BIN)/simulate load --duration 10s --clients 16 --target http://127.0.0.1:$(HTTP_PORT)
 
-status:
-	$(BIN)/simulate status
+# The same build as make run's (a narrower -p build would resolve features
+# differently and compile the dependencies again).
+status: ## table of the running cluster's counters
+	$(CARGO) build --release --workspace --bins
+	$(BIN)/simulate status --coordinator http://127.0.0.1:$(HTTP_PORT)
 
-clean-data:
+clean-data: ## delete make run's data directory (data/)
 	rm -rf data
 
 # ---- containers ----
@@ -128,39 +139,41 @@ clean-data:
 
 # Every `make up` cluster runs with a cluster token: one is generated into
 # .env when none is set there.
-cluster-token: .env
+cluster-token: .env ## give .env a random TALLY_CLUSTER_TOKEN if it has none
 	@scripts/ensure-cluster-token.sh .env
 
 # Dockerfile.dev's context: the release binaries and the libraries they
 # link, in target/docker (scripts/docker-context.sh).
-docker-images:
+docker-images: ## build the tally:dev image from this machine's release binaries
 	$(CARGO) build --release --workspace --bins
 	$(MAKE) --no-print-directory docker-images-from-binaries
 
-docker-images-from-binaries:
+docker-images-from-binaries: ## the same, without building the binaries first
 	scripts/docker-context.sh $(BIN) target/docker
 	docker build -q -f target/docker/Dockerfile.dev -t tally:dev target/docker
 
 # make test: the Docker tests need the image; without an engine they skip.
 # `build` has just built the binaries (all targets, so with the features the
 # tests use); building --bins here would compile part of the tree again.
-docker-images-if-engine: build
+docker-images-if-engine: build ## tally:dev when a Docker engine answers (make test)
 	@if docker info >/dev/null 2>&1; then \
 	  $(MAKE) --no-print-directory docker-images-from-binaries; \
+	  docker compose version >/dev/null 2>&1 || docker-compose version >/dev/null 2>&1 || \
+	    echo "no docker compose or docker-compose: the Docker tests (simulate/tests/docker.rs) will be SKIPPED"; \
 	else \
 	  echo "no Docker engine reachable: the Docker tests (simulate/tests/docker.rs) will be SKIPPED"; \
 	fi
 
 # The image DOCKERFILE names: Dockerfile.dev from this machine's binaries,
 # Dockerfile by compose (multi-stage, pulls rust and debian).
-image:
+image: ## the image DOCKERFILE names ($(DOCKERFILE))
 ifeq ($(DOCKERFILE),Dockerfile.dev)
 	$(MAKE) --no-print-directory docker-images
 else
 	$(COMPOSE_RUN) build
 endif
 
-up: .env cluster-token image
+up: .env cluster-token image ## the cluster in containers ($(COUNTERS) counters), image from $(DOCKERFILE)
 	$(COMPOSE_RUN) up -d --no-build --scale counter=$(COUNTERS)
 	$(COMPOSE_RUN) exec -T coordinator /usr/local/bin/simulate status \
 	  --coordinator http://127.0.0.1:8080 --wait-counters $(COUNTERS)
@@ -169,15 +182,15 @@ up: .env cluster-token image
 	@echo "  coordinator  http://localhost:$(HTTP_PORT)"
 	@echo "  dashboard    http://localhost:$(HTTP_PORT)/"
 
-dev:
+dev: ## make up with the development image (Dockerfile.dev)
 	$(MAKE) --no-print-directory up DOCKERFILE=Dockerfile.dev IMAGE=tally:dev BUILD_CONTEXT=target/docker
 
-log: .env
+log: .env ## follow the containers' logs
 	$(COMPOSE_RUN) logs -f --tail=100
 
-stop: .env
+stop: .env ## stop the containers (their data stays)
 	$(COMPOSE_RUN) stop
 
-clean: .env
+clean: .env ## remove the containers, their network and volumes (data)
 	$(COMPOSE_RUN) down -v --remove-orphans
 	rm -rf target/docker

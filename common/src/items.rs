@@ -38,7 +38,7 @@ impl Item {
     }
 }
 
-/// How much one request may carry. Defaults match DESIGN.md.
+/// How much one request may carry. Defaults match the API's documented limits (README.md).
 #[derive(Debug, Clone, Copy)]
 pub struct ItemLimits {
     pub max_items: usize,
@@ -141,7 +141,7 @@ mod tests {
     }
 
     #[test]
-    fn accepts_seed_client_bodies() {
+    fn accepts_curl_style_client_bodies() {
         let items = parse(r#"[{"id":"item1","tenant":"test"}]"#).unwrap();
         assert_eq!(items, vec![Item::new("item1", "test")]);
         assert_eq!(parse("[]").unwrap(), vec![]);

@@ -29,7 +29,7 @@ use crate::api::{
 use crate::{CommitIndex, CounterId, Incarnation};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Tunables of the membership rules (see DESIGN.md for their defaults).
+/// Tunables of the membership rules (the coordinator's flags set them; their defaults are in coordinator/src/config.rs).
 #[derive(Debug, Clone, Copy)]
 pub struct MembershipConfig {
     pub dead_after: u32,

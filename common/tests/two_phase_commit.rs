@@ -2,8 +2,8 @@
 //! a disk write that fails) and to the processes (the coordinator or a
 //! participant crashes and restarts at any point), two-phase commit between
 //! the coordinator model (`tally_common::coordinator`) and the counters'
-//! participant machine (`tally_common::participant`) keeps DESIGN.md's
-//! guarantees:
+//! participant machine (`tally_common::participant`) keeps the
+//! guarantees of README.md:
 //!
 //! * an item is applied only if its transaction's commit decision is
 //!   durable, and a client hears "committed" only then (no phantom writes);

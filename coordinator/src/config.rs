@@ -1,10 +1,13 @@
 //! Command line of the coordinator; every flag also reads its environment
-//! variable (`--health-interval` ↔ `HEALTH_INTERVAL`). Defaults live here only.
+//! variable (`--health-interval` ↔ `TALLY_HEALTH_INTERVAL`). Defaults live
+//! here only, and so do the checks: a value the coordinator cannot run with
+//! is refused at start-up, never adjusted.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tally_server::flags::{at_least_one, at_least_one_u32, positive_duration};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -14,53 +17,122 @@ use std::time::Duration;
 )]
 pub struct Args {
     /// Address to serve the public and internal API on.
-    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// Directory of the decision log and membership; keep it across restarts.
-    #[arg(long, env = "DATA_DIR", default_value = "data/coordinator")]
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = "data/coordinator")]
     pub data_dir: PathBuf,
     /// Time between health checks of each counter.
-    #[arg(long, env = "HEALTH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TALLY_HEALTH_INTERVAL", default_value = "10s", value_parser = positive_duration)]
     pub health_interval: Duration,
-    /// Failed checks in a row after which a counter is dead.
-    #[arg(long, env = "DEAD_AFTER", default_value_t = 1)]
+    /// Failed checks in a row after which a counter is dead (at least 1).
+    #[arg(long, env = "TALLY_DEAD_AFTER", default_value_t = 1, value_parser = at_least_one_u32)]
     pub dead_after: u32,
-    /// Failed checks in a row after which a counter leaves the cluster view.
-    #[arg(long, env = "REMOVE_AFTER", default_value_t = 5)]
+    /// Failed checks in a row after which a counter leaves the cluster view
+    /// (at least `--dead-after`).
+    #[arg(long, env = "TALLY_REMOVE_AFTER", default_value_t = 5, value_parser = at_least_one_u32)]
     pub remove_after: u32,
-    /// In-sync counters that must hold a transaction before it commits.
-    #[arg(long, env = "MIN_INSYNC", default_value_t = 1)]
+    /// In-sync counters that must hold a transaction before it commits (at
+    /// least 1).
+    #[arg(long, env = "TALLY_MIN_INSYNC", default_value_t = 1, value_parser = at_least_one)]
     pub min_insync: usize,
     /// Shared secret for internal endpoints; unset means no check.
-    #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TALLY_CLUSTER_TOKEN", hide_env_values = true)]
     pub cluster_token: Option<String>,
     /// How long a counter may take to vote before it is dropped from the
     /// in-sync set for that transaction.
-    #[arg(long, env = "PREPARE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TALLY_PREPARE_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
     pub prepare_timeout: Duration,
     /// How long a count read waits for one counter before trying another.
-    #[arg(long, env = "READ_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TALLY_READ_TIMEOUT", default_value = "3s", value_parser = positive_duration)]
     pub read_timeout: Duration,
     /// Largest accepted `POST /items` body, in bytes.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, env = "TALLY_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = at_least_one)]
     pub max_body_bytes: usize,
     /// Time a client has to send the whole `POST /items` body; beyond, 408.
-    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TALLY_BODY_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub body_read_timeout: Duration,
     /// Most items accepted in one request.
-    #[arg(long, env = "MAX_ITEMS", default_value_t = 100_000)]
+    #[arg(long, env = "TALLY_MAX_ITEMS", default_value_t = 100_000, value_parser = at_least_one)]
     pub max_items: usize,
     /// Most items grouped into one transaction (a larger request is its own).
-    #[arg(long, env = "MAX_TXN_ITEMS", default_value_t = 20_000)]
+    #[arg(long, env = "TALLY_MAX_TXN_ITEMS", default_value_t = 20_000, value_parser = at_least_one)]
     pub max_txn_items: usize,
     /// Transactions in flight at once.
-    #[arg(long, env = "MAX_INFLIGHT_TXNS", default_value_t = 4)]
+    #[arg(long, env = "TALLY_MAX_INFLIGHT_TXNS", default_value_t = 4, value_parser = at_least_one)]
     pub max_inflight_txns: usize,
     /// Write requests that may wait for a transaction; beyond, 503.
-    #[arg(long, env = "MAX_QUEUED_WRITES", default_value_t = 20_000)]
+    #[arg(long, env = "TALLY_MAX_QUEUED_WRITES", default_value_t = 20_000, value_parser = at_least_one)]
     pub max_queued_writes: usize,
     #[command(flatten)]
     pub serve: tally_server::ServeLimits,
     #[command(flatten)]
     pub process: tally_server::ProcessArgs,
+}
+
+impl Args {
+    /// Parses the command line and environment, exiting with clap's usage
+    /// error when flags contradict each other.
+    pub fn parse_checked() -> Self {
+        let args = Self::parse();
+        if let Err(message) = args.check() {
+            Self::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, message)
+                .exit();
+        }
+        args
+    }
+
+    /// What no single flag's parser can see: how flags relate.
+    fn check(&self) -> Result<(), String> {
+        if self.remove_after < self.dead_after {
+            return Err(format!(
+                "--remove-after ({}) must be at least --dead-after ({}): a counter leaves \
+                 the view only after it has been declared dead",
+                self.remove_after, self.dead_after
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Result<Args, String> {
+        let args =
+            Args::try_parse_from(std::iter::once("coordinator").chain(flags.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        args.check()?;
+        Ok(args)
+    }
+
+    #[test]
+    fn unusable_values_are_refused_with_the_flag_named() {
+        for (flags, said) in [
+            (&["--dead-after", "0"][..], "--dead-after"),
+            (&["--min-insync", "0"][..], "--min-insync"),
+            (&["--health-interval", "0s"][..], "--health-interval"),
+            (&["--max-inflight-txns", "0"][..], "--max-inflight-txns"),
+            (&["--log-format", "xml"][..], "--log-format"),
+            (
+                &["--dead-after", "3", "--remove-after", "2"][..],
+                "--remove-after",
+            ),
+        ] {
+            let err = parse(flags).expect_err(&format!("{flags:?} was accepted"));
+            assert!(err.contains(said), "{flags:?}: {err}");
+        }
+        let ok = parse(&[
+            "--dead-after",
+            "2",
+            "--remove-after",
+            "2",
+            "--log-format",
+            "json",
+        ])
+        .expect("valid flags");
+        assert_eq!(ok.process.log_format, tally_server::LogFormat::Json);
+    }
 }

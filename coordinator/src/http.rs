@@ -1,4 +1,4 @@
-//! The coordinator's HTTP surface: the public API of DESIGN.md and the
+//! The coordinator's HTTP surface: the public API (README.md, docs/api.md) and the
 //! internal endpoints counters call (registration, catch-up progress,
 //! transaction outcomes), the latter behind the cluster token.
 //!
@@ -15,7 +15,7 @@ use crate::{dashboard, stream};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -83,7 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/dashboard.css", get(dashboard::style))
         .route("/assets/dashboard.js", get(dashboard::script))
         .merge(internal)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(tally_server::method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn(tally_server::track_requests))
         .with_state(state)
@@ -93,13 +93,6 @@ async fn not_found() -> Error {
     Error::NotFound("no such path".into())
 }
 
-async fn method_not_allowed() -> impl IntoResponse {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        Json(Message::new("method not allowed on this path")),
-    )
-}
-
 /// Count items
 ///
 /// Answers once every item is durably committed on the in-sync counters;
@@ -107,8 +100,8 @@ async fn method_not_allowed() -> impl IntoResponse {
 /// counts it once, so retrying after a 503, a 500 or a dropped connection is
 /// always safe. An empty array is a successful no-op.
 ///
-/// The body is read as JSON whatever its Content-Type: the seed's clients
-/// send it with curl's default form type.
+/// The body is read as JSON whatever its Content-Type: clients that use
+/// curl's `-d` send it with curl's default form type.
 #[utoipa::path(
     post,
     path = "/items",
@@ -139,9 +132,23 @@ async fn method_not_allowed() -> impl IntoResponse {
 )]
 pub(crate) async fn add_items(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Message>, Error> {
     let settings = &state.shared.settings;
+    // A body announced as too large is refused before a byte of it is read:
+    // the client learns at once instead of after uploading it. What it
+    // sends anyway is drained in the background, bounded, so closing the
+    // connection does not reset it before it reads the answer.
+    if let Some(announced) = content_length(&headers) {
+        if announced > settings.max_body_bytes as u64 {
+            tokio::spawn(drain(body.into_data_stream(), 0));
+            return Err(Error::TooLarge(format!(
+                "body is larger than {} bytes (Content-Length: {announced})",
+                settings.max_body_bytes
+            )));
+        }
+    }
     let bytes = tokio::time::timeout(
         settings.body_read_timeout,
         read_body(body, settings.max_body_bytes),
@@ -155,10 +162,35 @@ pub(crate) async fn add_items(
     Ok(Json(Message::success()))
 }
 
+/// The request's `Content-Length`, when it has one that parses.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Most of an oversized body that is read and dropped before answering 413:
 /// a client still sending when the connection closes sees a reset instead
 /// of the answer.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Reads and drops what is left of a refused body, up to `DRAIN_LIMIT`
+/// bytes in all (`seen` so far) or 5 s.
+async fn drain(mut stream: axum::body::BodyDataStream, mut seen: usize) {
+    let drain = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+}
 
 /// Collects the body up to `limit` bytes; beyond, drains a bounded amount
 /// and refuses with 413.
@@ -170,15 +202,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, Error> {
         let chunk = chunk.map_err(|e| Error::BadBody(e.to_string()))?;
         seen += chunk.len();
         if seen > limit {
-            let drain = async {
-                while let Some(Ok(chunk)) = stream.next().await {
-                    seen += chunk.len();
-                    if seen > DRAIN_LIMIT {
-                        break;
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+            drain(stream, seen).await;
             return Err(Error::TooLarge(format!(
                 "body is larger than {limit} bytes"
             )));

@@ -21,7 +21,6 @@ mod stream;
 mod txn;
 
 use anyhow::Context;
-use clap::Parser;
 use std::sync::Arc;
 use std::time::Instant;
 use tally_common::items::ItemLimits;
@@ -35,11 +34,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tally_server::disable_transparent_huge_pages();
-    let args = config::Args::parse();
+    let args = config::Args::parse_checked();
     if args.process.healthcheck {
         std::process::exit(tally_server::probe(args.listen));
     }
-    tally_server::init_logging(&args.process.log_format);
+    tally_server::init_logging(args.process.log_format);
     let metrics = metrics::install()?;
 
     let (log, restored) = log::DecisionLog::open(&args.data_dir).with_context(|| {
@@ -49,9 +48,9 @@ async fn main() -> anyhow::Result<()> {
         )
     })?;
     let membership = MembershipConfig {
-        dead_after: args.dead_after.max(1),
-        remove_after: args.remove_after.max(args.dead_after.max(1)),
-        min_insync: args.min_insync.max(1),
+        dead_after: args.dead_after,
+        remove_after: args.remove_after,
+        min_insync: args.min_insync,
     };
     let cluster = Cluster::restore(membership, restored.members, restored.decided);
     tracing::info!(
@@ -71,6 +70,13 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     let token = tally_server::ClusterToken::new(args.cluster_token.as_deref());
+    if token.get().is_none() {
+        tracing::warn!(
+            "no cluster token (--cluster-token / TALLY_CLUSTER_TOKEN): the internal endpoints \
+             are open, and anyone who can reach this port can register a counter or decide a \
+             transaction's outcome; set the same token on the coordinator and every counter"
+        );
+    }
     let (decider, decider_task) = decider::Decider::new();
     let shared = Arc::new(state::Shared::new(
         settings,

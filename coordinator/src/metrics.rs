@@ -22,11 +22,96 @@ const SIZE_BUCKETS: &[f64] = &[
 
 /// Installs the process-wide recorder. Call once, before any task records.
 pub fn install() -> Result<PrometheusHandle, Error> {
-    tally_server::install_recorder(&[
+    let handle = tally_server::install_recorder(&[
         ("tally_txn_", SIZE_BUCKETS),
         ("tally_decision_log_batch", SIZE_BUCKETS),
     ])
-    .map_err(|e| Error::Metrics(e.to_string()))
+    .map_err(|e| Error::Metrics(e.to_string()))?;
+    describe();
+    Ok(handle)
+}
+
+/// HELP text of every coordinator metric (docs/operations.md says which to
+/// watch). Per-replica gauges are named `tally_replica_*`: a name with
+/// `_counter_` in it reads as the Prometheus type to promtool and to people.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "tally_decided_index",
+        "Commit index of the last transaction the coordinator decided to commit."
+    );
+    describe_gauge!(
+        "tally_in_sync_counters",
+        "Counters in the in-sync set: each holds every committed transaction."
+    );
+    describe_gauge!(
+        "tally_min_insync",
+        "In-sync counters a transaction needs to commit (--min-insync); below it writes get 503."
+    );
+    describe_gauge!(
+        "tally_replicas",
+        "Counters in the cluster view, by state (joining, live, suspect, dead)."
+    );
+    describe_gauge!(
+        "tally_replica_state",
+        "1 for the state each counter is in, 0 for the others."
+    );
+    describe_gauge!(
+        "tally_replica_in_sync",
+        "1 while a counter is in the in-sync set, else 0."
+    );
+    describe_gauge!(
+        "tally_replica_applied_index",
+        "Commit index a counter has applied, as its last health check reported."
+    );
+    describe_gauge!(
+        "tally_replica_lag_transactions",
+        "Committed transactions a counter has yet to apply (decided index minus its applied index)."
+    );
+    describe_counter!(
+        "tally_transactions_total",
+        "Transactions finished, by outcome (committed or aborted)."
+    );
+    describe_histogram!(
+        "tally_txn_items",
+        "Items per transaction, by outcome: how much group commit folds together."
+    );
+    describe_histogram!(
+        "tally_txn_requests",
+        "POST /items requests per transaction, by outcome."
+    );
+    describe_counter!(
+        "tally_prepare_failures_total",
+        "Prepares that got no vote from a counter, by counter and kind (timeout, unreachable, ...)."
+    );
+    describe_histogram!(
+        "tally_prepare_phase_seconds",
+        "Time from sending a transaction's prepares to having every vote."
+    );
+    describe_histogram!(
+        "tally_commit_phase_seconds",
+        "Time from a commit decision to every in-sync counter acknowledging it."
+    );
+    describe_histogram!(
+        "tally_decision_log_batch",
+        "Decisions written to the decision log in one fsync."
+    );
+    describe_histogram!(
+        "tally_decision_log_write_seconds",
+        "Time to write and fsync one batch of the decision log."
+    );
+    describe_counter!(
+        "tally_items_acknowledged_total",
+        "Items in acknowledged POST /items requests (repeats included)."
+    );
+    describe_counter!(
+        "tally_writes_acknowledged_total",
+        "Acknowledged POST /items requests."
+    );
+    describe_gauge!(
+        "tally_count_streams",
+        "Open count streams (GET /items/{tenant}/count/stream)."
+    );
 }
 
 /// The Prometheus text: refreshes the cluster gauges, then renders.
@@ -43,20 +128,20 @@ pub fn render(handle: &PrometheusHandle, shared: &Shared) -> String {
     ];
     for state in states {
         let n = view.counters.iter().filter(|c| c.state == state).count();
-        metrics::gauge!("tally_counters", "state" => state_name(state)).set(n as f64);
+        metrics::gauge!("tally_replicas", "state" => state_name(state)).set(n as f64);
     }
     for c in &view.counters {
         let id = c.id.0.clone();
         for state in states {
             let on = if c.state == state { 1.0 } else { 0.0 };
-            metrics::gauge!("tally_counter_state", "counter" => id.clone(), "state" => state_name(state))
+            metrics::gauge!("tally_replica_state", "counter" => id.clone(), "state" => state_name(state))
                 .set(on);
         }
         let in_sync = if c.in_sync { 1.0 } else { 0.0 };
-        metrics::gauge!("tally_counter_in_sync", "counter" => id.clone()).set(in_sync);
-        metrics::gauge!("tally_counter_applied_index", "counter" => id.clone())
+        metrics::gauge!("tally_replica_in_sync", "counter" => id.clone()).set(in_sync);
+        metrics::gauge!("tally_replica_applied_index", "counter" => id.clone())
             .set(c.applied_index.0 as f64);
-        metrics::gauge!("tally_counter_lag", "counter" => id).set(c.lag as f64);
+        metrics::gauge!("tally_replica_lag_transactions", "counter" => id).set(c.lag as f64);
     }
     handle.render()
 }

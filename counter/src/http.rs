@@ -33,8 +33,8 @@ use tally_server::{require_token, ClusterToken};
 const EXPORT_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Largest body an internal call may carry. A prepare holds a whole
-/// transaction: up to the coordinator's `MAX_TXN_ITEMS` (20,000) items of up
-/// to 512 bytes each, or one request as large as its `MAX_BODY_BYTES`
+/// transaction: up to the coordinator's `TALLY_MAX_TXN_ITEMS` (20,000) items of up
+/// to 512 bytes each, or one request as large as its `TALLY_MAX_BODY_BYTES`
 /// (4 MiB); in postcard that stays near 11 MB. axum's default of 2 MB
 /// refused every request over about 40,000 items.
 const MAX_INTERNAL_BODY_BYTES: usize = 64 << 20;
@@ -77,6 +77,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/items/{tenant}/count", get(count))
         .route("/metrics", get(metrics))
         .merge(internal)
+        .method_not_allowed_fallback(tally_server::method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn(tally_server::track_requests))
         .with_state(state)

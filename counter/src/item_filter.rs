@@ -218,7 +218,7 @@ impl FilterState {
     }
 
     /// Takes the built filter if it has arrived. A build that died leaves
-    /// the writer without a filter, as with `ITEM_FILTER_MB=0`.
+    /// the writer without a filter, as with `TALLY_ITEM_FILTER_MB=0`.
     pub fn poll(&mut self) {
         let FilterState::Building {
             inserted_meanwhile,

@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
     if args.process.healthcheck {
         std::process::exit(tally_server::probe(args.listen));
     }
-    tally_server::init_logging(&args.process.log_format);
+    tally_server::init_logging(args.process.log_format);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -54,6 +54,12 @@ async fn main() -> anyhow::Result<()> {
         "counter starting"
     );
 
+    if args.cluster_token.as_deref().unwrap_or("").is_empty() {
+        tracing::warn!(
+            "no cluster token (--cluster-token / TALLY_CLUSTER_TOKEN): the internal endpoints \
+             are open to anyone who can reach this port; set the coordinator's token here too"
+        );
+    }
     let state = Arc::new(http::AppState {
         replica,
         coordinator: args.coordinator.trim_end_matches('/').to_string(),

@@ -15,7 +15,51 @@ const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.
 /// Installs the process-wide recorder. Call once, before any task records;
 /// a failure stops start-up, so it goes straight to `main`.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
-    tally_server::install_recorder(&[("tally_store_batch_ops", SIZE_BUCKETS)])
+    let handle = tally_server::install_recorder(&[("tally_store_batch_ops", SIZE_BUCKETS)])?;
+    describe();
+    Ok(handle)
+}
+
+/// HELP text of every counter metric (docs/operations.md says which to
+/// watch).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "tally_applied_index",
+        "Commit index of the last transaction this counter applied."
+    );
+    describe_gauge!(
+        "tally_prepared_txns",
+        "Transactions prepared here and waiting for their outcome."
+    );
+    describe_gauge!(
+        "tally_catching_up",
+        "1 while this counter copies committed transactions from a peer, else 0."
+    );
+    describe_gauge!(
+        "tally_catchup_target_index",
+        "Commit index the current or last catch-up copies up to."
+    );
+    describe_counter!(
+        "tally_catchup_items_copied_total",
+        "Items copied from peers while catching up."
+    );
+    describe_gauge!(
+        "tally_item_filter_bytes",
+        "Memory held by the item filter that spares new items a storage lookup."
+    );
+    describe_gauge!(
+        "tally_unindexed_items",
+        "Stored items not yet written to the item index (durable in the commit log)."
+    );
+    describe_histogram!(
+        "tally_store_write_seconds",
+        "Time to write and fsync one storage batch."
+    );
+    describe_histogram!(
+        "tally_store_batch_ops",
+        "Operations (prepares, commits, aborts) in one storage batch."
+    );
 }
 
 /// The Prometheus text, with the progress gauges refreshed first.

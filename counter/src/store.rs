@@ -23,7 +23,7 @@
 //! the replica fails its writes rather than acknowledge what may be lost,
 //! until a restart replays the journal.
 //!
-//! The files live in `DATA_DIR/fjall/`.
+//! The files live in `TALLY_DATA_DIR/fjall/`.
 //!
 //! Keyspaces:
 //! * `items`: (tenant, id) -> (). Whether the key is here or among the keys

@@ -8,6 +8,8 @@
 //!
 //! Protocol logic stays in `tally-common`; this crate is the I/O around it.
 
+mod fallback;
+pub mod flags;
 mod healthcheck;
 mod limits;
 mod listen;
@@ -17,10 +19,11 @@ mod metrics;
 mod shutdown;
 mod token;
 
+pub use fallback::method_not_allowed;
 pub use healthcheck::probe;
 pub use limits::ServeLimits;
 pub use listen::serve;
-pub use logging::{init_logging, ProcessArgs};
+pub use logging::{init_logging, LogFormat, ProcessArgs};
 pub use memory::disable_transparent_huge_pages;
 pub use metrics::{install_recorder, track_requests};
 pub use shutdown::shutdown_signal;

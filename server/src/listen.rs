@@ -30,9 +30,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     raise_open_file_limit(limits.max_connections);
-    let in_flight = Arc::new(Semaphore::new(limits.max_inflight_requests.max(1)));
+    let in_flight = Arc::new(Semaphore::new(limits.max_inflight_requests));
     let app = app.layer(middleware::from_fn_with_state(in_flight, shed_load));
-    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
 
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())

@@ -27,6 +27,7 @@ pub fn install_recorder(sizes: &[(&str, &[f64])]) -> Result<PrometheusHandle, Bu
         builder = builder.set_buckets_for_metric(Matcher::Prefix(prefix.to_string()), buckets)?;
     }
     let handle = builder.install_recorder()?;
+    describe_serving();
     // Histograms keep raw samples until upkeep folds them into buckets.
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -37,6 +38,32 @@ pub fn install_recorder(sizes: &[(&str, &[f64])]) -> Result<PrometheusHandle, Bu
         }
     });
     Ok(handle)
+}
+
+/// HELP text of the metrics this crate records. Prometheus shows it, and
+/// `promtool check metrics` refuses a metric without it.
+fn describe_serving() {
+    metrics::describe_histogram!(
+        "tally_http_request_duration_seconds",
+        "Time to answer an HTTP request, by route pattern and method."
+    );
+    metrics::describe_counter!(
+        "tally_http_requests_total",
+        "HTTP requests answered, by route pattern, method and status."
+    );
+    metrics::describe_counter!(
+        "tally_http_connections_refused_total",
+        "Connections closed at once because --max-connections were open."
+    );
+    metrics::describe_gauge!("tally_http_connections", "Open client connections.");
+    metrics::describe_counter!(
+        "tally_http_requests_shed_total",
+        "Requests answered 503 at once because --max-inflight-requests were in hand."
+    );
+    metrics::describe_counter!(
+        "tally_unauthorized_total",
+        "Internal calls refused for a wrong or missing cluster token."
+    );
 }
 
 /// Middleware: counts every answer by route (the pattern, so tenants do not

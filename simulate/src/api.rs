@@ -57,8 +57,8 @@ impl Api {
         }
     }
 
-    /// Posts raw bytes (with curl's default form Content-Type, as the
-    /// seed's clients do) and returns the status and body.
+    /// Posts raw bytes (with curl's default form Content-Type, as
+    /// `curl -d` does) and returns the status and body.
     pub async fn add_raw(&self, body: Vec<u8>) -> Result<(u16, String), String> {
         let response = self
             .http

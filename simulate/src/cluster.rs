@@ -31,7 +31,7 @@ pub struct ClusterOptions {
     pub coordinator_bin: Option<PathBuf>,
     /// Inherit stdout/stderr instead of writing log files.
     pub inherit_output: bool,
-    /// The cluster token every process gets (`CLUSTER_TOKEN`).
+    /// The cluster token every process gets (`TALLY_CLUSTER_TOKEN`).
     pub cluster_token: Option<String>,
     /// Extra environment for every counter.
     pub counter_env: Vec<(String, String)>,
@@ -137,6 +137,11 @@ impl Proc {
     fn running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// How the process ended, if it was started and has exited since.
+    fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
 }
 
 /// A counter's fixed identity within the cluster.
@@ -198,9 +203,15 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// Starts the processes without waiting for them.
+    /// Starts the processes without waiting for them. With a `base_port`,
+    /// every port the cluster needs must be free first: a process that
+    /// cannot listen would otherwise fail in its own log, and a counter
+    /// could register with whatever else answers on the coordinator's port.
     pub fn spawn(options: ClusterOptions) -> anyhow::Result<Self> {
         let bins = bin_dir()?;
+        if let Some(base) = options.base_port {
+            check_ports_free(base, options.counters)?;
+        }
         std::fs::create_dir_all(&options.dir)?;
         let port = |i: usize| -> anyhow::Result<u16> {
             match options.base_port {
@@ -211,7 +222,7 @@ impl LocalCluster {
         let token_env: Vec<(String, String)> = options
             .cluster_token
             .iter()
-            .map(|t| ("CLUSTER_TOKEN".to_string(), t.clone()))
+            .map(|t| ("TALLY_CLUSTER_TOKEN".to_string(), t.clone()))
             .collect();
         let coordinator_port = port(0)?;
         let coordinator_url = format!("http://127.0.0.1:{coordinator_port}");
@@ -311,6 +322,28 @@ impl LocalCluster {
     /// Process id of the coordinator, if running.
     pub fn coordinator_pid(&self) -> Option<u32> {
         self.coordinator.child.as_ref().map(|c| c.id())
+    }
+
+    /// The first process that was started and has exited since, with how
+    /// it ended: a process that cannot start (bad flag, data directory
+    /// locked) is reported at once instead of after a wait.
+    pub fn exited(&mut self) -> Option<String> {
+        let log = |p: &Proc| {
+            p.log
+                .as_ref()
+                .map(|l| format!(" (its log: {})", l.display()))
+                .unwrap_or_default()
+        };
+        if let Some(status) = self.coordinator.exit_status() {
+            return Some(format!(
+                "the coordinator exited: {status}{}",
+                log(&self.coordinator)
+            ));
+        }
+        self.counters.iter_mut().find_map(|p| {
+            let status = p.exit_status()?;
+            Some(format!("{} exited: {status}{}", p.name, log(p)))
+        })
     }
 
     pub fn counter_running(&self, i: usize) -> bool {
@@ -509,6 +542,31 @@ impl Drop for LocalCluster {
         }
         let _ = self.coordinator.kill();
     }
+}
+
+/// Refuses at once, naming the port and who needed it, when a port of a
+/// cluster on `base` (the coordinator) and the `counters` ports after it is
+/// taken on 127.0.0.1 (a listener on 0.0.0.0 or [::] takes it too).
+pub fn check_ports_free(base: u16, counters: usize) -> anyhow::Result<()> {
+    for i in 0..=counters {
+        let Some(port) = base.checked_add(i as u16) else {
+            bail!("--base-port {base} leaves no room for {counters} counters below port 65536");
+        };
+        if let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
+            let who = if i == 0 {
+                "the coordinator".to_string()
+            } else {
+                format!("counter-{i}")
+            };
+            bail!(
+                "port {port}, for {who}, is already in use ({e}). Another tally (make run, \
+                 make up) or another program listens there: stop it, or choose other ports, \
+                 e.g. make run HTTP_PORT={} (the counters take the {counters} ports after it)",
+                base.saturating_add(1000)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn path_arg(path: &Path) -> String {

@@ -6,7 +6,7 @@
 //!
 //! The host reaches each counter at its IP on the project's bridge network
 //! (Linux routes to user-defined bridges), so a counter's own count is read
-//! without publishing its port. [`DockerBackend`] runs the seed scenario on
+//! without publishing its port. [`DockerBackend`] runs the walkthrough scenario on
 //! a running project; [`ComposeProject`] starts a private project for the
 //! tests and removes it, volumes included, when dropped.
 
@@ -154,7 +154,7 @@ pub async fn inspect(id: &str) -> anyhow::Result<Container> {
     })
 }
 
-/// The seed scenario's backend on a running compose project: counters are
+/// The walkthrough scenario's backend on a running compose project: counters are
 /// stopped (SIGTERM) and started again with the docker CLI, which keeps
 /// each container, its host name and so its member id and data volume.
 pub struct DockerBackend {

@@ -1,4 +1,4 @@
-//! `simulate`: the operator's tool. Runs a local cluster, the seed's
+//! `simulate`: the operator's tool. Runs a local cluster, the walkthrough
 //! scenario, bounded load with verification, chaos with a set check, the
 //! benchmarks, and a status table.
 
@@ -41,7 +41,7 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         health_interval: Duration,
     },
-    /// The seed's seven-step scenario, every step checked.
+    /// The seven-step walkthrough scenario, every step checked.
     Scenario {
         #[arg(long, value_enum, default_value_t = BackendKind::Process)]
         backend: BackendKind,
@@ -290,16 +290,59 @@ async fn run_cluster(
     options.base_port = Some(base_port);
     options.health_interval = health_interval;
     options.inherit_output = true;
+    // The processes run with a cluster token, as a deployment should: the
+    // one in TALLY_CLUSTER_TOKEN, else a fresh random one, printed below
+    // for a counter started by hand.
+    let token = std::env::var("TALLY_CLUSTER_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    options.cluster_token = Some(token.clone());
     let mut cluster = LocalCluster::spawn(options)?;
-    cluster
-        .wait_all_in_sync(Duration::from_secs(30))
-        .await
-        .context("the cluster did not come up")?;
+    // Up when every counter is in sync; a process that exits meanwhile is
+    // reported at once (its own error is just above, on this terminal).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(exited) = cluster.exited() {
+            bail!("the cluster did not come up: {exited}");
+        }
+        match cluster.wait_all_in_sync(Duration::from_millis(500)).await {
+            Ok(()) => break,
+            Err(_) if std::time::Instant::now() < deadline => {}
+            Err(_) => {
+                let view = cluster.api().cluster().await;
+                bail!(
+                    "the cluster did not come up within 30 s: not every counter is live and in \
+                     sync.\nThe coordinator's view: {}",
+                    match view {
+                        Ok(view) if view.counters.is_empty() => "no counter registered".into(),
+                        Ok(view) => view
+                            .counters
+                            .iter()
+                            .map(|c| format!(
+                                "{} {:?}{}",
+                                c.id.0,
+                                c.state,
+                                if c.in_sync {
+                                    ", in sync"
+                                } else {
+                                    ", not in sync"
+                                }
+                            ))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        Err(e) => format!("no answer ({e})"),
+                    }
+                );
+            }
+        }
+    }
     println!("\ntally is running (data in {}):", data_dir.display());
     println!("  coordinator  {}", cluster.coordinator_url());
     for c in cluster.counters() {
         println!("  {:<11}  {}", c.id, c.url);
     }
+    println!("  cluster token (TALLY_CLUSTER_TOKEN): {token}");
     println!(
         "\ntry:  curl {0}/items -d '[{{\"id\":\"item1\",\"tenant\":\"test\"}}]'\n      curl {0}/items/test/count\nCtrl-C stops everything.\n",
         cluster.coordinator_url()

@@ -170,9 +170,10 @@ pub async fn scrape(url: &str) -> Result<Vec<Sample>, String> {
     parse_prometheus(&response.text().await.map_err(|e| e.to_string())?)
 }
 
-/// The value of the sample `name` whose labels include `labels`, or 0 if
-/// there is none (a counter never incremented is absent).
-pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+/// The value of the sample `name` whose labels include `labels`. An absent
+/// sample is an error, never 0: a metric that was renamed or never
+/// recorded must not pass a check that expects 0.
+pub fn try_value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Result<f64, String> {
     let matching: Vec<&Sample> = samples
         .iter()
         .filter(|s| {
@@ -182,9 +183,33 @@ pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
                     .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
         })
         .collect();
-    assert!(
-        matching.len() <= 1,
-        "{name} {labels:?} is ambiguous: {matching:?}"
-    );
-    matching.first().map_or(0.0, |s| s.value)
+    match matching.as_slice() {
+        [one] => Ok(one.value),
+        [] => Err(format!("no sample {name} {labels:?} in /metrics")),
+        _ => Err(format!("{name} {labels:?} is ambiguous: {matching:?}")),
+    }
+}
+
+/// [`try_value`] for tests: panics when the sample is absent or ambiguous.
+pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    try_value(samples, name, labels).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_absent_sample_is_an_error_not_zero() {
+        let samples =
+            parse_prometheus("# TYPE a_total counter\na_total{k=\"x\"} 0\na_total{k=\"y\"} 2\n")
+                .unwrap();
+        assert_eq!(try_value(&samples, "a_total", &[("k", "x")]), Ok(0.0));
+        assert_eq!(try_value(&samples, "a_total", &[("k", "y")]), Ok(2.0));
+        assert!(try_value(&samples, "b_total", &[]).is_err());
+        assert!(try_value(&samples, "a_total", &[("k", "z")]).is_err());
+        assert!(try_value(&samples, "a_total", &[])
+            .unwrap_err()
+            .contains("ambiguous"));
+    }
 }

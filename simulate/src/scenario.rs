@@ -1,4 +1,4 @@
-//! The seed service's seven-step `make simulate`, with every step checked:
+//! The seven-step walkthrough scenario of `make simulate`, with every step checked:
 //! start, add an item, stop counter 1, restart it, stop counters 2 and 3,
 //! add two items with only counter 1 alive, restart 2 and 3. At the end
 //! every counter must return the same, correct count.

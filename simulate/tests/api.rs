@@ -1,5 +1,5 @@
-//! The public API against a real cluster: the seed's clients work
-//! unchanged, and every bad input gets its status and a clear message while
+//! The public API against a real cluster: clients that use
+//! curl's defaults work, and every bad input gets its status and a clear message while
 //! changing no count.
 
 use simulate::api::Api;
@@ -15,7 +15,7 @@ async fn cluster(dir: &tempfile::TempDir) -> LocalCluster {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_clients_work_unchanged() {
+async fn curl_style_clients_work_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(&dir).await;
     let api = cluster.api();

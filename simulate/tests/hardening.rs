@@ -6,7 +6,7 @@
 use futures_util::future::join_all;
 use simulate::api::Api;
 use simulate::cluster::{bin_dir, free_port, ClusterOptions, LocalCluster};
-use simulate::prometheus::{scrape, value};
+use simulate::prometheus::{scrape, try_value, value};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tally_common::api::TOKEN_HEADER;
@@ -157,7 +157,7 @@ async fn internal_endpoints_need_the_cluster_token() {
         .args(["--data-dir", dir.path().join("impostor").to_str().unwrap()])
         .args(["--coordinator", &coordinator, "--id", "impostor"])
         .args(["--advertise", &format!("http://127.0.0.1:{port}")])
-        .env("CLUSTER_TOKEN", "not-the-token")
+        .env("TALLY_CLUSTER_TOKEN", "not-the-token")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -495,11 +495,77 @@ async fn requests_beyond_the_in_flight_limit_get_a_quick_503() {
     // Once those close, the server answers again and has counted them.
     simulate::wait::until("refusals counted", Duration::from_secs(10), || async {
         let samples = scrape(cluster.coordinator_url()).await?;
-        match value(&samples, "tally_http_connections_refused_total", &[]) {
+        match try_value(&samples, "tally_http_connections_refused_total", &[])? {
             refused if refused >= 20.0 => Ok(()),
             refused => Err(format!("{refused} refused")),
         }
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_counter_answers_a_wrong_method_with_json_405_and_allow() {
+    let (_dir, cluster) = start(1, &[], None).await;
+    let counter = &cluster.counters()[0].url;
+    let http = reqwest::Client::new();
+    for (method, path, allow) in [
+        (reqwest::Method::POST, "/health", "GET"),
+        (reqwest::Method::DELETE, "/items/t/count", "GET"),
+        (reqwest::Method::PUT, "/metrics", "GET"),
+    ] {
+        let response = http
+            .request(method.clone(), format!("{counter}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        let allowed = response.headers()["allow"].to_str().unwrap().to_string();
+        assert!(
+            allowed.split(',').any(|m| m.trim() == allow) && !allowed.contains(method.as_str()),
+            "{method} {path}: Allow: {allowed}"
+        );
+        let body: serde_json::Value = response.json().await.expect("a JSON body");
+        assert!(body["message"].is_string(), "{method} {path}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announced_oversized_body_gets_413_before_it_is_sent() {
+    let (_dir, cluster) = start(1, &["--max-body-bytes", "1000"], None).await;
+    let addr = host_port(cluster.coordinator_url());
+    for length in [1001u64, 10 << 30] {
+        // Headers only: a server that waited for the body would never answer.
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {length}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+            match tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+                other => panic!(
+                    "no answer within 3 s of the headers ({other:?}): {:?}",
+                    String::from_utf8_lossy(&answer)
+                ),
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{length}: {answer}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{length}: slow");
+    }
+    // A body within the limit is still counted.
+    let items = vec![Item {
+        id: "small".into(),
+        tenant: "t".into(),
+    }];
+    assert_eq!(
+        cluster.api().add(&items).await,
+        simulate::api::WriteOutcome::Ok
+    );
+    cluster.check_counts(&[("t", 1)]).await.unwrap();
 }

@@ -15,7 +15,7 @@ async fn cluster(dir: &tempfile::TempDir) -> LocalCluster {
     let mut options = ClusterOptions::new(dir.path(), 3);
     options
         .counter_env
-        .push(("INDEX_BATCH_KEYS".into(), "1000".into()));
+        .push(("TALLY_INDEX_BATCH_KEYS".into(), "1000".into()));
     LocalCluster::start(options).await.expect("cluster starts")
 }
 

@@ -40,12 +40,12 @@ fn counter_log(cluster: &LocalCluster, i: usize) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_scenario_holds() {
+async fn walkthrough_scenario_holds() {
     let dir = tempfile::tempdir().unwrap();
     let mut backend = ProcessBackend(cluster(&dir).await);
     scenario::run(&mut backend, Duration::from_secs(30))
         .await
-        .expect("every step of the seed scenario holds");
+        .expect("every step of the walkthrough scenario holds");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +251,7 @@ async fn a_copy_whose_peer_dies_mid_transfer_continues_from_another() {
     // Peers send at most 10,000 items/s, so copying 60,000 takes about
     // 6 s: time enough to see which peer it copies from and kill that one
     // mid-stream.
-    options.counter_env = vec![("CATCH_UP_RATE".into(), "10000".into())];
+    options.counter_env = vec![("TALLY_CATCH_UP_RATE".into(), "10000".into())];
     let mut cluster = LocalCluster::start(options).await.unwrap();
     let api = cluster.api().clone();
     cluster.stop_counter(2).unwrap();

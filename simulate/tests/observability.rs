@@ -5,7 +5,7 @@
 
 use futures_util::StreamExt;
 use simulate::cluster::{ClusterOptions, LocalCluster};
-use simulate::prometheus::{parse_prometheus, scrape, value};
+use simulate::prometheus::{parse_prometheus, scrape, try_value, value};
 use simulate::wait;
 use std::time::{Duration, Instant};
 use tally_common::Item;
@@ -71,18 +71,18 @@ async fn metrics_agree_with_the_writes_made_and_parse_as_prometheus_text() {
     // Lag and applied indexes follow health checks and commit acks: poll.
     let coordinator = wait::until("every counter applied everything", WAIT, || async {
         let samples = scrape(cluster.coordinator_url()).await?;
-        let lags: Vec<f64> = cluster
-            .counters()
-            .iter()
-            .map(|c| value(&samples, "tally_counter_lag", &[("counter", &c.id)]))
-            .collect();
-        let applied_ok = cluster.counters().iter().all(|c| {
-            value(
+        let decided = try_value(&samples, "tally_decided_index", &[])?;
+        let mut lags = Vec::new();
+        let mut applied_ok = true;
+        for c in cluster.counters() {
+            let counter = [("counter", c.id.as_str())];
+            lags.push(try_value(
                 &samples,
-                "tally_counter_applied_index",
-                &[("counter", &c.id)],
-            ) == value(&samples, "tally_decided_index", &[])
-        });
+                "tally_replica_lag_transactions",
+                &counter,
+            )?);
+            applied_ok &= try_value(&samples, "tally_replica_applied_index", &counter)? == decided;
+        }
         if lags.iter().all(|l| *l == 0.0) && applied_ok {
             Ok(samples)
         } else {
@@ -133,14 +133,14 @@ async fn metrics_agree_with_the_writes_made_and_parse_as_prometheus_text() {
         (1.0..=REQUESTS as f64).contains(&committed),
         "{committed} transactions"
     );
-    assert_eq!(
-        value(
-            &coordinator,
-            "tally_transactions_total",
-            &[("outcome", "aborted")]
-        ),
-        0.0
+    // No transaction aborted. The family exists (the committed sample
+    // above), and an outcome that never happened has no sample at all.
+    let aborted = try_value(
+        &coordinator,
+        "tally_transactions_total",
+        &[("outcome", "aborted")],
     );
+    assert!(aborted.is_err() || aborted == Ok(0.0), "{aborted:?}");
     // Items per transaction: every item of every request, in `committed` transactions.
     let txn_items = [("outcome", "committed")];
     assert_eq!(
@@ -163,18 +163,18 @@ async fn metrics_agree_with_the_writes_made_and_parse_as_prometheus_text() {
     assert_eq!(value(&coordinator, "tally_decided_index", &[]), committed);
     assert_eq!(value(&coordinator, "tally_in_sync_counters", &[]), 3.0);
     assert_eq!(
-        value(&coordinator, "tally_counters", &[("state", "live")]),
+        value(&coordinator, "tally_replicas", &[("state", "live")]),
         3.0
     );
     assert_eq!(
-        value(&coordinator, "tally_counters", &[("state", "dead")]),
+        value(&coordinator, "tally_replicas", &[("state", "dead")]),
         0.0
     );
     for c in cluster.counters() {
         let state = [("counter", c.id.as_str()), ("state", "live")];
-        assert_eq!(value(&coordinator, "tally_counter_state", &state), 1.0);
+        assert_eq!(value(&coordinator, "tally_replica_state", &state), 1.0);
         assert_eq!(
-            value(&coordinator, "tally_counter_in_sync", &[("counter", &c.id)]),
+            value(&coordinator, "tally_replica_in_sync", &[("counter", &c.id)]),
             1.0
         );
     }
@@ -350,7 +350,7 @@ async fn count_stream_pushes_growing_counts_while_another_client_writes() {
 async fn logs_are_json_lines_with_log_format_json() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = ClusterOptions::new(dir.path(), 1);
-    options.coordinator_env = vec![("LOG_FORMAT".into(), "json".into())];
+    options.coordinator_env = vec![("TALLY_LOG_FORMAT".into(), "json".into())];
     let cluster = LocalCluster::start(options).await.expect("cluster starts");
     let log = dir.path().join("coordinator.log");
     let change = wait::until("a logged state change", WAIT, || {
