@@ -152,6 +152,10 @@ pub struct Cluster {
     config: MembershipConfig,
     members: BTreeMap<CounterId, Member>,
     decided: CommitIndex,
+    /// Decisions at or below this were trimmed: every in-sync counter had
+    /// applied them. An in-sync member that comes back below it lost data
+    /// (a disk restored from an old backup keeps its incarnation).
+    trimmed: CommitIndex,
 }
 
 impl Cluster {
@@ -193,7 +197,50 @@ impl Cluster {
             config,
             members,
             decided,
+            trimmed: CommitIndex::ZERO,
         }
+    }
+
+    /// Decisions up to `upto` are trimmed (or, after a restart, were): every
+    /// counter in sync then had applied them.
+    pub fn note_trimmed(&mut self, upto: CommitIndex) {
+        self.trimmed = self.trimmed.max(upto);
+    }
+
+    /// A counter answered that it does not hold the committed transaction
+    /// at `index` (a re-sent commit it neither prepared nor applied). It
+    /// cannot be in sync: one whose disk was restored from an old backup
+    /// keeps its incarnation, and is found out this way. It leaves the set
+    /// and copies what it lacks.
+    pub fn lacks_commit(&mut self, id: &CounterId, index: CommitIndex) -> Vec<Effect> {
+        let decided = self.decided;
+        let Some(member) = self.members.get_mut(id) else {
+            return vec![];
+        };
+        member.join_until = member.join_until.max(index);
+        if !member.in_sync {
+            return vec![];
+        }
+        let from = member.state;
+        member.in_sync = false;
+        member.join_until = decided;
+        member.catching_up = false;
+        if member.state != CounterState::Dead {
+            member.state = CounterState::Joining;
+        }
+        vec![
+            Effect::Persist,
+            Effect::LostData {
+                id: id.clone(),
+                reason: format!("it does not hold the transaction committed at {index}"),
+            },
+            Effect::Transition {
+                id: id.clone(),
+                from: Some(from),
+                to: Some(member.state),
+                in_sync: false,
+            },
+        ]
     }
 
     pub fn config(&self) -> MembershipConfig {
@@ -292,7 +339,17 @@ impl Cluster {
         let known = self.members.get(&id);
         let from = known.map(|m| m.state);
         let was_in_sync = known.is_some_and(|m| m.in_sync);
-        let lost = known.and_then(|m| lost_data(m, incarnation, applied));
+        let trimmed = self.trimmed;
+        let lost = known.and_then(|m| {
+            lost_data(m, incarnation, applied).or_else(|| {
+                (m.in_sync && applied < trimmed).then(|| {
+                    format!(
+                        "it holds up to {applied}, less than every in-sync counter had \
+                         applied ({trimmed}): a disk restored from an older copy?"
+                    )
+                })
+            })
+        });
         let nobody_else_in_sync = !self.members.values().any(|m| m.in_sync && m.id != id);
         let decided = self.decided;
         let member = self.members.entry(id.clone()).or_insert_with(|| Member {
@@ -1022,6 +1079,34 @@ mod tests {
         c.health_ok(&id("c1"), health(DISK, 1, false), 3);
         assert!(!c.member(&id("c1")).unwrap().in_sync);
         assert!(caught_up(&mut c, "c1", 1).unwrap().0.in_sync);
+    }
+
+    #[test]
+    fn a_disk_restored_from_an_old_copy_is_found_out() {
+        // It keeps its incarnation, so only what it holds can tell. Below
+        // the trim point (every in-sync counter had applied that much):
+        let mut c = three_in_sync();
+        for _ in 0..5 {
+            c.decide(&yes(&["c1", "c2", "c3"]));
+        }
+        let mut c = Cluster::restore(c.config(), c.stored(), c.decided());
+        c.note_trimmed(CommitIndex(3));
+        assert!(
+            !register(&mut c, "c1", 2).0.in_sync,
+            "older than the trim point"
+        );
+        assert!(register(&mut c, "c2", 4).0.in_sync);
+        // Above it: the coordinator re-sends the logged commits, and a
+        // counter that lacks one leaves the set.
+        let effects = c.lacks_commit(&id("c2"), CommitIndex(5));
+        assert_eq!(effects[0], Effect::Persist);
+        let c2 = c.member(&id("c2")).unwrap();
+        assert!(!c2.in_sync);
+        assert_eq!(c2.join_until, CommitIndex(5));
+        assert!(
+            c.lacks_commit(&id("c1"), CommitIndex(5)).is_empty(),
+            "already out"
+        );
     }
 
     #[test]

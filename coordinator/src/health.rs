@@ -75,6 +75,7 @@ pub async fn run_sweeper(shared: Arc<Shared>) {
             let mut cluster = shared.cluster.lock().expect("poisoned");
             let upto = cluster.trim_point();
             if upto > trimmed {
+                cluster.note_trimmed(upto);
                 // Counters still waiting for a commit about to be forgotten
                 // will hear "aborted" for it: they must copy it instead.
                 let mut pending = shared.pending.lock().expect("poisoned");
@@ -128,9 +129,15 @@ async fn resend_commits(shared: &Arc<Shared>, older_than: Duration) {
                 match shared.counters.commit(&url, &id, request, timeout).await {
                     Ok(status) => acknowledge(&shared, index, &id, status.applied_index),
                     Err(CallError::Status { status, .. }) if status.as_u16() == 409 => {
-                        // It no longer holds the prepared transaction (it
-                        // restarted without it): catch-up brings it instead.
+                        // It does not hold the prepared transaction: catch-up
+                        // brings it instead, and until then it is not in sync.
                         tracing::info!(counter = %id, %index, "counter lacks a prepared commit; it will copy it from a peer");
+                        let effects = shared
+                            .cluster
+                            .lock()
+                            .expect("poisoned")
+                            .lacks_commit(&id, index);
+                        shared.carry_out(effects).await;
                         acknowledge(&shared, index, &id, CommitIndex::ZERO);
                     }
                     Err(e) => tracing::debug!(counter = %id, %index, error = %e, "commit re-send failed"),

@@ -52,7 +52,17 @@ async fn main() -> anyhow::Result<()> {
         remove_after: args.remove_after,
         min_insync: args.min_insync,
     };
-    let cluster = Cluster::restore(membership, restored.members, restored.decided);
+    let mut cluster = Cluster::restore(membership, restored.members, restored.decided);
+    // Every index below the oldest decision still logged was trimmed, so
+    // every counter in sync then had applied it.
+    cluster.note_trimmed(
+        restored
+            .decisions
+            .first()
+            .map_or(restored.decided, |(_, index)| {
+                tally_common::CommitIndex(index.0 - 1)
+            }),
+    );
     tracing::info!(
         epoch = restored.epoch, decided = %restored.decided, counters = cluster.members().count(),
         pending_commits = restored.decisions.len(), "coordinator starting"
