@@ -25,7 +25,7 @@ COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 COMPOSE_RUN = IMAGE=$(IMAGE) DOCKERFILE=$(DOCKERFILE) BUILD_CONTEXT=$(BUILD_CONTEXT) \
 	HTTP_PORT=$(HTTP_PORT) $(COMPOSE) -p $(COMPOSE_PROJECT_NAME)
 
-.PHONY: all build run test fmt-check clippy unit-and-integration schemathesis bench bench-engines simulate status clean-data help \
+.PHONY: chaos-long all build run test fmt-check clippy unit-and-integration schemathesis bench bench-engines simulate status clean-data help \
 	up dev log stop clean cluster-token image docker-images docker-images-if-engine docker-images-from-binaries test-deps \
 	fuzz fuzz-smoke deploy-check
 
@@ -41,15 +41,18 @@ help: ## this list
 
 all: build ## the same as make build
 
-# The failpoint build of the coordinator is for tests only: it can crash
-# between logging a commit decision and sending it. Cargo keeps both
-# feature sets' artifacts, so switching back and forth does not recompile.
-# Both builds select every target of the workspace, so dependencies resolve
-# to the same features as `cargo test` and are compiled once for all three
-# (the second build recompiles only the coordinator crate).
-build: ## release binaries, and coordinator-failpoints for the tests
-	$(CARGO) build --release --workspace --all-targets --features tally-coordinator/failpoints
+# The failpoint builds are for tests only: the coordinator can crash
+# between logging a commit decision and sending it, a counter between its
+# durable yes vote and applying the commit. Cargo keeps both feature sets'
+# artifacts, so switching back and forth does not recompile. Both builds
+# select every target of the workspace, so dependencies resolve to the same
+# features as `cargo test` and are compiled once for all three (the second
+# build recompiles only the coordinator and counter crates).
+build: ## release binaries, and coordinator- and counter-failpoints for the tests
+	$(CARGO) build --release --workspace --all-targets \
+	  --features tally-coordinator/failpoints,tally-counter/failpoints
 	cp $(BIN)/coordinator $(BIN)/coordinator-failpoints
+	cp $(BIN)/counter $(BIN)/counter-failpoints
 	$(CARGO) build --release --workspace --all-targets
 
 # The coordinator takes HTTP_PORT and the counters the ports after it; a
@@ -79,11 +82,25 @@ fmt-check: ## cargo fmt --check on the workspace and fuzz/
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 
+# With the failpoint features, so the test-only crash points are linted too
+# (they only add code).
 clippy: ## clippy on every target, warnings are errors
-	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release --workspace --all-targets \
+	  --features tally-coordinator/failpoints,tally-counter/failpoints -- -D warnings
 
 unit-and-integration: ## cargo test on the workspace (real processes on loopback)
 	TALLY_BIN_DIR=$(CURDIR)/$(BIN) $(CARGO) test --release --workspace
+
+# The chaos tests (simulate/tests/chaos.rs, docs/testing.md) over many
+# seeds and longer runs than make test gives them: CHAOS_SEEDS seeds
+# ("1-20" or "4,9,17") of CHAOS_DURATION each, one test at a time.
+CHAOS_SEEDS    ?= 1-20
+CHAOS_DURATION ?= 30s
+
+chaos-long: build ## the chaos tests over CHAOS_SEEDS seeds of CHAOS_DURATION each
+	TALLY_BIN_DIR=$(CURDIR)/$(BIN) TALLY_CHAOS_SEEDS=$(CHAOS_SEEDS) \
+	  TALLY_CHAOS_DURATION=$(CHAOS_DURATION) \
+	  $(CARGO) test --release -p tally-simulate --test chaos -- --test-threads 1 --nocapture
 
 # Fuzzing (docs/testing.md): cargo-fuzz on the nightly toolchain, each
 # target in turn. make test runs the short pass.

@@ -54,6 +54,20 @@ pub struct Count {
     pub count: u64,
 }
 
+/// Answer of a counter's own `GET /items/{tenant}/count`, which an
+/// operator reads to compare replicas. The coordinator never serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReplicaCount {
+    /// Distinct ids this replica holds for the tenant.
+    pub count: u64,
+    /// The counter holds data copied from a peer above its applied index
+    /// (it catches up a slice at a time), so the count may include some of
+    /// one request's items and not the others. Counts through the
+    /// coordinator are never partial.
+    pub partial: bool,
+}
+
 /// A counter's place in the cluster, as the coordinator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_common::api::{
     AbortRequest, AcceptLossRequest, CatchUpRequest, CommitRequest, Count, CounterStatus,
-    ExportEntry, ExportFrame, FencedCount, Message, PrepareRequest, INCARNATION_HEADER,
-    ITEMS_HEADER,
+    ExportEntry, ExportFrame, FencedCount, Message, PrepareRequest, ReplicaCount,
+    INCARNATION_HEADER, ITEMS_HEADER,
 };
 use tally_common::export_stream::{self, encode_frame};
 use tally_common::CommitIndex;
@@ -117,17 +117,24 @@ struct FenceQuery {
     fence: Option<u64>,
 }
 
-/// Taking the extractors' rejections keeps a tenant that is not UTF-8 once
+/// The counter's own count, with whether it may be partial (it is catching
+/// up). Taking the extractors' rejections keeps a tenant that is not UTF-8 once
 /// percent-decoded, or a fence that is not a number, a JSON 400 like every
 /// other error, not axum's plain-text one.
 async fn count(
     State(state): State<Arc<AppState>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<FenceQuery>, QueryRejection>,
-) -> Result<Json<Count>, Error> {
+) -> Result<Json<ReplicaCount>, Error> {
     let Path(tenant) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
     let Query(query) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
-    fenced_count(&state, &tenant, query.fence).await
+    let fence = CommitIndex(query.fence.unwrap_or(0));
+    state
+        .replica
+        .wait_applied(fence, state.fence_timeout)
+        .await?;
+    let (count, partial) = state.replica.own_count(&tenant);
+    Ok(Json(ReplicaCount { count, partial }))
 }
 
 #[derive(Deserialize)]

@@ -59,6 +59,13 @@ struct Inner {
     told_in_sync: AtomicBool,
     /// The copy from a peer in progress, for the coordinator's view.
     copy: Mutex<Option<CopyProgress>>,
+    /// The highest commit index of which some copied data is held: it is
+    /// written a slice at a time, so while this is above the applied index
+    /// the counts may include part of a commit (some of a request's items
+    /// and not the others). Raised before a slice's counts are published;
+    /// at start-up, the highest index in the commit log, where a copy cut
+    /// by a crash leaves its entries.
+    logged_high: AtomicU64,
 }
 
 impl Replica {
@@ -79,6 +86,7 @@ impl Replica {
             registered_epoch: AtomicU64::new(0),
             told_in_sync: AtomicBool::new(false),
             copy: Mutex::new(None),
+            logged_high: AtomicU64::new(recovered.logged_high.0),
         });
         let weak = Arc::downgrade(&inner);
         // The participant's start-up questions (one per prepared
@@ -181,6 +189,26 @@ impl Replica {
             .get(tenant)
             .copied()
             .unwrap_or(0))
+    }
+
+    /// The tenant's count as this replica holds it now, and whether it may
+    /// include part of a commit: what the counter's own public count
+    /// endpoint answers. The applied index is read before the count and the
+    /// highest held index after it: a commit the count holds only part of
+    /// is above the first (which passes a commit only once it is whole) and
+    /// at or below the second (raised before its first slice was counted).
+    pub fn own_count(&self, tenant: &str) -> (u64, bool) {
+        let applied = self.applied();
+        let count = self
+            .inner
+            .counts
+            .read()
+            .expect("poisoned")
+            .get(tenant)
+            .copied()
+            .unwrap_or(0);
+        let held = self.inner.logged_high.load(Ordering::SeqCst);
+        (count, held > applied.0)
     }
 
     /// Waits until the applied index reaches `index`, at most `wait`.
@@ -356,6 +384,13 @@ fn run_writer(
             entries, through, ..
         }) = slice
         {
+            // Before any of it is counted: reads must know a commit may be
+            // split from the moment its first slice is visible.
+            if let (Some(inner), Some(top)) =
+                (inner.upgrade(), entries.iter().map(|e| e.index.0).max())
+            {
+                inner.logged_high.fetch_max(top, Ordering::SeqCst);
+            }
             ops.push(WriteOp::Import { entries, through });
         }
         let Some(mut results) = write_batch(&*store, &mut ops, &mut participant, &inner) else {
@@ -403,6 +438,8 @@ fn write_batch(
     participant: &mut Participant,
     inner: &std::sync::Weak<Inner>,
 ) -> Option<Vec<Result<WriteResult, String>>> {
+    #[cfg(feature = "failpoints")]
+    crash_before_commit(ops, participant);
     let writing = Instant::now();
     let outcome = store.write(ops, participant);
     // One durable storage transaction (one fsync) for the whole batch.
@@ -419,6 +456,21 @@ fn write_batch(
             vec![Err(e.to_string()); ops.len()]
         }
     })
+}
+
+/// The failpoint build's worst moment for a counter (`TALLY_FAILPOINT=
+/// before-commit`): a yes vote is durable, the coordinator has logged the
+/// commit, and this process dies before applying it. Only the restart's
+/// in-doubt resolution can then bring the transaction in.
+#[cfg(feature = "failpoints")]
+fn crash_before_commit(ops: &[WriteOp], participant: &Participant) {
+    let commits_a_vote = ops
+        .iter()
+        .any(|op| matches!(op, WriteOp::Commit { txn, .. } if participant.is_prepared(*txn)));
+    if commits_a_vote && std::env::var("TALLY_FAILPOINT").as_deref() == Ok("before-commit") {
+        tracing::error!("failpoint before-commit: crashing before applying a commit it voted for");
+        std::process::abort();
+    }
 }
 
 /// Makes a durable batch visible: counts first, then the applied index.
@@ -467,24 +519,92 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(FjallStore::open(dir.path()).unwrap());
         let replica = Replica::start(CounterId("c".into()), store).unwrap();
-        // Forty slices' worth of copied data, queued ahead of the prepare.
-        let range = (CommitIndex(0), CommitIndex(40));
+        // 200 slices' worth of copied data, queued ahead of the prepare:
+        // 200 storage writes, each with its fsync.
+        const SLICES: u64 = 200;
+        let range = (CommitIndex(0), CommitIndex(SLICES));
         let import = replica
-            .queue_import(entries(40, IMPORT_SLICE_ITEMS), Some(range))
+            .queue_import(entries(SLICES, IMPORT_SLICE_ITEMS), Some(range))
             .unwrap();
         replica
             .prepare(TxnId(1), vec![Item::new("x", "t")])
             .await
             .unwrap();
-        assert_eq!(replica.applied(), CommitIndex(0), "import still running");
+        // The prepare waits for at most a slice or two; what matters is that
+        // it did not wait for the whole import. Judged by the items in when
+        // it returned, with a wide margin: a loaded machine may let a few
+        // slices through between the queueing and the prepare.
+        let (imported, _) = replica.own_count("t");
+        let whole = SLICES * IMPORT_SLICE_ITEMS as u64;
+        assert!(
+            imported < whole / 2,
+            "the prepare waited for {imported} of {whole} copied items"
+        );
         import.durable().await.unwrap();
-        assert_eq!(replica.applied(), CommitIndex(40));
+        assert_eq!(replica.applied(), CommitIndex(SLICES));
         assert_eq!(
             replica
-                .count("t", CommitIndex(40), Duration::ZERO)
+                .count("t", CommitIndex(SLICES), Duration::ZERO)
                 .await
                 .unwrap(),
-            40 * IMPORT_SLICE_ITEMS as u64
+            whole
         );
+    }
+
+    /// Copied data lands a slice at a time: until the copied range is
+    /// recorded as applied, the counter's own count says it may be partial,
+    /// and so does a restart that finds the cut copy on disk.
+    #[tokio::test]
+    async fn the_own_count_is_flagged_partial_while_copied_data_is_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FjallStore::open(dir.path()).unwrap());
+        let replica = Replica::start(CounterId("c".into()), store).unwrap();
+        assert_eq!(replica.own_count("t"), (0, false));
+
+        // A stream cut after two of four entries: no `through`.
+        let cut: Vec<ExportEntry> = entries(4, 3).into_iter().skip(2).collect();
+        replica
+            .queue_import(cut, None)
+            .unwrap()
+            .durable()
+            .await
+            .unwrap();
+        assert_eq!(replica.own_count("t"), (6, true), "indexes 3 and 4 only");
+        drop(replica);
+
+        // The cut copy is on disk after a restart, and still flagged.
+        let store = Arc::new(FjallStore::open(dir.path()).unwrap());
+        let replica = Replica::start(CounterId("c".into()), store).unwrap();
+        assert_eq!(replica.own_count("t"), (6, true), "after a restart");
+
+        // The whole range, ended complete: every commit is whole again.
+        let range = (CommitIndex(0), CommitIndex(4));
+        replica
+            .queue_import(entries(4, 3), Some(range))
+            .unwrap()
+            .durable()
+            .await
+            .unwrap();
+        assert_eq!(replica.own_count("t"), (12, false));
+    }
+
+    #[tokio::test]
+    async fn commits_out_of_order_are_never_flagged_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FjallStore::open(dir.path()).unwrap());
+        let replica = Replica::start(CounterId("c".into()), store).unwrap();
+        // Index 2 before index 1 leaves a gap, but each commit held is whole.
+        for (txn, index) in [(2, 2), (1, 1)] {
+            let items: Vec<Item> = (0..3)
+                .map(|k| Item::new(format!("{txn}-{k}"), "t"))
+                .collect();
+            replica.prepare(TxnId(txn), items).await.unwrap();
+            replica
+                .commit(TxnId(txn), CommitIndex(index))
+                .await
+                .unwrap();
+            assert!(!replica.own_count("t").1);
+        }
+        assert_eq!(replica.own_count("t"), (6, false));
     }
 }

@@ -148,6 +148,9 @@ pub struct Recovered {
     pub counts: HashMap<String, u64>,
     pub applied: AppliedSet,
     pub prepared: Vec<TxnId>,
+    /// The highest index with an entry in the commit log (0 if none). Above
+    /// the applied prefix, it may be a copy that a crash cut short.
+    pub logged_high: CommitIndex,
 }
 
 /// The counter's storage operations.
@@ -794,10 +797,15 @@ impl Store for FjallStore {
         for guard in snapshot.iter(&self.prepared) {
             prepared.push(TxnId(decode_u64(&guard.key()?, "txn id")?));
         }
+        let logged_high = match self.commits.last_key_value() {
+            Some(guard) => decode_u64(&guard.key()?, "commit index")?,
+            None => 0,
+        };
         Ok(Recovered {
             counts,
             applied: AppliedSet::new(CommitIndex(contiguous), above),
             prepared,
+            logged_high: CommitIndex(logged_high),
         })
     }
 

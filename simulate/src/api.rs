@@ -1,7 +1,7 @@
 //! A small client of tally's public API, used by every subcommand and test.
 
 use std::time::Duration;
-use tally_common::api::{ClusterView, Count, CounterStatus, Message};
+use tally_common::api::{ClusterView, Count, CounterStatus, Message, ReplicaCount};
 use tally_common::Item;
 
 /// How a write ended, as the set checker needs to know it.
@@ -11,6 +11,10 @@ pub enum WriteOutcome {
     Ok,
     /// 4xx or 503: no item may be counted.
     Failed(u16, String),
+    /// No connection could be made (refused, or none within the connect
+    /// timeout): the request never left the client, so no item may be
+    /// counted.
+    NotSent(String),
     /// 5xx other than 503, or no answer: may or may not be counted.
     Unknown(String),
 }
@@ -45,7 +49,7 @@ impl Api {
     /// Posts `items` and classifies the answer.
     pub async fn add(&self, items: &[Item]) -> WriteOutcome {
         match self
-            .add_raw(serde_json::to_vec(items).expect("items serialise"))
+            .post_items(serde_json::to_vec(items).expect("items serialise"))
             .await
         {
             Ok((200, _)) => WriteOutcome::Ok,
@@ -53,23 +57,27 @@ impl Api {
                 WriteOutcome::Failed(status, body)
             }
             Ok((status, body)) => WriteOutcome::Unknown(format!("{status}: {body}")),
-            Err(e) => WriteOutcome::Unknown(e),
+            Err(e) if e.is_connect() => WriteOutcome::NotSent(error_chain(&e)),
+            Err(e) => WriteOutcome::Unknown(error_chain(&e)),
         }
     }
 
     /// Posts raw bytes (with curl's default form Content-Type, as
     /// `curl -d` does) and returns the status and body.
     pub async fn add_raw(&self, body: Vec<u8>) -> Result<(u16, String), String> {
+        self.post_items(body).await.map_err(|e| error_chain(&e))
+    }
+
+    async fn post_items(&self, body: Vec<u8>) -> Result<(u16, String), reqwest::Error> {
         let response = self
             .http
             .post(format!("{}/items", self.base))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body)
             .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let status = response.status().as_u16();
-        Ok((status, response.text().await.map_err(|e| e.to_string())?))
+        Ok((status, response.text().await?))
     }
 
     /// The tenant's count as the coordinator answers it.
@@ -96,6 +104,16 @@ impl Api {
                 response.status()
             ));
         }
+        response.json().await.map_err(|e| e.to_string())
+    }
+
+    /// A counter's own answer, with whether it says it may be partial.
+    pub async fn counter_count_detail(
+        &self,
+        counter_url: &str,
+        tenant: &str,
+    ) -> Result<ReplicaCount, String> {
+        let response = count_response(&self.http, counter_url, tenant).await?;
         response.json().await.map_err(|e| e.to_string())
     }
 
@@ -159,6 +177,17 @@ impl Api {
 }
 
 async fn count_at(http: &reqwest::Client, base: &str, tenant: &str) -> Result<u64, String> {
+    let response = count_response(http, base, tenant).await?;
+    let count: Count = response.json().await.map_err(|e| e.to_string())?;
+    Ok(count.count)
+}
+
+/// A successful answer of `GET {base}/items/{tenant}/count`, or the error.
+async fn count_response(
+    http: &reqwest::Client,
+    base: &str,
+    tenant: &str,
+) -> Result<reqwest::Response, String> {
     let mut url = reqwest::Url::parse(base).map_err(|e| e.to_string())?;
     url.path_segments_mut()
         .map_err(|_| "bad base url".to_string())?
@@ -172,6 +201,18 @@ async fn count_at(http: &reqwest::Client, base: &str, tenant: &str) -> Result<u6
             body.map(|m| m.message).unwrap_or_default()
         ));
     }
-    let count: Count = response.json().await.map_err(|e| e.to_string())?;
-    Ok(count.count)
+    Ok(response)
+}
+
+/// The error with its causes: reqwest's own message alone says only
+/// "error sending request".
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -93,21 +93,51 @@ impl Proc {
         let Some(child) = &self.child else {
             bail!("{} is not running", self.name)
         };
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
-        if rc != 0 {
-            bail!("kill({}, {signal}) failed", self.name);
+        signal_pid(&self.name, child.id(), signal)
+    }
+
+    /// Fails if the process has exited on its own: a crash nobody asked
+    /// for must not pass as the fault a test was about to inject.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = &mut self.child {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                bail!("{} had already exited ({status})", self.name);
+            }
         }
         Ok(())
     }
 
-    /// kill -9 and reap.
+    /// kill -9 and reap; fails if it was not running or had died already.
     fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            child.wait()?;
-        }
+        self.check_alive()?;
+        let Some(mut child) = self.child.take() else {
+            bail!("{} is not running", self.name)
+        };
+        child
+            .kill()
+            .with_context(|| format!("kill -9 {}", self.name))?;
+        child.wait()?;
         Ok(())
+    }
+
+    /// Waits for a process that is meant to die on its own (a failpoint)
+    /// and reaps it; fails if it is still running after `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(child) = &mut self.child else {
+            bail!("{} is not running", self.name)
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{} still runs after {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, then wait for a clean exit (kill -9 after 10 s).
@@ -115,11 +145,9 @@ impl Proc {
         let Some(mut child) = self.child.take() else {
             return Ok(None);
         };
-        // SAFETY: as in `signal`; a stopped child must be continued to exit.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGCONT);
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
+        // A stopped child must be continued to exit.
+        signal_pid(&self.name, child.id(), libc::SIGCONT)?;
+        signal_pid(&self.name, child.id(), libc::SIGTERM)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait()? {
@@ -375,6 +403,72 @@ impl LocalCluster {
         self.counters[i].signal(libc::SIGCONT)
     }
 
+    pub fn freeze_coordinator(&self) -> anyhow::Result<()> {
+        self.coordinator.signal(libc::SIGSTOP)
+    }
+
+    pub fn thaw_coordinator(&self) -> anyhow::Result<()> {
+        self.coordinator.signal(libc::SIGCONT)
+    }
+
+    /// Replaces counter `i`'s program and extra environment for its next
+    /// start (the failpoint build, say); `None` goes back to the plain one.
+    pub fn set_counter_program(
+        &mut self,
+        i: usize,
+        program: Option<PathBuf>,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<()> {
+        let proc = &mut self.counters[i];
+        proc.program = match program {
+            Some(p) => p,
+            None => bin_dir()?.join("counter"),
+        };
+        let base: Vec<(String, String)> = self
+            .options
+            .cluster_token
+            .iter()
+            .map(|t| ("CLUSTER_TOKEN".to_string(), t.clone()))
+            .chain(self.options.counter_env.iter().cloned())
+            .collect();
+        proc.env = base.into_iter().chain(env).collect();
+        Ok(())
+    }
+
+    /// Waits until counter `i`, meant to crash (a failpoint), has exited.
+    pub fn wait_counter_exit(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        self.counters[i].wait_exit(timeout)
+    }
+
+    /// Waits until the coordinator, meant to crash, has exited.
+    pub fn wait_coordinator_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        self.coordinator.wait_exit(timeout)
+    }
+
+    /// kill -9 of every process at once (as close together as signals go),
+    /// then reaps them all: a power cut.
+    pub fn kill_all(&mut self) -> anyhow::Result<()> {
+        for proc in self.counters.iter_mut().chain([&mut self.coordinator]) {
+            proc.check_alive()?;
+        }
+        for proc in self.counters.iter().chain([&self.coordinator]) {
+            proc.signal(libc::SIGKILL)?;
+        }
+        for proc in self.counters.iter_mut().chain([&mut self.coordinator]) {
+            if let Some(mut child) = proc.child.take() {
+                child.wait()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes a stopped counter's data directory: a lost disk.
     pub fn wipe_counter(&self, i: usize) -> anyhow::Result<()> {
         if self.counters[i].running() {
@@ -537,10 +631,12 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for counter in &mut self.counters {
-            let _ = counter.kill();
+        for proc in self.counters.iter_mut().chain([&mut self.coordinator]) {
+            if let Some(mut child) = proc.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
-        let _ = self.coordinator.kill();
     }
 }
 
@@ -565,6 +661,20 @@ pub fn check_ports_free(base: u16, counters: usize) -> anyhow::Result<()> {
                 base.saturating_add(1000)
             );
         }
+    }
+    Ok(())
+}
+
+/// kill(2), with its failure reported: a signal that did not arrive must
+/// not pass for a fault injected.
+fn signal_pid(name: &str, pid: u32, signal: i32) -> anyhow::Result<()> {
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    if rc != 0 {
+        bail!(
+            "kill({name}, {signal}) failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }

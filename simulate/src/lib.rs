@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod docker;
 pub mod load;
 pub mod prometheus;
+pub mod readers;
 pub mod scenario;
 pub mod table;
 pub mod wait;

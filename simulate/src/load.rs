@@ -1,5 +1,6 @@
 //! Bounded load against a coordinator: C clients each sending requests of B
-//! distinct new items, for N requests or D seconds, whichever is given.
+//! distinct new items to each of S tenants, for N requests or D seconds,
+//! whichever comes first.
 //! Every request and its outcome is kept, so the run can be verified
 //! against the cluster's counts afterwards and fed to the set checker.
 
@@ -17,10 +18,15 @@ pub struct LoadOptions {
     /// Requests per client; with `duration` unset this bounds the run.
     pub requests: Option<u64>,
     pub duration: Option<Duration>,
-    /// Tenants written round-robin; 0 gives every request its own tenant,
-    /// which lets the set checker see each request's fate in one count.
+    /// Tenants written round-robin; 0 gives every request its own tenants,
+    /// which lets the set checker see each request's fate in its counts.
     pub tenants: usize,
+    /// New items per tenant per request: with shared tenants, every count
+    /// that holds only whole requests is a multiple of it.
     pub batch: usize,
+    /// Tenants each request spans (at least 1), `batch` items to each: a
+    /// request of several tenants is one transaction too.
+    pub spread: usize,
     /// Prefix of every id and tenant, unique per run.
     pub prefix: String,
     pub progress: bool,
@@ -34,6 +40,7 @@ impl LoadOptions {
             duration: None,
             tenants: 4,
             batch,
+            spread: 1,
             prefix: run_prefix(),
             progress: false,
         }
@@ -48,8 +55,12 @@ pub fn run_prefix() -> String {
 /// One request as the client saw it.
 #[derive(Debug, Clone)]
 pub struct Op {
+    /// The first tenant of the request (of `shares`).
     pub tenant: String,
+    /// Items in the whole request.
     pub items: usize,
+    /// Each tenant the request wrote and how many new items it gave it.
+    pub shares: Vec<(String, u64)>,
     pub first_id: String,
     pub outcome: WriteOutcome,
     pub latency: Duration,
@@ -78,7 +89,9 @@ impl LoadReport {
     pub fn acknowledged_per_tenant(&self) -> BTreeMap<String, u64> {
         let mut per = BTreeMap::new();
         for op in self.ok() {
-            *per.entry(op.tenant.clone()).or_default() += op.items as u64;
+            for (tenant, n) in &op.shares {
+                *per.entry(tenant.clone()).or_default() += n;
+            }
         }
         per
     }
@@ -88,7 +101,9 @@ impl LoadReport {
         let mut per = BTreeMap::new();
         for op in &self.ops {
             if let WriteOutcome::Unknown(_) = op.outcome {
-                *per.entry(op.tenant.clone()).or_default() += op.items as u64;
+                for (tenant, n) in &op.shares {
+                    *per.entry(tenant.clone()).or_default() += n;
+                }
             }
         }
         per
@@ -105,6 +120,22 @@ impl LoadReport {
         l[rank.min(l.len() - 1)]
     }
 
+    /// Requests refused with 503 (an abort, a full queue): definite failures.
+    pub fn refused_503(&self) -> usize {
+        self.ops
+            .iter()
+            .filter(|o| matches!(o.outcome, WriteOutcome::Failed(503, _)))
+            .count()
+    }
+
+    /// Requests whose outcome the client could not know.
+    pub fn unknown(&self) -> usize {
+        self.ops
+            .iter()
+            .filter(|o| matches!(o.outcome, WriteOutcome::Unknown(_)))
+            .count()
+    }
+
     /// Failed and indeterminate requests by kind, for the report.
     pub fn errors(&self) -> BTreeMap<String, usize> {
         let mut kinds = BTreeMap::new();
@@ -112,7 +143,7 @@ impl LoadReport {
             let kind = match &op.outcome {
                 WriteOutcome::Ok => continue,
                 WriteOutcome::Failed(status, _) => format!("failed {status}"),
-                WriteOutcome::Unknown(e) if e.contains("connect") => "unknown: connect".into(),
+                WriteOutcome::NotSent(_) => "failed: not connected".into(),
                 WriteOutcome::Unknown(e) if e.contains("timed out") => "unknown: timeout".into(),
                 WriteOutcome::Unknown(_) => "unknown: other".into(),
             };
@@ -130,7 +161,9 @@ impl LoadReport {
     }
 }
 
-/// Runs the load and returns every request's outcome.
+/// Runs the load and returns every request's outcome. A client task that
+/// panics panics the caller: its requests must not silently drop out of
+/// every check.
 pub async fn run(api: &Api, options: &LoadOptions) -> LoadReport {
     let bar = progress_bar(options);
     let started = Instant::now();
@@ -147,20 +180,35 @@ pub async fn run(api: &Api, options: &LoadOptions) -> LoadReport {
                 {
                     break;
                 }
-                let tenant = if options.tenants == 0 {
-                    format!("{}-c{client}-q{seq}", options.prefix)
-                } else {
-                    let n = (client as u64 + seq) % options.tenants as u64;
-                    format!("{}-t{n}", options.prefix)
-                };
-                let items: Vec<Item> = (0..options.batch)
-                    .map(|k| Item::new(format!("{}-{client}-{seq}-{k}", options.prefix), &tenant))
+                let spread = options.spread.max(1);
+                let tenants: Vec<String> = (0..spread)
+                    .map(|j| {
+                        if options.tenants == 0 {
+                            format!("{}-c{client}-q{seq}-s{j}", options.prefix)
+                        } else {
+                            let n = (client as u64 + seq + j as u64) % options.tenants as u64;
+                            format!("{}-t{n}", options.prefix)
+                        }
+                    })
                     .collect();
+                // Spread wider than the tenants would write one tenant twice.
+                let mut shares: Vec<(String, u64)> = Vec::new();
+                let mut items: Vec<Item> = Vec::new();
+                for (j, tenant) in tenants.iter().enumerate() {
+                    if shares.iter().any(|(t, _)| t == tenant) {
+                        continue;
+                    }
+                    shares.push((tenant.clone(), options.batch as u64));
+                    items.extend((0..options.batch).map(|k| {
+                        Item::new(format!("{}-{client}-{seq}-{j}-{k}", options.prefix), tenant)
+                    }));
+                }
                 let sent = Instant::now();
                 let outcome = api.add(&items).await;
                 ops.push(Op {
-                    tenant,
+                    tenant: tenants[0].clone(),
                     items: items.len(),
+                    shares,
                     first_id: items[0].id.clone(),
                     outcome,
                     latency: sent.elapsed(),
@@ -170,7 +218,7 @@ pub async fn run(api: &Api, options: &LoadOptions) -> LoadReport {
                 // A coordinator that is down refuses at once: pause rather
                 // than spin through thousands of refused requests.
                 if let Some(Op {
-                    outcome: WriteOutcome::Unknown(_),
+                    outcome: WriteOutcome::Unknown(_) | WriteOutcome::NotSent(_),
                     ..
                 }) = ops.last()
                 {
@@ -182,7 +230,11 @@ pub async fn run(api: &Api, options: &LoadOptions) -> LoadReport {
     }
     let mut report = LoadReport::default();
     for task in tasks {
-        report.ops.extend(task.await.unwrap_or_default());
+        match task.await {
+            Ok(ops) => report.ops.extend(ops),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("a load client was cancelled: {e}"),
+        }
     }
     report.elapsed = started.elapsed();
     bar.finish_and_clear();

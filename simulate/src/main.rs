@@ -86,6 +86,13 @@ enum Command {
         seed: u64,
         #[arg(long, default_value_t = 8)]
         clients: usize,
+        /// The coordinator's --min-insync; 2 makes a second faulty counter
+        /// abort transactions.
+        #[arg(long, default_value_t = 1)]
+        min_insync: usize,
+        /// Let faults overlap (two counters down at once, and so on).
+        #[arg(long)]
+        overlapping: bool,
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -204,16 +211,22 @@ async fn main() -> anyhow::Result<()> {
             duration,
             seed,
             clients,
+            min_insync,
+            overlapping,
             data_dir,
         } => {
             let temp = tempdir()?;
             let dir = data_dir.unwrap_or_else(|| temp.clone());
-            let result = chaos::run(&dir, duration, seed, clients).await;
+            let mut options = chaos::ChaosOptions::new(duration, seed);
+            options.clients = clients;
+            options.min_insync = min_insync;
+            options.overlapping = overlapping;
+            let result = chaos::run(&dir, &options).await;
             let _ = std::fs::remove_dir_all(&temp);
-            let check = result?;
-            print!("{}", check.render());
-            if !check.passed() {
-                bail!("chaos run lost or invented items");
+            let report = result?;
+            print!("{}", report.render());
+            if !report.passed() {
+                bail!("chaos run lost, invented or split items, or a read went back");
             }
             Ok(())
         }

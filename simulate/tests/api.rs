@@ -215,16 +215,33 @@ async fn a_counter_takes_a_prepare_in_json_or_postcard() {
     let bodies = [
         (
             "application/json",
+            1 << 40,
             serde_json::to_vec(&prepare(1 << 40)).unwrap(),
         ),
-        (PREPARE_CONTENT_TYPE, prepare((1 << 40) + 1).to_postcard()),
+        (
+            PREPARE_CONTENT_TYPE,
+            (1 << 40) + 1,
+            prepare((1 << 40) + 1).to_postcard(),
+        ),
     ];
-    for (content_type, body) in bodies {
+    for (content_type, txn, body) in bodies {
         let response = send_prepare(&client, counter, content_type, body).await;
         assert_eq!(response.status(), 200, "{content_type}");
         let status: CounterStatus = response.json().await.unwrap();
-        assert!(status.voted.is_some(), "{content_type}: a vote");
+        assert_eq!(
+            status.voted,
+            Some(TxnId(txn)),
+            "{content_type}: a vote for this transaction"
+        );
     }
+    // Both are held prepared, awaiting an outcome.
+    let health: CounterStatus = reqwest::get(format!("{counter}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health.prepared, 2, "{health:?}");
 }
 
 /// The largest request the default limits allow (4 MiB, about 79,000
@@ -408,12 +425,30 @@ async fn reads_fail_over_and_health_reports_state() {
         api.add(&[tally_common::Item::new("x", "fo")]).await,
         simulate::api::WriteOutcome::Ok
     );
+    let health = |api: Api| async move {
+        let (status, body) = api.get("/health").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<tally_common::api::Health>(&body).unwrap()
+    };
+    assert_eq!(health(api.clone()).await.in_sync, 3);
     cluster.kill_counter(0).unwrap();
     // Before the health check notices, reads that hit the dead counter must
     // move on to another one within the same request.
     for _ in 0..10 {
         assert_eq!(api.count("fo").await, Ok(1));
     }
-    let (status, body) = api.get("/health").await.unwrap();
-    assert_eq!(status, 200, "{body}");
+    // Health reports the state it finds: two counters in sync, then three
+    // again once the dead one is back.
+    cluster
+        .wait_out_of_sync(0, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let state = health(api.clone()).await;
+    assert_eq!((state.status.as_str(), state.in_sync), ("ok", 2));
+    cluster.start_counter(0).unwrap();
+    cluster
+        .wait_all_in_sync(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(health(api.clone()).await.in_sync, 3);
 }

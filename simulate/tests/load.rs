@@ -149,6 +149,15 @@ async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
         .wait_all_in_sync(Duration::from_secs(60))
         .await
         .unwrap();
+    // A clean stop answers every request it took: none is left without an
+    // answer (refused connections while it was down are definite failures).
+    assert_eq!(
+        report.unknown(),
+        0,
+        "a request in flight at SIGTERM got no answer: {:?}",
+        report.errors()
+    );
+    assert!(report.requests_ok() > 0);
     let all = urls(&cluster, &[0, 1, 2]);
     let verification = load::verify(&api, &all, &report).await;
     assert!(verification.passed(), "{:?}", verification.mismatches);

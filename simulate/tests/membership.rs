@@ -32,6 +32,24 @@ async fn add_bulk(api: &Api, tenant: &str, prefix: &str, n: usize) {
     }
 }
 
+/// `(since, items)` of each completed copy ("copied from peer") in the
+/// log of a counter's latest run.
+fn copies_since_last_start(log: &str) -> Vec<(u64, u64)> {
+    let run = log.rsplit("counter starting").next().unwrap_or("");
+    let field = |line: &str, name: &str| -> u64 {
+        let at = line.find(&format!(" {name}=")).expect(name) + name.len() + 2;
+        let digits: String = line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().expect(name)
+    };
+    run.lines()
+        .filter(|l| l.contains("copied from peer"))
+        .map(|l| (field(l, "since"), field(l, "items")))
+        .collect()
+}
+
 fn counter_log(cluster: &LocalCluster, i: usize) -> String {
     let path = cluster
         .dir()
@@ -72,12 +90,19 @@ async fn a_counter_that_missed_20000_items_catches_up_with_only_the_delta() {
     cluster.start_counter(2).unwrap();
     cluster.wait_all_in_sync(WAIT).await.unwrap();
     cluster.check_counts(&[("catch", 21_000)]).await.unwrap();
+    // Every copy since the restart starts where this counter stood and,
+    // together, copies exactly the 20,000 items it missed.
     let log = counter_log(&cluster, 2);
-    assert!(log.contains("copying from peer"), "{log}");
-    assert!(
-        !log.contains("since=0 "),
-        "an intact counter must fetch only what it missed:\n{log}"
-    );
+    let copies = copies_since_last_start(&log);
+    assert!(!copies.is_empty(), "no copy logged:\n{log}");
+    for (since, _) in &copies {
+        assert_eq!(
+            *since, decided_before,
+            "copied from the wrong index:\n{log}"
+        );
+    }
+    let copied: u64 = copies.iter().map(|(_, items)| items).sum();
+    assert_eq!(copied, 20_000, "items copied:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,13 +117,21 @@ async fn a_counter_with_a_wiped_disk_copies_everything_and_matches() {
     cluster.start_counter(1).unwrap();
     cluster.wait_all_in_sync(WAIT).await.unwrap();
     cluster.check_counts(&[("wipe", 25_000)]).await.unwrap();
-    assert!(counter_log(&cluster, 1).contains("since=0 "));
+    let log = counter_log(&cluster, 1);
+    let copies = copies_since_last_start(&log);
+    assert!(copies.iter().all(|(since, _)| *since == 0), "{log}");
+    let copied: u64 = copies.iter().map(|(_, items)| items).sum();
+    assert_eq!(copied, 25_000, "a wiped counter copies everything:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_counter_leaves_the_in_sync_set_and_rejoins_after_thaw() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(&dir).await;
+    // A read sent to the frozen counter would wait the whole read timeout;
+    // 10 s sets it far from an answer that never went there.
+    let mut options = ClusterOptions::new(dir.path(), 3);
+    options.coordinator_args = vec!["--read-timeout".into(), "10s".into()];
+    let cluster = LocalCluster::start(options).await.unwrap();
     let api = cluster.api().clone();
     let writer = {
         let api = api.clone();
@@ -111,12 +144,17 @@ async fn a_frozen_counter_leaves_the_in_sync_set_and_rejoins_after_thaw() {
     };
     cluster.freeze_counter(0).unwrap();
     cluster.wait_out_of_sync(0, WAIT).await.unwrap();
-    // Reads never wait on the frozen counter: each answers well within the
-    // fence timeout, however many land while it is frozen.
+    // Reads never wait on the frozen counter: one that went there would
+    // take the 10 s read timeout; on two loaded cores an answer from a
+    // live counter takes well under half of that.
     for _ in 0..30 {
         let started = Instant::now();
         api.count("anything").await.unwrap();
-        assert!(started.elapsed() < Duration::from_millis(1500));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a read took {:?}",
+            started.elapsed()
+        );
     }
     cluster.thaw_counter(0).unwrap();
     let report: LoadReport = writer.await.unwrap();
@@ -189,7 +227,8 @@ async fn a_commit_logged_before_a_coordinator_crash_reaches_every_counter() {
     for c in cluster.counters() {
         assert_eq!(api.counter_count(&c.url, "crash").await, Ok(0), "not yet");
     }
-    cluster.kill_coordinator().unwrap();
+    let status = cluster.wait_coordinator_exit(WAIT).unwrap();
+    assert!(!status.success(), "the failpoint aborts: {status}");
     cluster.set_coordinator_env(vec![]);
     cluster.start_coordinator().unwrap();
     cluster.wait_all_in_sync(WAIT).await.unwrap();
@@ -208,23 +247,6 @@ async fn a_commit_logged_before_a_coordinator_crash_reaches_every_counter() {
         .unwrap();
     }
     assert_eq!(api.count("crash").await, Ok(1));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn set_check_under_random_kills_finds_nothing_lost_or_unexpected() {
-    let dir = tempfile::tempdir().unwrap();
-    let check = simulate::chaos::run(dir.path(), Duration::from_secs(20), 42, 8)
-        .await
-        .unwrap();
-    println!("{}", check.render());
-    assert!(check.ok > 0, "some writes must succeed");
-    assert!(check.lost.is_empty(), "lost: {:?}", check.lost);
-    assert!(
-        check.unexpected.is_empty(),
-        "unexpected: {:?}",
-        check.unexpected
-    );
-    assert!(check.passed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
