@@ -264,7 +264,7 @@ async fn copy_from(
     state.replica.set_copy_progress(Some(p.progress()));
     match streamed {
         Ok(()) => {
-            tracing::info!(peer, start = %p.start, %until, items = p.copied, "copied from peer");
+            tracing::info!(peer, since = %p.start, %until, items = p.copied, "copied from peer");
             *pass = None;
             Ok(())
         }
