@@ -119,7 +119,9 @@ async fn prepare(shared: &Arc<Shared>, txn: TxnId, items: Vec<Item>) -> BTreeSet
         if p.in_sync || !lagging.contains(&p.id) {
             awaited.insert(p.id.clone());
         }
-        if p.in_sync {
+        // A converging joiner is waited for like an in-sync counter, unless
+        // its last prepare failed (membership.rs says why).
+        if p.in_sync || (p.converging && !lagging.contains(&p.id)) {
             awaited_in_sync.insert(p.id.clone());
         }
         let (shared, body, votes) = (shared.clone(), body.clone(), votes.clone());
