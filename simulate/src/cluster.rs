@@ -215,8 +215,28 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// A port nobody listens on right now.
+/// A port to give a process of a test cluster. Not one the kernel picks
+/// for port 0: that comes from the ephemeral range, which every outgoing
+/// connection also draws its local port from, so between this call and the
+/// process's own bind a test's client could take it (a counter that could
+/// not listen, and a cluster that never came up, in one fresh-clone run).
+/// Below the ephemeral range (Linux: 32768-60999) only listeners compete;
+/// each port is handed out once per test process, and checked free.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = 20_000 + (rand::random::<u16>() % 12_000);
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free port between 20000 and 32000")
 }
 
 impl LocalCluster {
