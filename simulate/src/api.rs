@@ -62,6 +62,21 @@ impl Api {
         }
     }
 
+    /// Adds `n` distinct items (`{prefix}-{k}`) to `tenant` in requests of
+    /// 1,000; the first request not acknowledged ends it with its outcome.
+    pub async fn add_bulk(&self, tenant: &str, prefix: &str, n: usize) -> Result<(), WriteOutcome> {
+        for chunk in 0..n.div_ceil(1000) {
+            let items: Vec<Item> = (chunk * 1000..((chunk + 1) * 1000).min(n))
+                .map(|k| Item::new(format!("{prefix}-{k}"), tenant))
+                .collect();
+            match self.add(&items).await {
+                WriteOutcome::Ok => {}
+                other => return Err(other),
+            }
+        }
+        Ok(())
+    }
+
     /// Posts raw bytes (with curl's default form Content-Type, as
     /// `curl -d` does) and returns the status and body.
     pub async fn add_raw(&self, body: Vec<u8>) -> Result<(u16, String), String> {

@@ -513,6 +513,12 @@ impl LocalCluster {
         self.coordinator.start()
     }
 
+    /// Everything counter `i` has logged (its runs append to one file).
+    pub fn counter_log(&self, i: usize) -> String {
+        let path = self.options.dir.join(format!("{}.log", self.infos[i].id));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
     /// Sets `--flag value` on counter `i`'s command line for its next start
     /// (replacing the flag's value if it is there already).
     pub fn set_counter_arg(&mut self, i: usize, flag: &str, value: &str) {

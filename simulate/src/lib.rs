@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod checker;
 pub mod cluster;
 pub mod docker;
+pub mod fake;
 pub mod load;
 pub mod prometheus;
 pub mod readers;

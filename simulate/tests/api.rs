@@ -275,38 +275,7 @@ async fn the_largest_request_the_limits_allow_is_counted_by_every_counter() {
 /// A process that registers as a counter and answers every request with a
 /// 200 whose body is not what the protocol expects.
 async fn garbage_counter() -> String {
-    fake_counter("{\"vote\": \"yes, definitely\"".to_string()).await
-}
-
-/// A process that answers every request with a 200 and `body`.
-async fn fake_counter(body: String) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let body = body.clone();
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = vec![0u8; 65536];
-                while let Ok(n) = socket.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if socket.write_all(reply.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    url
+    simulate::fake::fake_counter(move |_| "{\"vote\": \"yes, definitely\"".to_string()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +359,7 @@ async fn a_counter_that_answers_for_another_transaction_is_never_trusted() {
         "id": "impostor", "applied_index": 0, "catching_up": false, "prepared": 0,
         "voted": 1, "committed": (1..100).collect::<Vec<u64>>(),
     });
-    let url = fake_counter(status.to_string()).await;
+    let url = simulate::fake::fake_counter(move |_| status.to_string()).await;
     let register = serde_json::json!({"id": "impostor", "url": url, "applied_index": 0});
     let response = reqwest::Client::new()
         .post(format!("{}/internal/register", cluster.coordinator_url()))

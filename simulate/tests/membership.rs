@@ -2,7 +2,7 @@
 //! crashes between deciding and telling. Through all of it the cluster
 //! serves correct counts and every replica converges.
 
-use simulate::api::{Api, WriteOutcome};
+use simulate::api::WriteOutcome;
 use simulate::cluster::{bin_dir, ClusterOptions, LocalCluster};
 use simulate::load::{self, LoadOptions, LoadReport};
 use simulate::scenario::{self, ProcessBackend};
@@ -20,16 +20,6 @@ async fn cluster(dir: &tempfile::TempDir) -> LocalCluster {
 
 fn all_urls(cluster: &LocalCluster) -> Vec<String> {
     cluster.counters().iter().map(|c| c.url.clone()).collect()
-}
-
-/// Adds `n` distinct items to `tenant` in requests of 1,000.
-async fn add_bulk(api: &Api, tenant: &str, prefix: &str, n: usize) {
-    for chunk in 0..n.div_ceil(1000) {
-        let items: Vec<Item> = (chunk * 1000..((chunk + 1) * 1000).min(n))
-            .map(|k| Item::new(format!("{prefix}-{k}"), tenant))
-            .collect();
-        assert_eq!(api.add(&items).await, WriteOutcome::Ok);
-    }
 }
 
 /// `(since, items)` of each completed copy ("copied from peer") in the
@@ -50,13 +40,6 @@ fn copies_since_last_start(log: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn counter_log(cluster: &LocalCluster, i: usize) -> String {
-    let path = cluster
-        .dir()
-        .join(format!("{}.log", cluster.counters()[i].id));
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walkthrough_scenario_holds() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,7 +54,7 @@ async fn a_counter_that_missed_20000_items_catches_up_with_only_the_delta() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(&dir).await;
     let api = cluster.api().clone();
-    add_bulk(&api, "catch", "before", 1000).await;
+    api.add_bulk("catch", "before", 1000).await.unwrap();
     let decided_before = api.cluster().await.unwrap().decided_index.0;
     assert!(decided_before > 0);
     // Clients hear of a commit before counters apply it; wait until this
@@ -86,13 +69,13 @@ async fn a_counter_that_missed_20000_items_catches_up_with_only_the_delta() {
     .await
     .unwrap();
     cluster.kill_counter(2).unwrap();
-    add_bulk(&api, "catch", "while-down", 20_000).await;
+    api.add_bulk("catch", "while-down", 20_000).await.unwrap();
     cluster.start_counter(2).unwrap();
     cluster.wait_all_in_sync(WAIT).await.unwrap();
     cluster.check_counts(&[("catch", 21_000)]).await.unwrap();
     // Every copy since the restart starts where this counter stood and,
     // together, copies exactly the 20,000 items it missed.
-    let log = counter_log(&cluster, 2);
+    let log = cluster.counter_log(2);
     let copies = copies_since_last_start(&log);
     assert!(!copies.is_empty(), "no copy logged:\n{log}");
     for (since, _) in &copies {
@@ -110,14 +93,14 @@ async fn a_counter_with_a_wiped_disk_copies_everything_and_matches() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(&dir).await;
     let api = cluster.api().clone();
-    add_bulk(&api, "wipe", "before", 5000).await;
+    api.add_bulk("wipe", "before", 5000).await.unwrap();
     cluster.kill_counter(1).unwrap();
     cluster.wipe_counter(1).unwrap();
-    add_bulk(&api, "wipe", "while-down", 20_000).await;
+    api.add_bulk("wipe", "while-down", 20_000).await.unwrap();
     cluster.start_counter(1).unwrap();
     cluster.wait_all_in_sync(WAIT).await.unwrap();
     cluster.check_counts(&[("wipe", 25_000)]).await.unwrap();
-    let log = counter_log(&cluster, 1);
+    let log = cluster.counter_log(1);
     let copies = copies_since_last_start(&log);
     assert!(copies.iter().all(|(since, _)| *since == 0), "{log}");
     let copied: u64 = copies.iter().map(|(_, items)| items).sum();
@@ -173,7 +156,7 @@ async fn with_every_counter_down_nothing_is_served_or_counted_until_they_return(
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(&dir).await;
     let api = cluster.api().clone();
-    add_bulk(&api, "outage", "before", 10).await;
+    api.add_bulk("outage", "before", 10).await.unwrap();
     for i in 0..3 {
         cluster.kill_counter(i).unwrap();
     }
@@ -254,12 +237,12 @@ async fn a_counter_that_missed_only_repeated_items_still_rejoins() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(&dir).await;
     let api = cluster.api().clone();
-    add_bulk(&api, "repeat", "same", 100).await;
+    api.add_bulk("repeat", "same", 100).await.unwrap();
     cluster.kill_counter(0).unwrap();
     // Client retries: every commit while it is down adds nothing new, so
     // no peer logs an entry for those indexes.
     for _ in 0..5 {
-        add_bulk(&api, "repeat", "same", 100).await;
+        api.add_bulk("repeat", "same", 100).await.unwrap();
     }
     cluster.start_counter(0).unwrap();
     cluster.wait_all_in_sync(WAIT).await.unwrap();
@@ -281,10 +264,10 @@ async fn a_copy_whose_peer_dies_mid_transfer_continues_from_another() {
         .wait_out_of_sync(2, Duration::from_secs(10))
         .await
         .unwrap();
-    add_bulk(&api, "relay", "r", 60_000).await;
+    api.add_bulk("relay", "r", 60_000).await.unwrap();
     cluster.start_counter(2).unwrap();
     let peer = simulate::wait::until("copy started", Duration::from_secs(20), || async {
-        let log = counter_log(&cluster, 2);
+        let log = cluster.counter_log(2);
         let line = log
             .lines()
             .find(|l| l.contains("copying from peer"))
@@ -297,7 +280,7 @@ async fn a_copy_whose_peer_dies_mid_transfer_continues_from_another() {
     .unwrap();
     cluster.kill_counter(peer).unwrap();
     simulate::wait::until("copy failed over", Duration::from_secs(30), || async {
-        let log = counter_log(&cluster, 2);
+        let log = cluster.counter_log(2);
         let failed = log.contains("copy from peer failed");
         let done = log.contains("copied from peer");
         if failed && done {

@@ -17,16 +17,6 @@ async fn cluster(dir: &tempfile::TempDir, counters: usize) -> LocalCluster {
         .expect("cluster starts")
 }
 
-/// Adds `n` distinct items to `tenant` in requests of 1,000.
-async fn add_bulk(api: &Api, tenant: &str, prefix: &str, n: usize) {
-    for chunk in 0..n.div_ceil(1000) {
-        let items: Vec<Item> = (chunk * 1000..((chunk + 1) * 1000).min(n))
-            .map(|k| Item::new(format!("{prefix}-{k}"), tenant))
-            .collect();
-        assert_eq!(api.add(&items).await, WriteOutcome::Ok);
-    }
-}
-
 /// Single-item writes, one after another; how many were acknowledged.
 async fn write_singles(api: &Api, tenant: &str, n: usize) -> Vec<WriteOutcome> {
     let mut outcomes = Vec::new();
@@ -50,13 +40,6 @@ async fn wait_counter_up(cluster: &LocalCluster, i: usize) {
     .unwrap();
 }
 
-fn counter_log(cluster: &LocalCluster, i: usize) -> String {
-    let path = cluster
-        .dir()
-        .join(format!("{}.log", cluster.counters()[i].id));
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
 /// Everything stops; one counter's disk is lost; it comes back first, alone,
 /// and the coordinator restarts with the in-sync set it persisted. The
 /// counter must not vote as the member it was: before the fix it did, 27
@@ -67,7 +50,7 @@ async fn a_counter_on_an_empty_disk_never_votes_for_the_member_it_was() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(&dir, 3).await;
     let api = cluster.api().clone();
-    add_bulk(&api, "kept", "before", 2000).await;
+    api.add_bulk("kept", "before", 2000).await.unwrap();
     cluster.check_counts(&[("kept", 2000)]).await.unwrap();
 
     cluster.kill_coordinator().unwrap();
@@ -99,7 +82,7 @@ async fn a_counter_on_an_empty_disk_never_votes_for_the_member_it_was() {
         .unwrap();
     let view = api.cluster().await.unwrap();
     assert_eq!(view.availability.status, "ok", "{view:?}");
-    assert!(counter_log(&cluster, 0).contains("since=0"));
+    assert!(cluster.counter_log(0).contains("since=0"));
 }
 
 /// A dead counter restarted on an empty disk answers health checks but
@@ -115,7 +98,7 @@ async fn a_health_answer_from_an_empty_disk_promotes_nobody() {
     options.coordinator_args = vec!["--remove-after".into(), "100000".into()];
     let mut cluster = LocalCluster::start(options).await.unwrap();
     let api = cluster.api().clone();
-    add_bulk(&api, "kept", "before", 1000).await;
+    api.add_bulk("kept", "before", 1000).await.unwrap();
     cluster.check_counts(&[("kept", 1000)]).await.unwrap();
     let old_disk = api
         .counter_health(&cluster.counters()[0].url)
@@ -193,7 +176,7 @@ async fn a_counter_restored_from_an_old_copy_never_serves_alone() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(&dir, 2).await;
     let api = cluster.api().clone();
-    add_bulk(&api, "t", "old", 100).await;
+    api.add_bulk("t", "old", 100).await.unwrap();
     cluster.check_counts(&[("t", 100)]).await.unwrap();
     assert_eq!(cluster.stop_counter(0).unwrap(), Some(0));
     let data = cluster.counters()[0].data_dir.clone();
@@ -201,7 +184,7 @@ async fn a_counter_restored_from_an_old_copy_never_serves_alone() {
     copy_dir(&data, &backup);
     cluster.start_counter(0).unwrap();
     cluster.wait_all_in_sync(WAIT).await.unwrap();
-    add_bulk(&api, "t", "new", 100).await;
+    api.add_bulk("t", "new", 100).await.unwrap();
     cluster.check_counts(&[("t", 200)]).await.unwrap();
 
     cluster.kill_coordinator().unwrap();
@@ -263,7 +246,7 @@ async fn a_copy_longer_than_every_timeout_and_cut_midway_finishes() {
     let api = cluster.api().clone();
     cluster.kill_counter(1).unwrap();
     cluster.wipe_counter(1).unwrap();
-    add_bulk(&api, "big", "item", ITEMS).await;
+    api.add_bulk("big", "item", ITEMS).await.unwrap();
     cluster.start_counter(1).unwrap();
 
     // Wait until a third has arrived, noting the progress the cluster
@@ -311,7 +294,7 @@ async fn a_copy_longer_than_every_timeout_and_cut_midway_finishes() {
         "{progress:?}"
     );
     assert!(progress.copied > 0 && progress.items_per_sec > 0 && progress.eta_secs.is_some());
-    let log = counter_log(&cluster, 1);
+    let log = cluster.counter_log(1);
     assert!(log.contains("resuming a cut copy"), "{log}");
 }
 
@@ -323,7 +306,7 @@ async fn a_stalled_cluster_says_why_and_an_operator_can_promote_by_hand() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(&dir, 2).await;
     let api = cluster.api().clone();
-    add_bulk(&api, "t", "both", 100).await;
+    api.add_bulk("t", "both", 100).await.unwrap();
     cluster.check_counts(&[("t", 100)]).await.unwrap();
     cluster.kill_counter(1).unwrap();
     // Acknowledged by counter-1 alone.
@@ -402,7 +385,15 @@ async fn a_read_answered_in_another_counters_name_is_refused() {
         "catching_up": false, "prepared": 0,
     });
     let count = serde_json::json!({"id": "someone-else", "count": 999});
-    let url = fake_reader(status.to_string(), count.to_string()).await;
+    let (status, count) = (status.to_string(), count.to_string());
+    let url = simulate::fake::fake_counter(move |request| {
+        if request.contains("/internal/count") {
+            count.clone()
+        } else {
+            status.clone()
+        }
+    })
+    .await;
     let register =
         serde_json::json!({"id": "reader", "url": url, "incarnation": 5, "applied_index": 0});
     let response = reqwest::Client::new()
@@ -418,41 +409,4 @@ async fn a_read_answered_in_another_counters_name_is_refused() {
         let read = cluster.api().count("t").await;
         assert!(read.is_err(), "a read answered by someone else: {read:?}");
     }
-}
-
-/// A fake counter: `count` for the fenced reads, `status` for the rest.
-async fn fake_reader(status: String, count: String) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let (status, count) = (status.clone(), count.clone());
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = vec![0u8; 65536];
-                while let Ok(n) = socket.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    let request = String::from_utf8_lossy(&buf[..n]);
-                    let body = if request.contains("/internal/count") {
-                        &count
-                    } else {
-                        &status
-                    };
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if socket.write_all(reply.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    url
 }
