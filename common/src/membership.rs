@@ -226,6 +226,9 @@ impl Cluster {
     /// keeps its incarnation, and is found out this way. It leaves the set
     /// and copies what it lacks.
     pub fn lacks_commit(&mut self, id: &CounterId, index: CommitIndex) -> Vec<Effect> {
+        if cfg!(feature = "mutate-ignore-trim-point") {
+            return vec![];
+        }
         let decided = self.decided;
         let Some(member) = self.members.get_mut(id) else {
             return vec![];
@@ -355,6 +358,8 @@ impl Cluster {
         let from = known.map(|m| m.state);
         let was_in_sync = known.is_some_and(|m| m.in_sync);
         let trimmed = self.trimmed;
+        #[cfg(feature = "mutate-ignore-trim-point")]
+        let trimmed = CommitIndex::ZERO;
         let lost = known.and_then(|m| {
             lost_data(m, incarnation, applied).or_else(|| {
                 (m.in_sync && applied < trimmed).then(|| {
@@ -365,6 +370,9 @@ impl Cluster {
                 })
             })
         });
+        // Mutation: a counter back on another disk keeps its place.
+        #[cfg(feature = "mutate-register-ignores-incarnation")]
+        let lost: Option<String> = None;
         let nobody_else_in_sync = !self.members.values().any(|m| m.in_sync && m.id != id);
         let decided = self.decided;
         let member = self.members.entry(id.clone()).or_insert_with(|| Member {
@@ -559,6 +567,15 @@ impl Cluster {
                 to: Some(member.state),
                 in_sync: member.in_sync,
             });
+        }
+        // Mutation: a health answer promotes a counter that says it holds
+        // enough, whatever disk it answers from.
+        #[cfg(feature = "mutate-health-promotes")]
+        if !member.in_sync && member.registered && member.applied >= member.join_until {
+            member.in_sync = true;
+            member.state = CounterState::Live;
+            effects.push(Effect::Persist);
+            return effects;
         }
         if !member.in_sync && !member.catching_up && member.registered {
             let request = CatchUpRequest {

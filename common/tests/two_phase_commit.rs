@@ -28,7 +28,7 @@ use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tally_common::api::Outcome;
 use tally_common::applied::AppliedSet;
-use tally_common::coordinator::{self as co, Coordinator};
+use tally_common::coordinator::old_model::{self as co, Coordinator};
 use tally_common::participant::{self as pa, Participant};
 use tally_common::{CommitIndex, CounterId, TxnId};
 

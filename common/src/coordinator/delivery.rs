@@ -1,0 +1,210 @@
+//! Phase two: getting every commit to every counter that voted for it, and
+//! forgetting decisions once every in-sync counter applied them.
+//!
+//! A commit is first offered to the next prepare (under load one follows
+//! within a millisecond, and the counter then applies the commit in the
+//! same storage write as the prepare); if none carried it within
+//! `commit_linger`, it goes out on its own. Commits not acknowledged stay
+//! pending and are re-sent each sweep until every voter has them.
+
+use super::{Action, CommitAnswer, CoordinatorCore, Millis, Notice, Target};
+use crate::api::{CommitRequest, CounterState};
+use crate::{CommitIndex, CounterId, TxnId};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most pending commits re-sent in one sweep.
+const RESEND_BATCH: usize = 256;
+
+#[derive(Debug)]
+struct Pending {
+    txn: TxnId,
+    waiting: BTreeSet<CounterId>,
+    since: Millis,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Deliveries {
+    /// Decided commits not yet carried by a prepare, with their voters and
+    /// when they go out on their own.
+    undelivered: Vec<(CommitRequest, BTreeSet<CounterId>, Millis)>,
+    /// Logged commits that some voter has not acknowledged.
+    pending: BTreeMap<CommitIndex, Pending>,
+    last_sweep: Millis,
+    trimmed: CommitIndex,
+}
+
+impl Deliveries {
+    pub(super) fn pending_since(
+        &mut self,
+        index: CommitIndex,
+        txn: TxnId,
+        waiting: BTreeSet<CounterId>,
+        since: Millis,
+    ) {
+        if !waiting.is_empty() {
+            self.pending.insert(
+                index,
+                Pending {
+                    txn,
+                    waiting,
+                    since,
+                },
+            );
+        }
+    }
+
+    /// A commit's decision is durable: it waits for a prepare to carry it
+    /// until `linger_until`.
+    pub(super) fn decided(
+        &mut self,
+        commit: CommitRequest,
+        yes: BTreeSet<CounterId>,
+        linger_until: Millis,
+        now: Millis,
+    ) {
+        self.pending_since(commit.index, commit.txn, yes.clone(), now);
+        self.undelivered.push((commit, yes, linger_until));
+    }
+
+    /// Every commit waiting to ride on a prepare; the prepare takes them.
+    pub(super) fn take_undelivered(&mut self) -> Vec<CommitRequest> {
+        self.undelivered.drain(..).map(|(c, _, _)| c).collect()
+    }
+
+    pub(super) fn next_linger(&self) -> Option<Millis> {
+        self.undelivered.iter().map(|(_, _, due)| *due).min()
+    }
+
+    pub(super) fn next_sweep(&self) -> Millis {
+        self.last_sweep
+    }
+
+    pub(super) fn sweep_due(&self, now: Millis) -> bool {
+        now >= self.last_sweep
+    }
+
+    pub(super) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The lowest commit some voter has not acknowledged.
+    #[allow(dead_code)]
+    pub(super) fn lowest_pending(&self) -> Option<CommitIndex> {
+        self.pending.keys().next().copied()
+    }
+}
+
+impl CoordinatorCore {
+    /// Commits that no prepare carried within the linger go out alone.
+    pub(super) fn deliver_lingering(&mut self, out: &mut Vec<Action>) {
+        let now = self.now;
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deliveries.undelivered)
+            .into_iter()
+            .partition(|(_, _, until)| *until <= now);
+        self.deliveries.undelivered = waiting;
+        for (commit, yes, _) in due {
+            for to in self.targets(&yes) {
+                out.push(Action::Commit { to, commit });
+            }
+        }
+    }
+
+    /// Records that `counter` applied the commit at `index`.
+    pub(super) fn acknowledge(
+        &mut self,
+        index: CommitIndex,
+        counter: &CounterId,
+        applied: CommitIndex,
+    ) {
+        self.cluster.record_applied(counter, applied);
+        if let Some(entry) = self.deliveries.pending.get_mut(&index) {
+            entry.waiting.remove(counter);
+            if entry.waiting.is_empty() {
+                self.deliveries.pending.remove(&index);
+            }
+        }
+    }
+
+    pub(super) fn on_commit_answer(
+        &mut self,
+        index: CommitIndex,
+        counter: CounterId,
+        answer: CommitAnswer,
+        out: &mut Vec<Action>,
+    ) {
+        match answer {
+            CommitAnswer::Applied { applied } => self.acknowledge(index, &counter, applied),
+            CommitAnswer::NotPrepared => {
+                // It does not hold the prepared transaction: catch-up brings
+                // it instead, and until then it is not in sync.
+                out.push(Action::Notice(Notice::LacksCommit {
+                    counter: counter.clone(),
+                    index,
+                }));
+                let effects = self.cluster.lacks_commit(&counter, index);
+                self.carry_out(effects, Vec::new(), out);
+                self.acknowledge(index, &counter, CommitIndex::ZERO);
+            }
+            CommitAnswer::Failed(_) => {}
+        }
+    }
+
+    /// Re-sends commits a voter has not acknowledged, and trims the log up
+    /// to what every in-sync counter applied.
+    pub(super) fn sweep(&mut self, out: &mut Vec<Action>) {
+        let now = self.now;
+        let period = self.config.sweep_interval_ms;
+        self.deliveries.last_sweep = now.plus(period);
+        let due: Vec<(CommitIndex, TxnId, Vec<CounterId>)> = self
+            .deliveries
+            .pending
+            .iter()
+            .filter(|(_, p)| now.since(p.since) >= period)
+            .take(RESEND_BATCH)
+            .map(|(index, p)| (*index, p.txn, p.waiting.iter().cloned().collect()))
+            .collect();
+        for (index, txn, waiting) in due {
+            for id in waiting {
+                let Some(member) = self.cluster.member(&id) else {
+                    // Gone from the view: nobody left to tell.
+                    self.acknowledge(index, &id, CommitIndex::ZERO);
+                    continue;
+                };
+                if member.state == CounterState::Dead {
+                    continue;
+                }
+                out.push(Action::Commit {
+                    to: Target {
+                        id: id.clone(),
+                        url: member.url.clone(),
+                    },
+                    commit: CommitRequest { txn, index },
+                });
+            }
+        }
+        self.trim(out);
+    }
+
+    fn trim(&mut self, _out: &mut Vec<Action>) {
+        let upto = self.cluster.trim_point();
+        if upto <= self.deliveries.trimmed {
+            return;
+        }
+        self.deliveries.trimmed = upto;
+        self.cluster.note_trimmed(upto);
+        // Counters still waiting for a commit about to be forgotten will
+        // hear "aborted" for it: they must copy it instead.
+        let kept = self.deliveries.pending.split_off(&upto.next());
+        for (index, entry) in std::mem::replace(&mut self.deliveries.pending, kept) {
+            for id in &entry.waiting {
+                self.cluster.must_copy(id, index);
+            }
+        }
+        let kept_decisions: BTreeMap<TxnId, CommitIndex> = std::mem::take(&mut self.decisions)
+            .into_iter()
+            .filter(|(_, index)| *index > upto)
+            .collect();
+        self.decisions = kept_decisions;
+        self.log.trim(upto);
+    }
+}

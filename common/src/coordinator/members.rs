@@ -1,0 +1,180 @@
+//! Membership events: health rounds, registrations, catch-up reports and
+//! the operator's promotion, fed to `Cluster`, whose changes are made
+//! durable before anyone acts on them.
+
+use super::{Action, CoordinatorCore, CoreConfig, JoinRefused, Millis, Notice, RequestId, Target};
+use crate::membership::HealthReport;
+use crate::{CommitIndex, CounterId, Incarnation};
+use std::collections::HashSet;
+
+/// When the next health round is due, and which checks are still out (a
+/// counter is not asked again while its last check has not answered, so a
+/// hung counter costs one outstanding check, not one per round).
+#[derive(Debug)]
+pub(super) struct HealthRounds {
+    next: Millis,
+    outstanding: HashSet<CounterId>,
+}
+
+impl HealthRounds {
+    /// The first round is due at once: after a restart every counter
+    /// re-registers with this epoch at the first check.
+    pub(super) fn new(now: Millis, _config: &CoreConfig) -> Self {
+        HealthRounds {
+            next: now,
+            outstanding: HashSet::new(),
+        }
+    }
+
+    pub(super) fn next_round(&self) -> Millis {
+        self.next
+    }
+
+    pub(super) fn due(&self, now: Millis) -> bool {
+        now >= self.next
+    }
+}
+
+impl CoordinatorCore {
+    pub(super) fn health_round(&mut self, out: &mut Vec<Action>) {
+        self.health.next = self.now.plus(self.config.health_interval_ms);
+        let members: Vec<Target> = self
+            .cluster
+            .members()
+            .map(|m| Target {
+                id: m.id.clone(),
+                url: m.url.clone(),
+            })
+            .collect();
+        for to in members {
+            if self.health.outstanding.insert(to.id.clone()) {
+                out.push(Action::CheckHealth { to });
+            }
+        }
+    }
+
+    pub(super) fn on_health(
+        &mut self,
+        counter: CounterId,
+        report: Result<HealthReport, String>,
+        out: &mut Vec<Action>,
+    ) {
+        self.health.outstanding.remove(&counter);
+        let effects = match report {
+            Ok(report) => self.cluster.health_ok(&counter, report, self.wall_ms()),
+            Err(error) => {
+                out.push(Action::Notice(Notice::HealthFailed {
+                    counter: counter.clone(),
+                    error,
+                }));
+                self.cluster.health_failed(&counter)
+            }
+        };
+        self.carry_out(effects, Vec::new(), out);
+    }
+
+    pub(super) fn on_register(
+        &mut self,
+        request: RequestId,
+        id: CounterId,
+        url: String,
+        incarnation: Incarnation,
+        applied: CommitIndex,
+        out: &mut Vec<Action>,
+    ) {
+        if let Err(refused) = self.check_claim(applied) {
+            out.push(Action::Joined {
+                request,
+                result: Err(refused),
+            });
+            return;
+        }
+        let now = self.wall_ms();
+        let (mut plan, effects) = self
+            .cluster
+            .register(id.clone(), url, incarnation, applied, now);
+        plan.epoch = self.config.epoch;
+        let then = vec![
+            Action::Notice(Notice::Registered {
+                counter: id,
+                incarnation,
+                applied,
+                plan: plan.clone(),
+            }),
+            Action::Joined {
+                request,
+                result: Ok(plan),
+            },
+        ];
+        self.carry_out(effects, then, out);
+    }
+
+    pub(super) fn on_caught_up(
+        &mut self,
+        request: RequestId,
+        id: CounterId,
+        incarnation: Incarnation,
+        applied: CommitIndex,
+        out: &mut Vec<Action>,
+    ) {
+        if let Err(refused) = self.check_claim(applied) {
+            out.push(Action::Joined {
+                request,
+                result: Err(refused),
+            });
+            return;
+        }
+        let now = self.wall_ms();
+        match self.cluster.caught_up(&id, incarnation, applied, now) {
+            None => out.push(Action::Joined {
+                request,
+                result: Err(JoinRefused::NotRegistered),
+            }),
+            Some((mut plan, effects)) => {
+                plan.epoch = self.config.epoch;
+                let then = vec![Action::Joined {
+                    request,
+                    result: Ok(plan),
+                }];
+                self.carry_out(effects, then, out);
+            }
+        }
+    }
+
+    pub(super) fn on_promote(&mut self, request: RequestId, id: CounterId, out: &mut Vec<Action>) {
+        match self.cluster.force_promote(&id) {
+            Err(reason) => out.push(Action::Promoted {
+                request,
+                result: Err(reason),
+            }),
+            Ok((held, effects)) => {
+                let then = vec![Action::Promoted {
+                    request,
+                    result: Ok(held),
+                }];
+                self.carry_out(effects, then, out);
+            }
+        }
+    }
+
+    /// Nobody can have applied what was never decided. A counter claiming
+    /// more is lying, or holds another cluster's data (this coordinator's
+    /// log was lost): believing it could make it the one everyone copies
+    /// from, so such a claim is refused.
+    fn check_claim(&self, applied: CommitIndex) -> Result<(), JoinRefused> {
+        if self.cluster.claim_is_possible(applied) {
+            Ok(())
+        } else {
+            Err(JoinRefused::ImpossibleClaim {
+                applied,
+                decided: self.cluster.decided(),
+            })
+        }
+    }
+
+    /// "Last seen" times in the cluster view are shown as ages, so the
+    /// core's clock serves.
+    fn wall_ms(&self) -> u64 {
+        self.now.0
+    }
+}

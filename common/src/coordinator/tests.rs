@@ -1,0 +1,324 @@
+//! The core's rules one event at a time; the simulator (sim/) runs it
+//! under faults, and sim/scenarios/ walks through the protocol.
+
+use super::*;
+use crate::api::CounterState;
+
+fn id(name: &str) -> CounterId {
+    CounterId::from(name)
+}
+
+/// A core with `n` registered in-sync counters c1..cn.
+fn cluster_of(n: usize) -> (CoordinatorCore, Millis) {
+    let mut core =
+        CoordinatorCore::recover(CoreConfig::for_tests(1), RestoredLog::default(), Millis(0));
+    let mut now = Millis(0);
+    for i in 1..=n {
+        let name = format!("c{i}");
+        let actions = core.step(
+            now,
+            Event::Register {
+                request: RequestId(1000 + i as u64),
+                id: id(&name),
+                url: format!("http://{name}"),
+                incarnation: Incarnation(i as u64),
+                applied: CommitIndex::ZERO,
+            },
+        );
+        now = now.plus(1);
+        if actions.iter().any(|a| matches!(a, Action::WriteLog(_))) {
+            core.step(now, Event::LogWritten);
+        }
+        // Nothing was decided yet, so it holds everything: in sync.
+        let actions = core.step(
+            now,
+            Event::CaughtUp {
+                request: RequestId(2000 + i as u64),
+                id: id(&name),
+                incarnation: Incarnation(i as u64),
+                applied: CommitIndex::ZERO,
+            },
+        );
+        if actions.iter().any(|a| matches!(a, Action::WriteLog(_))) {
+            core.step(now, Event::LogWritten);
+        }
+    }
+    assert_eq!(core.cluster().in_sync_count(), n);
+    (core, now)
+}
+
+fn vote(i: u64) -> Result<Vote, String> {
+    Ok(Vote {
+        incarnation: Incarnation(i),
+        applied: CommitIndex::ZERO,
+        committed: vec![],
+    })
+}
+
+fn prepared_txn(actions: &[Action]) -> TxnId {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Prepare { txn, .. } => Some(*txn),
+            _ => None,
+        })
+        .expect("a prepare")
+}
+
+fn answered(actions: &[Action], request: u64) -> Option<Result<(), WriteRefused>> {
+    actions.iter().find_map(|a| match a {
+        Action::WriteDone { request: r, result } if r.0 == request => Some(result.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_write_is_answered_only_once_its_decision_is_durable() {
+    let (mut core, now) = cluster_of(2);
+    let actions = core.step(
+        now,
+        Event::Write {
+            request: RequestId(1),
+            items: vec![],
+        },
+    );
+    let txn = prepared_txn(&actions);
+    core.step(
+        now,
+        Event::Voted {
+            txn,
+            counter: id("c1"),
+            vote: vote(1),
+        },
+    );
+    let actions = core.step(
+        now,
+        Event::Voted {
+            txn,
+            counter: id("c2"),
+            vote: vote(2),
+        },
+    );
+    assert!(answered(&actions, 1).is_none(), "not before the log write");
+    let write = actions.iter().find_map(|a| match a {
+        Action::WriteLog(w) => Some(w.clone()),
+        _ => None,
+    });
+    assert_eq!(write.unwrap().commits, vec![(txn, CommitIndex(1))]);
+    assert_eq!(core.outcome(txn), Outcome::Pending);
+    assert_eq!(core.read_view().fence, CommitIndex::ZERO);
+    let actions = core.step(now, Event::LogWritten);
+    assert_eq!(answered(&actions, 1), Some(Ok(())));
+    assert_eq!(
+        core.outcome(txn),
+        Outcome::Committed {
+            index: CommitIndex(1)
+        }
+    );
+    assert_eq!(core.read_view().fence, CommitIndex(1));
+}
+
+#[test]
+fn an_in_sync_counter_that_does_not_vote_leaves_the_set_with_the_decision() {
+    let (mut core, now) = cluster_of(2);
+    let actions = core.step(
+        now,
+        Event::Write {
+            request: RequestId(1),
+            items: vec![],
+        },
+    );
+    let txn = prepared_txn(&actions);
+    core.step(
+        now,
+        Event::Voted {
+            txn,
+            counter: id("c1"),
+            vote: vote(1),
+        },
+    );
+    let later = now.plus(core.config().prepare_timeout_ms);
+    let actions = core.step(later, Event::Tick);
+    let Some(Action::WriteLog(write)) = actions.iter().find(|a| matches!(a, Action::WriteLog(_)))
+    else {
+        panic!("a log write: {actions:?}");
+    };
+    let members = write.members.clone().expect("the in-sync set changed");
+    assert!(!members.iter().find(|m| m.id == id("c2")).unwrap().in_sync);
+    let actions = core.step(later, Event::LogWritten);
+    assert_eq!(answered(&actions, 1), Some(Ok(())));
+    assert_eq!(core.read_view().readable.len(), 1);
+}
+
+#[test]
+fn a_commit_rides_on_the_next_prepare_when_one_follows_within_the_linger() {
+    let (mut core, now) = cluster_of(1);
+    let txn = prepared_txn(&core.step(
+        now,
+        Event::Write {
+            request: RequestId(1),
+            items: vec![],
+        },
+    ));
+    core.step(
+        now,
+        Event::Voted {
+            txn,
+            counter: id("c1"),
+            vote: vote(1),
+        },
+    );
+    core.step(now, Event::LogWritten);
+    let actions = core.step(
+        now,
+        Event::Write {
+            request: RequestId(2),
+            items: vec![],
+        },
+    );
+    let carried = actions.iter().find_map(|a| match a {
+        Action::Prepare { commits, .. } => Some(commits.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        carried,
+        Some(vec![CommitRequest {
+            txn,
+            index: CommitIndex(1)
+        }])
+    );
+    let later = now.plus(core.config().commit_linger_ms);
+    let actions = core.step(later, Event::Tick);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Commit { .. })),
+        "carried, not sent alone"
+    );
+}
+
+#[test]
+fn a_commit_with_no_prepare_to_ride_on_goes_out_alone() {
+    let (mut core, now) = cluster_of(1);
+    let txn = prepared_txn(&core.step(
+        now,
+        Event::Write {
+            request: RequestId(1),
+            items: vec![],
+        },
+    ));
+    core.step(
+        now,
+        Event::Voted {
+            txn,
+            counter: id("c1"),
+            vote: vote(1),
+        },
+    );
+    core.step(now, Event::LogWritten);
+    let actions = core.step(now.plus(core.config().commit_linger_ms), Event::Tick);
+    assert!(actions.iter().any(|a| matches!(a,
+        Action::Commit { to, commit } if to.id == id("c1") && commit.index == CommitIndex(1))));
+    assert_eq!(core.unacknowledged(), 1);
+    core.step(
+        now,
+        Event::CommitAnswered {
+            index: CommitIndex(1),
+            counter: id("c1"),
+            answer: CommitAnswer::Applied {
+                applied: CommitIndex(1),
+            },
+        },
+    );
+    assert_eq!(core.unacknowledged(), 0);
+}
+
+#[test]
+fn a_vote_from_another_data_directory_is_no_vote() {
+    let (mut core, now) = cluster_of(1);
+    let txn = prepared_txn(&core.step(
+        now,
+        Event::Write {
+            request: RequestId(1),
+            items: vec![],
+        },
+    ));
+    // An abort needs nothing durable: it is answered at once.
+    let actions = core.step(
+        now,
+        Event::Voted {
+            txn,
+            counter: id("c1"),
+            vote: vote(99),
+        },
+    );
+    assert!(
+        matches!(answered(&actions, 1), Some(Err(WriteRefused::Aborted(_)))),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_restart_resends_logged_commits_and_checks_every_counter_at_once() {
+    let restored = RestoredLog {
+        epoch: 2,
+        decided: CommitIndex(3),
+        decisions: vec![(TxnId::new(1, 3), CommitIndex(3))],
+        members: vec![StoredMember {
+            id: id("c1"),
+            url: "http://c1".into(),
+            in_sync: true,
+            incarnation: Some(Incarnation(1)),
+        }],
+    };
+    let mut core = CoordinatorCore::recover(CoreConfig::for_tests(2), restored, Millis(10_000));
+    let actions = core.step(Millis(10_000), Event::Tick);
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::CheckHealth { .. })));
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Commit { commit, .. } if commit.index == CommitIndex(3))));
+    assert_eq!(
+        core.outcome(TxnId::new(1, 3)),
+        Outcome::Committed {
+            index: CommitIndex(3)
+        }
+    );
+    assert!(
+        core.read_view().readable.is_empty(),
+        "nobody serves before registering"
+    );
+    assert_eq!(
+        core.cluster().member(&id("c1")).unwrap().state,
+        CounterState::Live
+    );
+}
+
+#[test]
+fn a_full_queue_answers_busy_at_once() {
+    let (mut core, now) = cluster_of(1);
+    let mut config = core.config().clone();
+    config.max_queued = 1;
+    core.config = config;
+    core.step(
+        now,
+        Event::Write {
+            request: RequestId(1),
+            items: vec![],
+        },
+    );
+    core.step(
+        now,
+        Event::Write {
+            request: RequestId(2),
+            items: vec![],
+        },
+    );
+    let actions = core.step(
+        now,
+        Event::Write {
+            request: RequestId(3),
+            items: vec![],
+        },
+    );
+    assert_eq!(answered(&actions, 3), Some(Err(WriteRefused::Busy)));
+}
