@@ -7,7 +7,30 @@ use clap::{CommandFactory, Parser};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tally_common::coordinator::CoreConfig;
+use tally_common::items::ItemLimits;
+use tally_common::membership::MembershipConfig;
 use tally_server::flags::{at_least_one, at_least_one_u32, positive_duration};
+
+/// How long a transaction waits for joiners once every in-sync vote is in
+/// (`CoreConfig::joiner_grace_ms` says why it is short).
+const JOINER_GRACE_MS: u64 = 5;
+
+/// How long a decided commit waits for the next prepare to carry it.
+const COMMIT_LINGER_MS: u64 = 1;
+
+/// Timeouts and limits the driver and the HTTP handlers read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub prepare_timeout: Duration,
+    pub commit_timeout: Duration,
+    pub read_timeout: Duration,
+    pub health_timeout: Duration,
+    pub catch_up_call_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+    pub item_limits: ItemLimits,
+}
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -81,6 +104,56 @@ impl Args {
                 .exit();
         }
         args
+    }
+
+    /// The timeouts and limits the driver and handlers use, each derived
+    /// here and only here.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            prepare_timeout: self.prepare_timeout,
+            // A commit is cheap for a counter, but one busy importing may
+            // take a moment; a commit timeout shorter than 2 s only made
+            // re-sends of commits that were about to be acknowledged.
+            commit_timeout: self.prepare_timeout.max(Duration::from_secs(2)),
+            read_timeout: self.read_timeout,
+            // One hung counter must not hold its check past the next round,
+            // nor a slow but healthy one be declared dead at short intervals.
+            health_timeout: self
+                .health_interval
+                .clamp(Duration::from_millis(500), Duration::from_secs(2)),
+            catch_up_call_timeout: Duration::from_secs(2),
+            max_body_bytes: self.max_body_bytes,
+            body_read_timeout: self.body_read_timeout,
+            item_limits: ItemLimits {
+                max_items: self.max_items,
+                ..ItemLimits::default()
+            },
+        }
+    }
+
+    /// The protocol core's settings for a run in `epoch`.
+    pub fn core(&self, epoch: u64) -> CoreConfig {
+        let ms = |d: Duration| d.as_millis() as u64;
+        CoreConfig {
+            epoch,
+            membership: MembershipConfig {
+                dead_after: self.dead_after,
+                remove_after: self.remove_after,
+                min_insync: self.min_insync,
+            },
+            prepare_timeout_ms: ms(self.prepare_timeout),
+            joiner_grace_ms: JOINER_GRACE_MS,
+            commit_linger_ms: COMMIT_LINGER_MS,
+            health_interval_ms: ms(self.health_interval),
+            // Re-sends and trims follow the health rhythm, but at least once
+            // a second so a lost commit is not left for a whole 10 s round.
+            sweep_interval_ms: ms(self
+                .health_interval
+                .clamp(Duration::from_millis(200), Duration::from_secs(1))),
+            max_txn_items: self.max_txn_items,
+            max_inflight: self.max_inflight_txns,
+            max_queued: self.max_queued_writes,
+        }
     }
 
     /// What no single flag's parser can see: how flags relate.

@@ -35,6 +35,54 @@ pub enum Error {
     Corrupt(#[from] serde_json::Error),
     #[error("cannot set up metrics: {0}")]
     Metrics(String),
+    #[error("serving failed: {0}")]
+    Io(String),
+}
+
+/// The driver stopped: the process is shutting down.
+#[derive(Debug)]
+pub struct Stopped;
+
+impl From<Stopped> for Error {
+    fn from(_: Stopped) -> Self {
+        Error::Unavailable("the coordinator is stopping; retry".into())
+    }
+}
+
+impl From<tally_common::coordinator::WriteRefused> for Error {
+    fn from(refused: tally_common::coordinator::WriteRefused) -> Self {
+        use tally_common::coordinator::WriteRefused;
+        match refused {
+            WriteRefused::Aborted(reason) => Error::Aborted(reason),
+            WriteRefused::Busy => {
+                Error::Unavailable("too many writes waiting, retry shortly".into())
+            }
+        }
+    }
+}
+
+impl Error {
+    /// A registration or catch-up report the core refused.
+    pub fn refused_join(
+        id: &tally_common::CounterId,
+        refused: tally_common::coordinator::JoinRefused,
+    ) -> Self {
+        use tally_common::coordinator::JoinRefused;
+        match refused {
+            JoinRefused::ImpossibleClaim { applied, decided } => {
+                tracing::error!(
+                    counter = %id, claimed = %applied, %decided,
+                    "counter claims to hold commits never decided here: refused (another cluster's data, or a lost decision log?)"
+                );
+                Error::Conflict(format!(
+                    "applied index {applied} is beyond the last decided index {decided}"
+                ))
+            }
+            JoinRefused::NotRegistered => Error::NotFound(format!(
+                "counter {id} is not registered here: register first"
+            )),
+        }
+    }
 }
 
 macro_rules! storage_error {
@@ -65,7 +113,7 @@ impl IntoResponse for Error {
             Error::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Storage(_) | Error::Corrupt(_) | Error::Metrics(_) => {
+            Error::Storage(_) | Error::Corrupt(_) | Error::Metrics(_) | Error::Io(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };

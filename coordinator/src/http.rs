@@ -6,11 +6,9 @@
 //! gathers them into the document served at `GET /openapi.json`, so what a
 //! handler is documented to answer sits next to the code that answers it.
 
-use crate::batcher::Batcher;
-use crate::error::Error;
-use crate::openapi::{CountEvent, ItemList};
-use crate::reads;
-use crate::state::{now_ms, Shared};
+use crate::error::{Error, Stopped};
+use crate::schema::{CountEvent, ItemList};
+use crate::state::Shared;
 use crate::{dashboard, stream};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -26,6 +24,7 @@ use tally_common::api::{
     CaughtUpRequest, ClusterView, Count, Health, JoinPlan, Message, Outcome, PromoteReport,
     PromoteRequest, RegisterRequest,
 };
+use tally_common::coordinator::JoinRefused;
 use tally_common::items::{check_tenant, parse_items};
 use tally_common::TxnId;
 use tally_server::{require_token, ClusterToken};
@@ -55,7 +54,8 @@ fn tenant(
 #[derive(Clone)]
 pub struct AppState {
     pub shared: Arc<Shared>,
-    pub batcher: Batcher,
+    /// The OpenAPI document, built once at start-up (`openapi.rs`).
+    pub openapi: Arc<serde_json::Value>,
     pub token: ClusterToken,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -157,7 +157,12 @@ pub(crate) async fn add_items(
     .map_err(|_| Error::SlowBody(settings.body_read_timeout))??;
     let items = parse_items(&bytes, state.shared.settings.item_limits)?;
     if !items.is_empty() {
-        state.batcher.submit(items).await?;
+        state
+            .shared
+            .driver
+            .write(items)
+            .await?
+            .map_err(Error::from)?;
     }
     Ok(Json(Message::success()))
 }
@@ -236,7 +241,7 @@ pub(crate) async fn count(
     path: Result<Path<TenantParam>, PathRejection>,
 ) -> Result<Json<Count>, Error> {
     let tenant = tenant(path, &state)?;
-    let count = reads::count(&state.shared, &tenant).await?;
+    let count = state.shared.count(&tenant).await?;
     Ok(Json(Count { count }))
 }
 
@@ -275,14 +280,15 @@ pub(crate) async fn count_stream(
             content_type = "text/plain"),
     ),
 )]
-pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Error> {
+    let view = cluster_view(&state.shared).await?;
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&state.metrics, &state.shared),
-    )
+        crate::metrics::render(&state.metrics, &view),
+    ))
 }
 
 /// Totals for the dashboard
@@ -292,8 +298,8 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     tag = "operations",
     responses((status = 200, description = "Acknowledged writes so far.", body = crate::metrics::StatsView)),
 )]
-pub(crate) async fn stats(State(state): State<AppState>) -> Json<crate::metrics::StatsView> {
-    Json(state.shared.stats.view())
+pub(crate) async fn stats() -> Json<crate::metrics::StatsView> {
+    Json(crate::notices::STATS.view())
 }
 
 /// The counters as the coordinator sees them
@@ -303,14 +309,16 @@ pub(crate) async fn stats(State(state): State<AppState>) -> Json<crate::metrics:
     tag = "operations",
     responses((status = 200, description = "Membership, states and progress.", body = ClusterView)),
 )]
-pub(crate) async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
-    let view = state
-        .shared
-        .cluster
-        .lock()
-        .expect("poisoned")
-        .view(now_ms());
-    Json(view)
+pub(crate) async fn cluster(State(state): State<AppState>) -> Result<Json<ClusterView>, Error> {
+    Ok(Json(cluster_view(&state.shared).await?))
+}
+
+/// The cluster as the core sees it now, "last seen" ages on its clock.
+async fn cluster_view(shared: &Shared) -> Result<ClusterView, Stopped> {
+    shared
+        .driver
+        .inspect(|core, now| core.cluster().view(now.0))
+        .await
 }
 
 /// Liveness of the coordinator, and whether the cluster can serve
@@ -324,9 +332,16 @@ pub(crate) async fn cluster(State(state): State<AppState>) -> Json<ClusterView> 
     tag = "operations",
     responses((status = 200, description = "The coordinator is up; `status` tells whether the cluster serves.", body = Health)),
 )]
-pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
-    let cluster = state.shared.cluster.lock().expect("poisoned");
-    Json(Health::new(cluster.in_sync_count(), cluster.availability()))
+pub(crate) async fn health(State(state): State<AppState>) -> Result<Json<Health>, Error> {
+    let health = state
+        .shared
+        .driver
+        .inspect(|core, _| {
+            let cluster = core.cluster();
+            Health::new(cluster.in_sync_count(), cluster.availability())
+        })
+        .await?;
+    Ok(Json(health))
 }
 
 /// This document
@@ -341,75 +356,32 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
         body = Object, content_type = "application/json")),
 )]
 pub(crate) async fn openapi_json(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(crate::openapi::document(state.shared.settings.item_limits))
+    Json(state.openapi.as_ref().clone())
 }
 
 async fn register(
     State(state): State<AppState>,
     Json(request): Json<RegisterRequest>,
 ) -> Result<Json<JoinPlan>, Error> {
-    let (mut plan, effects) = {
-        let mut cluster = state.shared.cluster.lock().expect("poisoned");
-        refuse_impossible_claim(&cluster, &request.id, request.applied_index)?;
-        cluster.register(
-            request.id.clone(),
-            request.url.clone(),
-            request.incarnation,
-            request.applied_index,
-            now_ms(),
-        )
-    };
-    plan.epoch = state.shared.epoch();
-    tracing::info!(
-        counter = %request.id, url = %request.url, incarnation = %request.incarnation,
-        applied = %request.applied_index, in_sync = plan.in_sync, until = %plan.until,
-        "counter registered"
-    );
-    state.shared.carry_out(effects).await;
-    Ok(Json(plan))
-}
-
-fn refuse_impossible_claim(
-    cluster: &tally_common::membership::Cluster,
-    id: &tally_common::CounterId,
-    applied: tally_common::CommitIndex,
-) -> Result<(), Error> {
-    if cluster.claim_is_possible(applied) {
-        return Ok(());
-    }
-    tracing::error!(
-        counter = %id, claimed = %applied, decided = %cluster.decided(),
-        "counter claims to hold commits never decided here: refused (another cluster's data, or a lost decision log?)"
-    );
-    Err(Error::Conflict(format!(
-        "applied index {applied} is beyond the last decided index {}",
-        cluster.decided()
-    )))
+    let id = request.id.clone();
+    let plan = state.shared.driver.register(request).await?;
+    Ok(Json(
+        plan.map_err(|refused| Error::refused_join(&id, refused))?,
+    ))
 }
 
 async fn caught_up(
     State(state): State<AppState>,
     Json(request): Json<CaughtUpRequest>,
 ) -> Result<Json<JoinPlan>, Error> {
-    let result = {
-        let mut cluster = state.shared.cluster.lock().expect("poisoned");
-        refuse_impossible_claim(&cluster, &request.id, request.applied_index)?;
-        cluster.caught_up(
-            &request.id,
-            request.incarnation,
-            request.applied_index,
-            now_ms(),
-        )
-    };
-    let (mut plan, effects) = result.ok_or_else(|| {
-        Error::NotFound(format!(
-            "counter {} (incarnation {}) is not registered here: register first",
-            request.id, request.incarnation
-        ))
-    })?;
-    plan.epoch = state.shared.epoch();
-    state.shared.carry_out(effects).await;
-    Ok(Json(plan))
+    let (id, incarnation) = (request.id.clone(), request.incarnation);
+    let plan = state.shared.driver.caught_up(request).await?;
+    Ok(Json(plan.map_err(|refused| match refused {
+        JoinRefused::NotRegistered => Error::NotFound(format!(
+            "counter {id} (incarnation {incarnation}) is not registered here: register first"
+        )),
+        refused => Error::refused_join(&id, refused),
+    })?))
 }
 
 /// The operator's last resort for a stalled cluster whose complete copies
@@ -427,18 +399,23 @@ async fn promote(
         ));
     }
     let shared = &state.shared;
-    let (url, decided) = {
-        let cluster = shared.cluster.lock().expect("poisoned");
-        if cluster.availability().is_ok() {
-            return Err(Error::Conflict(
-                "the cluster is serving: nothing to promote".into(),
-            ));
-        }
-        let member = cluster
-            .member(&request.counter)
-            .ok_or_else(|| Error::NotFound(format!("unknown counter {}", request.counter)))?;
-        (member.url.clone(), cluster.decided())
-    };
+    let id = request.counter.clone();
+    let member = shared
+        .driver
+        .inspect(move |core, _| {
+            let cluster = core.cluster();
+            if cluster.availability().is_ok() {
+                return Err(Error::Conflict(
+                    "the cluster is serving: nothing to promote".into(),
+                ));
+            }
+            let member = cluster
+                .member(&id)
+                .ok_or_else(|| Error::NotFound(format!("unknown counter {id}")))?;
+            Ok((member.url.clone(), cluster.decided()))
+        })
+        .await?;
+    let (url, decided) = member?;
     // The counter first takes everything up to the decided index as held,
     // so that reads fenced there can be answered; only then is it trusted.
     let status = shared
@@ -451,13 +428,11 @@ async fn promote(
         )
         .await
         .map_err(|e| Error::Unavailable(format!("{} did not accept: {e}", request.counter)))?;
-    let (held, effects) = {
-        let mut cluster = shared.cluster.lock().expect("poisoned");
-        cluster
-            .force_promote(&request.counter)
-            .map_err(Error::Conflict)?
-    };
-    shared.carry_out(effects).await;
+    let held = shared
+        .driver
+        .promote(request.counter.clone())
+        .await?
+        .map_err(Error::Conflict)?;
     tracing::error!(
         counter = %request.counter, held_through = %held, decided = %decided,
         applied_now = %status.applied_index,
@@ -476,13 +451,5 @@ async fn outcome(
     State(state): State<AppState>,
     Path(txn): Path<u64>,
 ) -> Result<Json<Outcome>, Error> {
-    let txn = TxnId(txn);
-    let shared = &state.shared;
-    if shared.in_flight.lock().expect("poisoned").contains(&txn) {
-        return Ok(Json(Outcome::Pending));
-    }
-    Ok(Json(match shared.log.decision(txn)? {
-        Some(index) => Outcome::Committed { index },
-        None => Outcome::Aborted,
-    }))
+    Ok(Json(state.shared.driver.outcome(TxnId(txn)).await?))
 }

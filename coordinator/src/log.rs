@@ -4,12 +4,10 @@
 //! was aborted.
 
 use crate::error::Error;
-use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
-};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use tally_common::coordinator::{LogWrite, RestoredLog};
 use tally_common::membership::StoredMember;
 use tally_common::{CommitIndex, CounterId, Incarnation, TxnId};
 
@@ -29,15 +27,6 @@ struct MemberRecord {
     incarnation: Option<u64>,
 }
 
-/// What a restarted coordinator resumes from.
-pub struct Restored {
-    pub epoch: u64,
-    pub decided: CommitIndex,
-    pub members: Vec<StoredMember>,
-    /// Logged commits, oldest first: re-sent until every counter has them.
-    pub decisions: Vec<(TxnId, CommitIndex)>,
-}
-
 pub struct DecisionLog {
     db: Database,
 }
@@ -45,7 +34,7 @@ pub struct DecisionLog {
 impl DecisionLog {
     /// Opens the log and starts a new epoch, so transaction ids of this run
     /// never collide with those of an earlier one.
-    pub fn open(dir: &Path) -> Result<(Self, Restored), Error> {
+    pub fn open(dir: &Path) -> Result<(Self, RestoredLog), Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Storage(e.into()))?;
         let db = Database::create(dir.join("coordinator.redb"))?;
         let txn = db.begin_write()?;
@@ -71,7 +60,7 @@ impl DecisionLog {
                     incarnation: record.incarnation.map(Incarnation),
                 });
             }
-            Restored {
+            RestoredLog {
                 epoch,
                 decided,
                 members,
@@ -82,6 +71,25 @@ impl DecisionLog {
         Ok((DecisionLog { db }, restored))
     }
 
+    /// Makes one write of the core durable (one fsync): its commit
+    /// decisions, the decided index, the membership and the trim together.
+    pub fn write(&self, write: &LogWrite) -> Result<(), Error> {
+        let mut batch = self.begin()?;
+        for (txn, index) in &write.commits {
+            batch.log_commit(*txn, *index)?;
+        }
+        if let Some(decided) = write.decided {
+            batch.raise_decided(decided)?;
+        }
+        if let Some(members) = &write.members {
+            batch.save_members(members)?;
+        }
+        if let Some(upto) = write.trim {
+            batch.trim(upto)?;
+        }
+        batch.commit()
+    }
+
     /// Starts one durable batch; only one is open at a time.
     pub fn begin(&self) -> Result<Batch, Error> {
         Ok(Batch {
@@ -89,8 +97,10 @@ impl DecisionLog {
         })
     }
 
+    #[cfg(test)]
     /// The logged commit index of `txn`, if it committed and is not trimmed.
     pub fn decision(&self, txn: TxnId) -> Result<Option<CommitIndex>, Error> {
+        use redb::ReadableDatabase;
         let read = self.db.begin_read()?;
         let decisions = read.open_table(DECISIONS)?;
         Ok(decisions.get(txn.0)?.map(|v| CommitIndex(v.value())))

@@ -9,11 +9,11 @@
 //! counter that left the view stop being refreshed and expire.
 
 use crate::error::Error;
-use crate::state::{now_ms, Shared};
+use crate::state::now_ms;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tally_common::api::CounterState;
+use tally_common::api::{ClusterView, CounterState};
 
 /// Size buckets for items or requests per transaction (group commit size).
 const SIZE_BUCKETS: &[f64] = &[
@@ -89,8 +89,8 @@ fn describe() {
         "Time from sending a transaction's prepares to having every vote."
     );
     describe_histogram!(
-        "tally_commit_phase_seconds",
-        "Time from a commit decision to every in-sync counter acknowledging it."
+        "tally_decide_phase_seconds",
+        "Time from the end of a transaction's vote to its decision being durable."
     );
     describe_histogram!(
         "tally_decision_log_batch",
@@ -115,8 +115,7 @@ fn describe() {
 }
 
 /// The Prometheus text: refreshes the cluster gauges, then renders.
-pub fn render(handle: &PrometheusHandle, shared: &Shared) -> String {
-    let view = shared.cluster.lock().expect("poisoned").view(now_ms());
+pub fn render(handle: &PrometheusHandle, view: &ClusterView) -> String {
     metrics::gauge!("tally_decided_index").set(view.decided_index.0 as f64);
     metrics::gauge!("tally_in_sync_counters").set(view.in_sync as f64);
     metrics::gauge!("tally_min_insync").set(view.min_insync as f64);
@@ -157,7 +156,7 @@ fn state_name(state: CounterState) -> &'static str {
 
 /// Totals the dashboard charts; kept beside the Prometheus counters because
 /// the browser should not have to parse the Prometheus text.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     items_acknowledged: AtomicU64,
     writes_acknowledged: AtomicU64,
@@ -175,6 +174,13 @@ pub struct StatsView {
 }
 
 impl Stats {
+    pub const fn new() -> Self {
+        Stats {
+            items_acknowledged: AtomicU64::new(0),
+            writes_acknowledged: AtomicU64::new(0),
+        }
+    }
+
     /// Records a committed transaction of `requests` requests and `items` items.
     pub fn committed(&self, requests: usize, items: usize) {
         self.items_acknowledged

@@ -8,10 +8,14 @@
 //! theirs would have been, and counts never go down. Under a read-heavy
 //! load this turns N identical counter calls into one.
 
+use crate::client::CounterClient;
+use crate::driver::Driver;
 use crate::error::Error;
-use crate::state::Shared;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
+use tally_common::coordinator::ReadView;
 use tally_common::CommitIndex;
 use tokio::sync::watch;
 
@@ -21,6 +25,8 @@ type Answer = Option<Result<u64, String>>;
 #[derive(Default)]
 pub struct ReadsInFlight {
     by_tenant: Mutex<HashMap<String, (CommitIndex, watch::Receiver<Answer>)>>,
+    /// Which counter the next read starts with.
+    cursor: AtomicUsize,
 }
 
 /// A read that goes to a counter itself; others may wait on its answer.
@@ -72,54 +78,66 @@ impl ReadsInFlight {
     }
 }
 
-/// The tenant's count, fresh as of the moment of the call.
-pub async fn count(shared: &Shared, tenant: &str) -> Result<u64, Error> {
-    let fence = shared.fence();
-    if let Some(answer) = shared.reads.join(tenant, fence).await {
+/// The tenant's count, fresh as of the moment of the call: it includes
+/// every write acknowledged before the call, because the fence is the
+/// durable decided index at its start.
+pub async fn count(
+    reads: &ReadsInFlight,
+    driver: &Driver,
+    counters: &CounterClient,
+    timeout: Duration,
+    tenant: &str,
+) -> Result<u64, Error> {
+    let view = driver.read_view();
+    if let Some(answer) = reads.join(tenant, view.fence).await {
         return answer.map_err(Error::Unavailable);
     }
-    let leader = shared.reads.lead(tenant, fence);
-    let answer = read_from_counters(shared, tenant, fence).await;
-    shared.reads.finish(tenant, leader, &answer);
+    let leader = reads.lead(tenant, view.fence);
+    let start = reads.cursor.fetch_add(1, Ordering::Relaxed);
+    let answer = read_from_counters(view, start, counters, timeout, tenant, driver).await;
+    reads.finish(tenant, leader, &answer);
     answer.map_err(Error::Unavailable)
 }
 
 /// Tries each readable counter once, starting from a different one each
 /// time so reads spread across replicas.
 async fn read_from_counters(
-    shared: &Shared,
+    view: ReadView,
+    start: usize,
+    counters: &CounterClient,
+    timeout: Duration,
     tenant: &str,
-    fence: CommitIndex,
+    driver: &Driver,
 ) -> Result<u64, String> {
-    let mut readable = {
-        let cluster = shared.cluster.lock().expect("poisoned");
-        let readable = cluster.readable();
-        if readable.is_empty() {
-            let why = cluster.availability().problem.unwrap_or_default();
-            return Err(format!("no in-sync counter can answer: {why}"));
-        }
-        readable
-    };
-    let start = shared.next_read_start() % readable.len();
+    let mut readable = view.readable;
+    if readable.is_empty() {
+        let why = driver
+            .inspect(|core, _| core.cluster().availability().problem)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        return Err(format!("no in-sync counter can answer: {why}"));
+    }
+    let start = start % readable.len();
     readable.rotate_left(start);
     let mut last_error = String::new();
-    for (id, url) in readable {
-        match shared
-            .counters
+    for target in readable {
+        match counters
             .count(
-                &url,
-                &id,
+                &target.url,
+                &target.id,
                 tenant,
-                fence,
-                shared.epoch(),
-                shared.settings.read_timeout,
+                view.fence,
+                view.epoch,
+                timeout,
             )
             .await
         {
             Ok(count) => return Ok(count),
             Err(e) => {
-                tracing::debug!(counter = %id, error = %e, "read failed, trying another counter");
-                last_error = format!("{id}: {e}");
+                tracing::debug!(counter = %target.id, error = %e, "read failed, trying another counter");
+                last_error = format!("{}: {e}", target.id);
             }
         }
     }

@@ -10,7 +10,6 @@
 //! that a value is sent only if it is larger than the last one sent, so a
 //! client never sees its count go down, even if two reads race.
 
-use crate::reads;
 use crate::state::Shared;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
@@ -18,7 +17,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_common::api::Count;
-use tally_common::CommitIndex;
+use tally_common::coordinator::ReadView;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -31,7 +30,7 @@ const MAX_GAP: Duration = Duration::from_secs(2);
 struct Subscription {
     shared: Arc<Shared>,
     tenant: String,
-    decided: watch::Receiver<CommitIndex>,
+    decided: watch::Receiver<ReadView>,
     last_sent: Option<u64>,
     last_read: Option<Instant>,
     _gauge: SubscriberGauge,
@@ -59,7 +58,7 @@ pub fn count_stream(
     shared: Arc<Shared>,
     tenant: String,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let decided = shared.decided.subscribe();
+    let decided = shared.driver.watch_view();
     let subscription = Subscription {
         shared,
         tenant,
@@ -88,7 +87,7 @@ impl Subscription {
             // Mark the current decided index as seen before reading, so a
             // decision made during the read wakes the next round.
             self.decided.borrow_and_update();
-            match reads::count(&self.shared, &self.tenant).await {
+            match self.shared.count(&self.tenant).await {
                 Ok(count) if self.last_sent.is_none_or(|last| count > last) => {
                     self.last_sent = Some(count);
                     return count;

@@ -322,3 +322,68 @@ fn a_full_queue_answers_busy_at_once() {
     );
     assert_eq!(answered(&actions, 3), Some(Err(WriteRefused::Busy)));
 }
+
+#[test]
+fn a_late_vote_from_another_data_directory_acknowledges_nothing() {
+    let (mut core, now) = cluster_of(2);
+    let first = prepared_txn(&core.step(
+        now,
+        Event::Write {
+            request: RequestId(1),
+            items: vec![],
+        },
+    ));
+    core.step(
+        now,
+        Event::Voted {
+            txn: first,
+            counter: id("c1"),
+            vote: vote(1),
+        },
+    );
+    core.step(
+        now,
+        Event::Voted {
+            txn: first,
+            counter: id("c2"),
+            vote: vote(2),
+        },
+    );
+    core.step(now, Event::LogWritten);
+    // The next prepare carries commit 1; c1 votes, so its vote is over
+    // only once c2's arrives, and c2's comes from another disk.
+    let second = prepared_txn(&core.step(
+        now,
+        Event::Write {
+            request: RequestId(2),
+            items: vec![],
+        },
+    ));
+    let applied = |i: u64| Vote {
+        incarnation: Incarnation(i),
+        applied: CommitIndex(1),
+        committed: vec![CommitIndex(1)],
+    };
+    core.step(
+        now,
+        Event::Voted {
+            txn: second,
+            counter: id("c1"),
+            vote: Ok(applied(1)),
+        },
+    );
+    core.step(now.plus(core.config().prepare_timeout_ms), Event::Tick);
+    core.step(
+        now,
+        Event::Voted {
+            txn: second,
+            counter: id("c2"),
+            vote: Ok(applied(99)),
+        },
+    );
+    assert_eq!(
+        core.unacknowledged(),
+        1,
+        "c2's acknowledgement from another disk is not believed"
+    );
+}

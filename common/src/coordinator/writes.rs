@@ -40,6 +40,9 @@ pub(super) struct Txn {
     /// Commits this prepare carried: only those can be acknowledged by its
     /// answers.
     pub(super) carried: BTreeSet<CommitIndex>,
+    /// The counters asked, with the life of their data directory that was
+    /// registered: a vote from another one is no vote, early or late.
+    pub(super) asked: BTreeMap<CounterId, Option<Incarnation>>,
     pub(super) phase: Phase,
 }
 
@@ -47,9 +50,6 @@ pub(super) struct Txn {
 pub(super) enum Phase {
     /// Waiting for votes.
     Preparing {
-        /// The counters asked, with the life of their data directory that
-        /// was registered: a vote from another one is no vote.
-        asked: BTreeMap<CounterId, Option<Incarnation>>,
         /// Votes still awaited before the vote ends early.
         awaited: BTreeSet<CounterId>,
         /// Of those, the ones waited for like in-sync counters.
@@ -151,8 +151,8 @@ impl CoordinatorCore {
             small,
             started: now,
             carried,
+            asked,
             phase: Phase::Preparing {
-                asked,
                 awaited,
                 awaited_in_sync,
                 yes: BTreeSet::new(),
@@ -187,20 +187,14 @@ impl CoordinatorCore {
             self.note_lagging(&counter, vote.is_ok());
             return;
         };
-        let vote = match vote {
-            Ok(vote) => match &record.phase {
-                Phase::Preparing { asked, .. } => match asked.get(&counter) {
-                    Some(Some(expected)) if *expected != vote.incarnation => Err(format!(
-                        "answered from another data directory (incarnation {})",
-                        vote.incarnation
-                    )),
-                    Some(_) => Ok(vote),
-                    None => Err("answered a prepare it was not sent".to_string()),
-                },
-                Phase::Deciding { .. } => Ok(vote),
-            },
-            Err(e) => Err(e),
-        };
+        let vote = vote.and_then(|vote| match record.asked.get(&counter) {
+            Some(Some(expected)) if *expected != vote.incarnation => Err(format!(
+                "answered from another data directory (incarnation {})",
+                vote.incarnation
+            )),
+            Some(_) => Ok(vote),
+            None => Err("answered a prepare it was not sent".to_string()),
+        });
         // Only commits this prepare carried can have been applied by it;
         // anything else in the answer is not believed.
         if let Ok(vote) = &vote {
