@@ -12,6 +12,9 @@
 //! then `---`, then their output; `#` starts a comment):
 //!
 //! Coordinator events, each printing the actions that came out:
+//! - `cluster c1 c2 c3`: setup, printing only the in-sync set: each counter
+//!   registers (incarnations 1, 2, 3 …) and reports caught up, with every
+//!   log write made durable, so all are live and in sync.
 //! - `config min_insync=2 max_queued=1 …`: settings, before anything else.
 //! - `register c1 incarnation=1 applied=0`: counter `c1` (url `http://c1`)
 //!   registers. The runner gives it a participant holding `(0, applied]`,
@@ -439,6 +442,15 @@ impl ScenarioRunner {
         Ok(())
     }
 
+    /// Makes the outstanding log write durable, if any (setup only).
+    fn settle(&mut self, out: &mut String) -> Res<()> {
+        if let Some(write) = self.unwritten.take() {
+            apply(&mut self.log, write);
+            self.step(Event::LogWritten, out)?;
+        }
+        Ok(())
+    }
+
     fn state(&mut self, out: &mut String) -> Res<()> {
         match &self.core {
             None if self.started => writeln!(out, "coordinator: down")?,
@@ -555,6 +567,57 @@ impl goldenscript::Runner for ScenarioRunner {
                 }
                 args.reject_next()?;
                 self.start();
+            }
+            "cluster" => {
+                let mut names = Vec::new();
+                while let Some(name) = args.next_pos() {
+                    names.push(name.to_string());
+                }
+                args.reject_next()?;
+                for (i, name) in names.iter().enumerate() {
+                    let mut ignored = String::new();
+                    let incarnation = Incarnation(i as u64 + 1);
+                    self.counters.insert(
+                        name.clone(),
+                        Counter {
+                            incarnation,
+                            participant: Participant::default(),
+                            inbox: VecDeque::new(),
+                        },
+                    );
+                    let id = CounterId::from(name.as_str());
+                    let request = self.request(Req::Join(name.clone()));
+                    let url = format!("http://{name}");
+                    let applied = CommitIndex::ZERO;
+                    let register = Event::Register {
+                        request,
+                        id: id.clone(),
+                        url,
+                        incarnation,
+                        applied,
+                    };
+                    self.step(register, &mut ignored)?;
+                    self.settle(&mut ignored)?;
+                    let request = self.request(Req::Join(name.clone()));
+                    self.step(
+                        Event::CaughtUp {
+                            request,
+                            id,
+                            incarnation,
+                            applied,
+                        },
+                        &mut ignored,
+                    )?;
+                    self.settle(&mut ignored)?;
+                }
+                let core = self.core()?;
+                let in_sync: Vec<String> = core
+                    .cluster()
+                    .members()
+                    .filter(|m| m.in_sync)
+                    .map(|m| m.id.to_string())
+                    .collect();
+                writeln!(out, "in-sync set: [{}]", in_sync.join(","))?;
             }
             "register" => {
                 let name = args.next_pos().ok_or("register NAME")?.to_string();
@@ -722,7 +785,10 @@ impl goldenscript::Runner for ScenarioRunner {
                     .ok_or("tick takes e.g. 500ms")?
                     .parse()?;
                 self.now = self.now.plus(ms);
-                self.step(Event::Tick, &mut out)?;
+                // Time passes for a coordinator that is down too.
+                if self.core.is_some() || !self.started {
+                    self.step(Event::Tick, &mut out)?;
+                }
             }
             "ask-outcome" => {
                 let txn = self.txn(args.take_key("txn").ok_or("ask-outcome txn=E.S")?)?;
@@ -1027,5 +1093,13 @@ macro_rules! scenarios {
 }
 
 scenarios! {
+    busy_queue,
+    commit_carried_on_next_prepare,
+    crash_between_decision_and_commit,
+    in_doubt_after_restart,
+    joiner_promoted,
+    missed_vote,
     normal_commit,
+    trim,
+    wiped_counter,
 }
