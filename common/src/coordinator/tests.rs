@@ -1,5 +1,5 @@
 //! The core's rules one event at a time; the simulator (sim/) runs it
-//! under faults, and sim/scenarios/ walks through the protocol.
+//! under faults, and common/tests/scenarios/ walks through the protocol.
 
 use super::*;
 use crate::api::CounterState;
