@@ -197,6 +197,11 @@ impl Counter {
         self.disk.applied.contiguous()
     }
 
+    /// Writes not yet synced (a prepare among them may be voted on soon).
+    pub fn has_unsynced(&self) -> bool {
+        !self.buffer.is_empty()
+    }
+
     pub fn catching_up(&self) -> bool {
         self.catchup.is_some()
     }
@@ -667,7 +672,7 @@ impl World {
                         let disk = &self.counters[i].disk;
                         let mut entries = disk.export(since);
                         let mut end = true;
-                        if self.rng.chance(self.settings.cut_stream) {
+                        if self.faults_on && self.rng.chance(self.settings.cut_stream) {
                             let keep = self.rng.pick(entries.len() + 1);
                             entries.truncate(keep);
                             end = false;

@@ -6,6 +6,7 @@
 //! sim --seed S [--trace]        one seed, step by step with --trace
 //! sim --mutation-check ...      succeed only if some seed fails (a build
 //!                               with a mutate-* feature must be caught)
+//! sim --keep-going ...          run every seed, list the failing ones
 //! ```
 
 use std::process::ExitCode;
@@ -16,6 +17,7 @@ struct Args {
     seeds: u64,
     trace: bool,
     mutation_check: bool,
+    keep_going: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -24,6 +26,7 @@ fn parse() -> Result<Args, String> {
         seeds: 100,
         trace: false,
         mutation_check: false,
+        keep_going: false,
     };
     let mut it = std::env::args().skip(1);
     let number = |v: Option<String>, flag: &str| -> Result<u64, String> {
@@ -41,6 +44,7 @@ fn parse() -> Result<Args, String> {
             }
             "--trace" => args.trace = true,
             "--mutation-check" => args.mutation_check = true,
+            "--keep-going" => args.keep_going = true,
             "-h" | "--help" => {
                 return Err(
                     "usage: sim [--seeds N] [--start S] | --seed S [--trace] [--mutation-check]"
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
     }
     let began = Instant::now();
     let mut events = 0;
+    let mut failed = Vec::new();
     for seed in args.start..args.start + args.seeds {
         let report = tally_sim::run(seed, args.trace);
         events += report.events;
@@ -83,6 +88,10 @@ fn main() -> ExitCode {
                 v.time,
                 tally_sim::replay_command(seed)
             );
+            if args.keep_going {
+                failed.push(seed);
+                continue;
+            }
             println!("{}", v.detail);
             return if args.mutation_check {
                 println!(
@@ -94,6 +103,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             };
         }
+    }
+    if !failed.is_empty() {
+        println!(
+            "{} of {} seeds failed: {failed:?}",
+            failed.len(),
+            args.seeds
+        );
+        return ExitCode::FAILURE;
     }
     let secs = began.elapsed().as_secs_f64();
     println!(

@@ -267,7 +267,15 @@ impl World {
         if self.net.partitioned(from, to) || self.rng.chance(self.net.loss) {
             return;
         }
-        let copies = if self.rng.chance(self.net.dup) { 2 } else { 1 };
+        // Internal calls may arrive twice (a retrying proxy, a re-sent
+        // request); a client's write never does: two copies of one POST
+        // could be answered differently, and the client would hear only one.
+        let internal = !matches!(from, Node::Client(_)) && !matches!(to, Node::Client(_));
+        let copies = if internal && self.rng.chance(self.net.dup) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let mut delay = self.rng.range(1, 6) + self.net.slow;
             if self.rng.chance(0.05) {
@@ -407,12 +415,16 @@ impl World {
 
     // ---- faults ----
 
-    /// Another counter holds every decided commit durably: losing this
-    /// one's disk cannot lose data the cluster needs (only an operator may
-    /// give commits up, which the simulation never does).
-    fn others_hold_everything(&self, i: usize) -> bool {
+    /// Losing this counter's disk cannot lose data the cluster needs: it
+    /// holds no prepared transaction (so no yes vote of it can be counted
+    /// from now on), and another counter holds every decided commit
+    /// durably. Only an operator may give commits up, which the simulation
+    /// never does, so a disk is lost only when this holds.
+    fn disk_may_be_lost(&self, i: usize) -> bool {
         let decided = self.coordinator.log.decided;
-        (0..self.counters.len()).any(|j| j != i && self.counters[j].applied() >= decided)
+        self.counters[i].disk.prepared.is_empty()
+            && !self.counters[i].has_unsynced()
+            && (0..self.counters.len()).any(|j| j != i && self.counters[j].applied() >= decided)
     }
 
     fn fault(&mut self) {
@@ -447,7 +459,7 @@ impl World {
                 );
             }
             34..=41 => {
-                if self.others_hold_everything(i) {
+                if self.disk_may_be_lost(i) {
                     self.trace(|| format!("FAULT: wipe c{i}"));
                     self.counter_crash(i);
                     let incarnation = Incarnation(self.rng.next_u64() >> 1);
@@ -469,7 +481,7 @@ impl World {
                     .rev()
                     .find(|d| d.incarnation == self.counters[i].disk.incarnation)
                     .cloned();
-                if let Some(old) = snapshot.filter(|_| self.others_hold_everything(i)) {
+                if let Some(old) = snapshot.filter(|_| self.disk_may_be_lost(i)) {
                     self.trace(|| {
                         format!(
                             "FAULT: c{i} restarts on an older copy of its disk (applied {})",
