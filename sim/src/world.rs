@@ -281,6 +281,11 @@ impl World {
             if self.rng.chance(0.05) {
                 delay += self.rng.range(10, 60);
             }
+            // Now and then a message sits in a stalled connection: an
+            // answer that arrives after its sender restarted.
+            if self.faults_on && self.rng.chance(0.01) {
+                delay += self.rng.range(100, 450);
+            }
             self.schedule(
                 delay,
                 Ev::Deliver {
