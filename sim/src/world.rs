@@ -283,7 +283,7 @@ impl World {
             }
             // Now and then a message sits in a stalled connection: an
             // answer that arrives after its sender restarted.
-            if self.faults_on && self.rng.chance(0.01) {
+            if self.faults_on && self.rng.chance(0.03) {
                 delay += self.rng.range(100, 450);
             }
             self.schedule(
@@ -463,21 +463,19 @@ impl World {
                     },
                 );
             }
-            34..=41 => {
-                if self.disk_may_be_lost(i) {
-                    self.trace(|| format!("FAULT: wipe c{i}"));
-                    self.counter_crash(i);
-                    let incarnation = Incarnation(self.rng.next_u64() >> 1);
-                    self.counters[i].disk = crate::disk::Disk::new(incarnation);
-                    self.counters[i].snapshots.clear();
-                    let back = self.rng.range(10, 600);
-                    self.schedule(
-                        back,
-                        Ev::Restart {
-                            node: Node::Counter(i),
-                        },
-                    );
-                }
+            34..=41 if self.disk_may_be_lost(i) => {
+                self.trace(|| format!("FAULT: wipe c{i}"));
+                self.counter_crash(i);
+                let incarnation = Incarnation(self.rng.next_u64() >> 1);
+                self.counters[i].disk = crate::disk::Disk::new(incarnation);
+                self.counters[i].snapshots.clear();
+                let back = self.rng.range(10, 600);
+                self.schedule(
+                    back,
+                    Ev::Restart {
+                        node: Node::Counter(i),
+                    },
+                );
             }
             42..=49 => {
                 let snapshot = self.counters[i]
