@@ -283,7 +283,7 @@ impl World {
             }
             // Now and then a message sits in a stalled connection: an
             // answer that arrives after its sender restarted.
-            if self.faults_on && self.rng.chance(0.03) {
+            if self.faults_on && self.rng.chance(0.01) {
                 delay += self.rng.range(100, 450);
             }
             self.schedule(
