@@ -27,7 +27,7 @@ COMPOSE_RUN = IMAGE=$(IMAGE) DOCKERFILE=$(DOCKERFILE) BUILD_CONTEXT=$(BUILD_CONT
 
 .PHONY: chaos-long all build run test fmt-check clippy unit-and-integration schemathesis bench bench-engines simulate status clean-data help \
 	up dev log stop clean cluster-token image docker-images docker-images-if-engine docker-images-from-binaries test-deps \
-	fuzz fuzz-smoke deploy-check
+	fuzz fuzz-smoke deploy-check sim sim-mutations
 
 # `make` alone prints this list. Every target has a `## ` line after its
 # name: help prints those lines, so a new target shows up by writing one
@@ -61,7 +61,7 @@ run: ## build and start a coordinator on :$(HTTP_PORT) and $(COUNTERS) counters 
 	$(CARGO) build --release --workspace --bins
 	$(BIN)/simulate cluster --counters $(COUNTERS) --base-port $(HTTP_PORT) --data-dir data
 
-test: fmt-check clippy build docker-images-if-engine test-deps unit-and-integration schemathesis deploy-check fuzz-smoke ## everything CI runs (.ci/run)
+test: fmt-check clippy build docker-images-if-engine test-deps unit-and-integration sim-mutations schemathesis deploy-check fuzz-smoke ## everything CI runs (.ci/run)
 
 # A headless chromium for the dashboard's browser test (apt, if missing),
 # schemathesis (PyPI, pinned) in target/schemathesis-venv, and promtool,
@@ -101,6 +101,26 @@ chaos-long: build ## the chaos tests over CHAOS_SEEDS seeds of CHAOS_DURATION ea
 	TALLY_BIN_DIR=$(CURDIR)/$(BIN) TALLY_CHAOS_SEEDS=$(CHAOS_SEEDS) \
 	  TALLY_CHAOS_DURATION=$(CHAOS_DURATION) \
 	  $(CARGO) test --release -p tally-simulate --test chaos -- --test-threads 1 --nocapture
+
+# The deterministic simulation (docs/testing.md, "Deterministic
+# simulation"): SEEDS seeds from a random start it prints, or SEED=S to
+# replay one seed step by step. make test runs seeds 1-2000 through
+# cargo test, and sim-mutations.
+SEEDS ?= 2000
+SEED  ?=
+
+sim: ## the deterministic simulation: SEEDS ($(SEEDS)) seeds from a random start, or SEED=S traced
+	$(CARGO) build --release -p tally-sim
+	@if [ -n "$(SEED)" ]; then \
+	  $(BIN)/sim --seed $(SEED) --trace; \
+	else \
+	  start=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); \
+	  echo "sim: $(SEEDS) seeds from $$start"; \
+	  $(BIN)/sim --seeds $(SEEDS) --start $$start; \
+	fi
+
+sim-mutations: ## each mutate-* build of tally-common must fail the simulation (scripts/check-mutations.sh)
+	scripts/check-mutations.sh
 
 # Fuzzing (docs/testing.md): cargo-fuzz on the nightly toolchain, each
 # target in turn. make test runs the short pass.

@@ -450,7 +450,11 @@ impl Cluster {
         if !member.registered || member.incarnation != Some(incarnation) {
             return None;
         }
-        member.applied = member.applied.max(applied);
+        // The report is the registered disk's own word; a higher figure
+        // learned elsewhere may be an earlier life's (a commit answer from
+        // before a wipe, delayed in the network), and promoting on it would
+        // put an empty disk in the set.
+        member.applied = applied;
         member.last_seen_ms = Some(now_ms);
         member.catching_up = false;
         member.copy = None;

@@ -145,11 +145,22 @@ impl Participant {
     /// Takes one event and returns what to persist and answer.
     pub fn step(&mut self, event: Event) -> Vec<Action> {
         match event {
+            #[cfg(not(feature = "mutate-vote-before-durable"))]
             Event::Prepare { txn } => {
                 self.prepared.insert(txn);
                 vec![
                     Action::Persist(Record::Prepared { txn }),
                     Action::VoteYes { txn },
+                ]
+            }
+            // Mutation: the yes vote leaves before the prepared record is
+            // durable, so a crash can lose a vote that was counted.
+            #[cfg(feature = "mutate-vote-before-durable")]
+            Event::Prepare { txn } => {
+                self.prepared.insert(txn);
+                vec![
+                    Action::VoteYes { txn },
+                    Action::Persist(Record::Prepared { txn }),
                 ]
             }
             Event::Commit { txn, index } => self.commit(txn, index),

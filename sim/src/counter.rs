@@ -1,0 +1,1029 @@
+//! A counter process, as the counter crate behaves: the real
+//! `tally_common::participant::Participant` decides every prepare, commit,
+//! abort, copied range and outcome; its `Persist` records go to the store's
+//! unsynced buffer and become durable at the next simulated sync; answers
+//! (votes, acks) leave only once every record before them is durable.
+//! Around it, the counter's own duties: resolve prepared transactions at
+//! start-up, register (and register again when a health check names another
+//! epoch, when the coordinator forgets it, or after a long silence), refuse
+//! prepares and fenced reads unless registered with that epoch, copy from
+//! in-sync peers when told, report `CaughtUp`, and ask about transactions
+//! left in doubt.
+
+use crate::disk::{Disk, Op};
+use crate::net::{counter_id, counter_index, ExportReply, Msg, Node, Reply};
+use crate::world::{Ev, World};
+use std::collections::{BTreeMap, BTreeSet};
+use tally_common::api::{CommitRequest, JoinPlan, Outcome};
+use tally_common::coordinator::{CommitAnswer, JoinRefused, Vote};
+use tally_common::membership::HealthReport;
+use tally_common::participant::{Action, Event, Participant, Record};
+use tally_common::{CommitIndex, Incarnation, Item, TxnId};
+
+/// A prepared transaction waits this long for its outcome before the
+/// counter asks (counter/src/catchup.rs: `IN_DOUBT_AFTER`).
+const IN_DOUBT_AFTER_MS: u64 = 3000;
+/// The background duties' period.
+const MAINTAIN_MS: u64 = 1000;
+/// How long a call to the coordinator may take.
+const CALL_TIMEOUT_MS: u64 = 1000;
+/// How long a copy may go without data before it counts as cut.
+const COPY_IDLE_MS: u64 = 2000;
+/// How long a fenced read or an export waits for the applied index.
+const FENCE_TIMEOUT_MS: u64 = 1000;
+
+/// Which coordinator this counter registered with, and whether that one
+/// said it is in sync: the rule for votes and fenced reads
+/// (counter/src/replica.rs, `check_registered`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Registration {
+    pub epoch: u64,
+    pub in_sync: bool,
+}
+
+impl Registration {
+    pub fn registered(&mut self, epoch: u64, in_sync: bool) {
+        self.epoch = epoch;
+        self.in_sync = in_sync;
+    }
+
+    /// Refuses a vote (or, with `need_in_sync`, a fenced read) for any
+    /// coordinator but the one registered with.
+    pub fn check(&self, epoch: u64, need_in_sync: bool) -> Result<(), String> {
+        if self.epoch == 0 || self.epoch != epoch || (need_in_sync && !self.in_sync) {
+            return Err(format!(
+                "not registered with the coordinator of epoch {epoch} (registered: {})",
+                self.epoch
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An answer that leaves once the records before it are durable.
+#[derive(Debug, Clone)]
+enum Answer {
+    Vote {
+        call: u64,
+        committed: Vec<CommitIndex>,
+    },
+    Commit {
+        call: u64,
+        known: bool,
+    },
+    /// An import is durable: the copy goes on.
+    Imported {
+        last: Option<CommitIndex>,
+        end: bool,
+    },
+}
+
+/// A fenced read or an export waiting for the applied index.
+#[derive(Debug, Clone)]
+enum Parked {
+    Count {
+        call: u64,
+        tenant: String,
+        fence: CommitIndex,
+        deadline: u64,
+    },
+    Export {
+        call: u64,
+        peer: usize,
+        since: CommitIndex,
+        until: CommitIndex,
+        deadline: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Call {
+    Register,
+    CaughtUp,
+    Ask { txn: TxnId, startup: bool },
+    Export { peer: usize },
+}
+
+/// Timers of a counter.
+#[derive(Debug, Clone, Copy)]
+pub enum Timer {
+    Maintain,
+    RegisterRetry,
+    StartupRetry,
+    CatchUpRetry,
+    Parked,
+}
+
+/// One pass of copying from one peer's disk (counter/src/catchup.rs).
+#[derive(Debug, Clone)]
+struct Pass {
+    peer: usize,
+    incarnation: Incarnation,
+    start: CommitIndex,
+    next: CommitIndex,
+}
+
+#[derive(Debug, Clone)]
+struct CatchUp {
+    until: CommitIndex,
+    peers: Vec<usize>,
+    next_peer: usize,
+    round_start: CommitIndex,
+    pass: Option<Pass>,
+    backoff: u64,
+}
+
+/// Start-up: every prepared transaction is asked about until each has a
+/// definite answer, before the counter registers.
+#[derive(Debug, Clone, Default)]
+struct Startup {
+    outstanding: BTreeSet<TxnId>,
+    unresolved: bool,
+    backoff: u64,
+}
+
+#[derive(Debug)]
+pub struct Counter {
+    pub up: bool,
+    pub life: u64,
+    pub disk: Disk,
+    buffer: Vec<Op>,
+    appended: u64,
+    synced: u64,
+    sync_scheduled: bool,
+    participant: Participant,
+    pub registration: Registration,
+    prepared_since: BTreeMap<TxnId, u64>,
+    waiting: Vec<(u64, Answer)>,
+    parked: Vec<Parked>,
+    calls: BTreeMap<u64, Call>,
+    catchup: Option<CatchUp>,
+    registering: bool,
+    register_backoff: u64,
+    startup: Option<Startup>,
+    joined: bool,
+    last_contact: u64,
+    /// Copies of its earlier disks, for restores.
+    pub snapshots: Vec<Disk>,
+}
+
+impl Counter {
+    pub fn new(incarnation: Incarnation) -> Self {
+        Counter {
+            up: false,
+            life: 0,
+            disk: Disk::new(incarnation),
+            buffer: Vec::new(),
+            appended: 0,
+            synced: 0,
+            sync_scheduled: false,
+            participant: Participant::default(),
+            registration: Registration::default(),
+            prepared_since: BTreeMap::new(),
+            waiting: Vec::new(),
+            parked: Vec::new(),
+            calls: BTreeMap::new(),
+            catchup: None,
+            registering: false,
+            register_backoff: 100,
+            startup: None,
+            joined: false,
+            last_contact: 0,
+            snapshots: Vec::new(),
+        }
+    }
+
+    pub fn applied(&self) -> CommitIndex {
+        self.disk.applied.contiguous()
+    }
+
+    /// Writes not yet synced (a prepare among them may be voted on soon).
+    pub fn has_unsynced(&self) -> bool {
+        !self.buffer.is_empty()
+    }
+
+    pub fn catching_up(&self) -> bool {
+        self.catchup.is_some()
+    }
+
+    /// Prepared transactions that have waited for their outcome longer
+    /// than the counter tolerates.
+    fn in_doubt(&self, now: u64) -> Vec<TxnId> {
+        self.prepared_since
+            .iter()
+            .filter(|(_, since)| now.saturating_sub(**since) >= IN_DOUBT_AFTER_MS)
+            .map(|(txn, _)| *txn)
+            .collect()
+    }
+}
+
+fn backoff_next(ms: u64) -> u64 {
+    (ms * 2).min(2000)
+}
+
+impl World {
+    pub(crate) fn counter_life(&self, i: usize) -> Option<u64> {
+        let c = &self.counters[i];
+        c.up.then_some(c.life)
+    }
+
+    /// Starts counter `i` on its disk: rebuilds the participant from what is
+    /// durable and settles its prepared transactions before registering.
+    pub(crate) fn counter_start(&mut self, i: usize) {
+        let now = self.now;
+        let c = &mut self.counters[i];
+        c.up = true;
+        c.life += 1;
+        let (participant, _ask) =
+            Participant::recover(c.disk.prepared.keys().copied(), c.disk.applied.clone());
+        c.participant = participant;
+        c.prepared_since = c.disk.prepared.keys().map(|t| (*t, now)).collect();
+        c.registration = Registration::default();
+        c.last_contact = now;
+        c.joined = false;
+        c.register_backoff = 100;
+        let life = c.life;
+        self.trace(|| {
+            let c = &self.counters[i];
+            format!(
+                "c{i} starts: incarnation {}, applied {}, {} prepared",
+                c.disk.incarnation,
+                c.applied(),
+                c.disk.prepared.len()
+            )
+        });
+        self.schedule(
+            MAINTAIN_MS,
+            Ev::CounterTimer {
+                i,
+                life,
+                timer: Timer::Maintain,
+            },
+        );
+        self.counters[i].startup = Some(Startup {
+            backoff: 100,
+            ..Startup::default()
+        });
+        self.startup_resolve(i);
+    }
+
+    /// The process dies: the unsynced buffer and every volatile thing go.
+    pub(crate) fn counter_crash(&mut self, i: usize) {
+        let c = &mut self.counters[i];
+        if !c.up {
+            return;
+        }
+        c.up = false;
+        c.buffer.clear();
+        c.appended = 0;
+        c.synced = 0;
+        c.sync_scheduled = false;
+        c.waiting.clear();
+        c.parked.clear();
+        c.calls.clear();
+        c.catchup = None;
+        c.registering = false;
+        c.startup = None;
+        self.trace(|| format!("c{i} crashes"));
+    }
+
+    fn counter_call(
+        &mut self,
+        i: usize,
+        to: Node,
+        call: Call,
+        msg: impl FnOnce(u64) -> Msg,
+        ms: u64,
+    ) {
+        let id = self.new_id();
+        self.counters[i].calls.insert(id, call);
+        self.send(Node::Counter(i), to, msg(id));
+        let life = self.counters[i].life;
+        self.schedule(
+            ms,
+            Ev::Timeout {
+                node: Node::Counter(i),
+                life,
+                call: id,
+            },
+        );
+    }
+
+    fn counter_timer_in(&mut self, i: usize, ms: u64, timer: Timer) {
+        let life = self.counters[i].life;
+        self.schedule(ms, Ev::CounterTimer { i, life, timer });
+    }
+
+    fn append(&mut self, i: usize, op: Op) {
+        let c = &mut self.counters[i];
+        c.buffer.push(op);
+        c.appended += 1;
+        if !c.sync_scheduled {
+            c.sync_scheduled = true;
+            let life = c.life;
+            let delay = self.rng.range(1, 6);
+            self.schedule(delay, Ev::CounterSync { i, life });
+        }
+    }
+
+    /// Carries out the participant's actions; answers wait for durability.
+    /// `items` are the prepare's payload, `answer` what a yes vote or an
+    /// acknowledgement sends.
+    fn carry(
+        &mut self,
+        i: usize,
+        actions: Vec<Action>,
+        items: Option<&Vec<Item>>,
+        mut answer: impl FnMut(Action) -> Option<Answer>,
+    ) {
+        for action in actions {
+            match action {
+                Action::Persist(record) => {
+                    let op = match record {
+                        Record::Prepared { txn } => Op::Prepared {
+                            txn,
+                            items: items.cloned().unwrap_or_default(),
+                        },
+                        Record::Applied { txn, index } => Op::Applied { txn, index },
+                        Record::Forgotten { txn } => Op::Forgotten { txn },
+                        Record::AppliedRange { since, through } => {
+                            Op::AppliedRange { since, through }
+                        }
+                    };
+                    self.append(i, op);
+                }
+                Action::AskOutcome { txn } => self.ask_outcome(i, txn, false),
+                other => {
+                    if let Some(a) = answer(other) {
+                        self.answer_when_durable(i, a);
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer_when_durable(&mut self, i: usize, answer: Answer) {
+        let c = &mut self.counters[i];
+        if c.appended <= c.synced {
+            self.send_answer(i, answer);
+        } else {
+            let needed = c.appended;
+            c.waiting.push((needed, answer));
+        }
+    }
+
+    fn send_answer(&mut self, i: usize, answer: Answer) {
+        let c = &self.counters[i];
+        let (incarnation, applied) = (c.disk.incarnation, c.applied());
+        match answer {
+            Answer::Vote { call, committed } => {
+                let body = Reply::Vote(Ok(Vote {
+                    incarnation,
+                    applied,
+                    committed,
+                }));
+                self.send(
+                    Node::Counter(i),
+                    Node::Coordinator,
+                    Msg::Reply { call, body },
+                );
+            }
+            Answer::Commit { call, known } => {
+                let body = Reply::Commit(if known {
+                    CommitAnswer::Applied { applied }
+                } else {
+                    CommitAnswer::NotPrepared
+                });
+                self.send(
+                    Node::Counter(i),
+                    Node::Coordinator,
+                    Msg::Reply { call, body },
+                );
+            }
+            Answer::Imported { last, end } => self.imported(i, last, end),
+        }
+    }
+
+    /// The buffered writes are durable now.
+    pub(crate) fn counter_sync(&mut self, i: usize, life: u64) {
+        if self.counter_life(i) != Some(life) {
+            return;
+        }
+        let now = self.now;
+        let c = &mut self.counters[i];
+        c.sync_scheduled = false;
+        let ops = std::mem::take(&mut c.buffer);
+        let mut failures = Vec::new();
+        for op in ops {
+            if let Err(e) = c.disk.apply(op) {
+                failures.push(e);
+            }
+        }
+        c.synced = c.appended;
+        for txn in c.disk.prepared.keys() {
+            c.prepared_since.entry(*txn).or_insert(now);
+        }
+        let prepared = &c.disk.prepared;
+        c.prepared_since.retain(|txn, _| prepared.contains_key(txn));
+        let synced = c.synced;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut c.waiting)
+            .into_iter()
+            .partition(|(needed, _)| *needed <= synced);
+        c.waiting = waiting;
+        for e in failures {
+            self.history.violation("counter store", format!("c{i} {e}"));
+        }
+        self.trace(|| format!("c{i} synced: applied {}", self.counters[i].applied()));
+        for (_, answer) in ready {
+            self.send_answer(i, answer);
+        }
+        self.check_parked(i);
+    }
+
+    pub(crate) fn counter_receive(&mut self, i: usize, from: Node, msg: Msg) {
+        if !matches!(msg, Msg::Reply { .. }) {
+            self.counters[i].last_contact = self.now;
+        }
+        self.trace(|| format!("c{i} <- {msg:?}", msg = short(&msg)));
+        match msg {
+            Msg::Prepare {
+                call,
+                txn,
+                items,
+                commits,
+            } => self.on_prepare(i, call, txn, items, commits),
+            Msg::Commit { call, commit } => {
+                let actions = self.counters[i].participant.step(Event::Commit {
+                    txn: commit.txn,
+                    index: commit.index,
+                });
+                self.carry(i, actions, None, |a| match a {
+                    Action::Ack { .. } => Some(Answer::Commit { call, known: true }),
+                    Action::UnknownTxn { .. } => Some(Answer::Commit { call, known: false }),
+                    _ => None,
+                });
+            }
+            Msg::Abort { txn } => {
+                let actions = self.counters[i].participant.step(Event::Abort { txn });
+                self.carry(i, actions, None, |_| None);
+            }
+            Msg::Status { call, epoch } => {
+                let c = &self.counters[i];
+                let report = HealthReport {
+                    incarnation: c.disk.incarnation,
+                    applied: c.applied(),
+                    catching_up: c.catching_up(),
+                    registered_here: c.registration.epoch == epoch,
+                    copy: None,
+                };
+                if epoch != c.registration.epoch {
+                    self.register_again(i);
+                }
+                let body = Reply::Health(report);
+                self.send(Node::Counter(i), from, Msg::Reply { call, body });
+            }
+            Msg::Count {
+                call,
+                tenant,
+                fence,
+                epoch,
+            } => {
+                if let Err(e) = self.counters[i].registration.check(epoch, true) {
+                    let body = Reply::Count(Err(e));
+                    self.send(Node::Counter(i), from, Msg::Reply { call, body });
+                    return;
+                }
+                let deadline = self.now + FENCE_TIMEOUT_MS;
+                self.counters[i].parked.push(Parked::Count {
+                    call,
+                    tenant,
+                    fence,
+                    deadline,
+                });
+                self.counter_timer_in(i, FENCE_TIMEOUT_MS, Timer::Parked);
+                self.check_parked(i);
+            }
+            Msg::CatchUp { request } => self.start_catchup(
+                i,
+                JoinPlan {
+                    in_sync: false,
+                    until: request.until,
+                    peers: request.peers,
+                    epoch: 0,
+                },
+            ),
+            Msg::Export { call, since, until } => {
+                let Node::Counter(peer) = from else { return };
+                let deadline = self.now + FENCE_TIMEOUT_MS;
+                self.counters[i].parked.push(Parked::Export {
+                    call,
+                    peer,
+                    since,
+                    until,
+                    deadline,
+                });
+                self.counter_timer_in(i, FENCE_TIMEOUT_MS, Timer::Parked);
+                self.check_parked(i);
+            }
+            Msg::Reply { call, body } => {
+                let Some(call) = self.counters[i].calls.remove(&call) else {
+                    return;
+                };
+                match (call, body) {
+                    (Call::Register, Reply::Joined(result)) => self.registered(i, result.ok()),
+                    (Call::CaughtUp, Reply::Joined(result)) => {
+                        self.caught_up_answered(i, Some(result))
+                    }
+                    (Call::Ask { txn, startup }, Reply::Outcome(outcome)) => {
+                        self.outcome(i, txn, startup, Some(outcome))
+                    }
+                    (Call::Export { peer }, Reply::Export(result)) => {
+                        self.export_answered(i, peer, result.ok())
+                    }
+                    (call, body) => panic!("c{i}: answer {body:?} to {call:?}"),
+                }
+            }
+            other => panic!("c{i} got {other:?}"),
+        }
+    }
+
+    pub(crate) fn counter_timeout(&mut self, i: usize, call: u64) {
+        let Some(call) = self.counters[i].calls.remove(&call) else {
+            return;
+        };
+        match call {
+            Call::Register => self.registered(i, None),
+            Call::CaughtUp => self.caught_up_answered(i, None),
+            Call::Ask { txn, startup } => self.outcome(i, txn, startup, None),
+            Call::Export { peer } => self.export_answered(i, peer, None),
+        }
+    }
+
+    pub(crate) fn counter_timer(&mut self, i: usize, timer: Timer) {
+        match timer {
+            Timer::Maintain => {
+                self.counter_timer_in(i, MAINTAIN_MS, Timer::Maintain);
+                self.maintain(i);
+            }
+            Timer::RegisterRetry => self.send_register(i),
+            Timer::StartupRetry => self.startup_resolve(i),
+            Timer::CatchUpRetry => self.catchup_round(i),
+            Timer::Parked => self.check_parked(i),
+        }
+    }
+
+    fn on_prepare(
+        &mut self,
+        i: usize,
+        call: u64,
+        txn: TxnId,
+        items: Vec<Item>,
+        commits: Vec<CommitRequest>,
+    ) {
+        if let Err(e) = self.counters[i].registration.check(txn.epoch(), false) {
+            let body = Reply::Vote(Err(e));
+            self.send(
+                Node::Counter(i),
+                Node::Coordinator,
+                Msg::Reply { call, body },
+            );
+            return;
+        }
+        let mut committed = Vec::new();
+        for commit in commits {
+            let actions = self.counters[i].participant.step(Event::Commit {
+                txn: commit.txn,
+                index: commit.index,
+            });
+            self.carry(i, actions, None, |a| {
+                if matches!(a, Action::Ack { .. }) {
+                    committed.push(commit.index);
+                }
+                None
+            });
+        }
+        let actions = self.counters[i].participant.step(Event::Prepare { txn });
+        let mut voted = false;
+        self.carry(i, actions, Some(&items), |a| match a {
+            Action::VoteYes { .. } => {
+                voted = true;
+                Some(Answer::Vote {
+                    call,
+                    committed: committed.clone(),
+                })
+            }
+            _ => None,
+        });
+        // The moment after a yes vote: a crash here tests that the vote
+        // was durable.
+        if voted && self.faults_on && self.rng.chance(self.settings.crash_after_vote) {
+            let life = self.counters[i].life;
+            let at = self.rng.range(0, 4);
+            self.schedule(
+                at,
+                Ev::Crash {
+                    node: Node::Counter(i),
+                    life,
+                },
+            );
+        }
+    }
+
+    /// Answers the parked reads and exports that can be answered now, and
+    /// refuses those whose time is up.
+    fn check_parked(&mut self, i: usize) {
+        let now = self.now;
+        let parked = std::mem::take(&mut self.counters[i].parked);
+        let applied = self.counters[i].applied();
+        let mut kept = Vec::new();
+        for p in parked {
+            match p {
+                Parked::Count {
+                    call,
+                    ref tenant,
+                    fence,
+                    deadline,
+                } => {
+                    let body = if applied >= fence {
+                        Reply::Count(Ok((
+                            counter_id(i),
+                            self.counters[i].disk.tenant_ids(tenant),
+                        )))
+                    } else if now >= deadline {
+                        Reply::Count(Err(format!("fence {fence} not reached ({applied})")))
+                    } else {
+                        kept.push(p);
+                        continue;
+                    };
+                    self.send(
+                        Node::Counter(i),
+                        Node::Coordinator,
+                        Msg::Reply { call, body },
+                    );
+                }
+                Parked::Export {
+                    call,
+                    peer,
+                    since,
+                    until,
+                    deadline,
+                } => {
+                    let body = if applied >= until {
+                        let disk = &self.counters[i].disk;
+                        let mut entries = disk.export(since);
+                        let mut end = true;
+                        if self.faults_on && self.rng.chance(self.settings.cut_stream) {
+                            let keep = self.rng.pick(entries.len() + 1);
+                            entries.truncate(keep);
+                            end = false;
+                        }
+                        Reply::Export(Ok(ExportReply {
+                            incarnation: disk.incarnation,
+                            entries,
+                            end,
+                        }))
+                    } else if now >= deadline {
+                        Reply::Export(Err(format!("{until} not applied here")))
+                    } else {
+                        kept.push(p);
+                        continue;
+                    };
+                    self.send(
+                        Node::Counter(i),
+                        Node::Counter(peer),
+                        Msg::Reply { call, body },
+                    );
+                }
+            }
+        }
+        self.counters[i].parked.extend(kept);
+    }
+
+    // ---- start-up, registration, in-doubt ----
+
+    fn startup_resolve(&mut self, i: usize) {
+        let txns: Vec<TxnId> = self.counters[i].participant.prepared().collect();
+        let Some(startup) = self.counters[i].startup.as_mut() else {
+            return;
+        };
+        if txns.is_empty() {
+            self.counters[i].startup = None;
+            self.register(i);
+            return;
+        }
+        startup.unresolved = false;
+        startup.outstanding = txns.iter().copied().collect();
+        for txn in txns {
+            self.ask_outcome(i, txn, true);
+        }
+    }
+
+    fn ask_outcome(&mut self, i: usize, txn: TxnId, startup: bool) {
+        let asking = self.counters[i]
+            .calls
+            .values()
+            .any(|c| matches!(c, Call::Ask { txn: t, .. } if *t == txn));
+        if asking && !startup {
+            return;
+        }
+        self.counter_call(
+            i,
+            Node::Coordinator,
+            Call::Ask { txn, startup },
+            |call| Msg::AskOutcome { call, txn },
+            CALL_TIMEOUT_MS,
+        );
+    }
+
+    fn outcome(&mut self, i: usize, txn: TxnId, startup: bool, outcome: Option<Outcome>) {
+        if let Some(outcome) = outcome {
+            let actions = self.counters[i]
+                .participant
+                .step(Event::Outcome { txn, outcome });
+            self.carry(i, actions, None, |_| None);
+        }
+        if !startup {
+            return;
+        }
+        let Some(s) = self.counters[i].startup.as_mut() else {
+            return;
+        };
+        s.outstanding.remove(&txn);
+        if !matches!(outcome, Some(Outcome::Committed { .. } | Outcome::Aborted)) {
+            s.unresolved = true;
+        }
+        if !s.outstanding.is_empty() {
+            return;
+        }
+        if s.unresolved {
+            let wait = s.backoff;
+            s.backoff = backoff_next(s.backoff);
+            self.counter_timer_in(i, wait, Timer::StartupRetry);
+        } else {
+            self.counters[i].startup = None;
+            self.register(i);
+        }
+    }
+
+    fn register(&mut self, i: usize) {
+        if self.counters[i].registering {
+            return;
+        }
+        self.counters[i].registering = true;
+        self.send_register(i);
+    }
+
+    fn register_again(&mut self, i: usize) {
+        if self.counters[i].joined {
+            self.register(i);
+        }
+    }
+
+    fn send_register(&mut self, i: usize) {
+        let c = &self.counters[i];
+        let (incarnation, applied) = (c.disk.incarnation, c.applied());
+        self.counter_call(
+            i,
+            Node::Coordinator,
+            Call::Register,
+            |call| Msg::Register {
+                call,
+                incarnation,
+                applied,
+            },
+            CALL_TIMEOUT_MS,
+        );
+    }
+
+    fn registered(&mut self, i: usize, plan: Option<JoinPlan>) {
+        let c = &mut self.counters[i];
+        match plan {
+            Some(plan) => {
+                c.registering = false;
+                c.joined = true;
+                c.register_backoff = 100;
+                c.registration.registered(plan.epoch, plan.in_sync);
+                self.trace(|| format!("c{i} registered: {plan:?}"));
+                self.start_catchup(i, plan);
+            }
+            None => {
+                let wait = c.register_backoff;
+                c.register_backoff = backoff_next(wait);
+                self.counter_timer_in(i, wait, Timer::RegisterRetry);
+            }
+        }
+    }
+
+    /// Background duties: ask about old prepared transactions, and register
+    /// again after a long silence from the coordinator.
+    fn maintain(&mut self, i: usize) {
+        if !self.counters[i].joined {
+            return;
+        }
+        let now = self.now;
+        for txn in self.counters[i].in_doubt(now) {
+            let actions = self.counters[i].participant.step(Event::InDoubt { txn });
+            self.carry(i, actions, None, |_| None);
+        }
+        if now.saturating_sub(self.counters[i].last_contact) >= self.settings.rejoin_after_ms {
+            self.counters[i].last_contact = now;
+            self.register(i);
+        }
+    }
+
+    // ---- catch-up ----
+
+    fn start_catchup(&mut self, i: usize, plan: JoinPlan) {
+        if plan.in_sync || self.counters[i].catchup.is_some() {
+            return;
+        }
+        self.counters[i].catchup = Some(CatchUp {
+            until: plan.until,
+            peers: plan.peers.iter().filter_map(|p| counter_index(p)).collect(),
+            next_peer: 0,
+            round_start: CommitIndex::ZERO,
+            pass: None,
+            backoff: 100,
+        });
+        self.catchup_round(i);
+    }
+
+    fn catchup_round(&mut self, i: usize) {
+        let applied = self.counters[i].applied();
+        let Some(cu) = self.counters[i].catchup.as_mut() else {
+            return;
+        };
+        cu.round_start = applied;
+        cu.next_peer = 0;
+        self.catchup_next(i);
+    }
+
+    /// Copies from the next peer, or reports once every peer was tried or
+    /// everything up to `until` is held.
+    fn catchup_next(&mut self, i: usize) {
+        let applied = self.counters[i].applied();
+        let Some(cu) = self.counters[i].catchup.as_mut() else {
+            return;
+        };
+        if applied >= cu.until || cu.next_peer >= cu.peers.len() {
+            let incarnation = self.counters[i].disk.incarnation;
+            self.counter_call(
+                i,
+                Node::Coordinator,
+                Call::CaughtUp,
+                |call| Msg::CaughtUp {
+                    call,
+                    incarnation,
+                    applied,
+                },
+                CALL_TIMEOUT_MS,
+            );
+            return;
+        }
+        let peer = cu.peers[cu.next_peer];
+        cu.next_peer += 1;
+        let since = cu
+            .pass
+            .as_ref()
+            .filter(|p| p.peer == peer)
+            .map_or(applied, |p| p.next);
+        let until = cu.until;
+        self.export_call(i, peer, since, until);
+    }
+
+    fn export_call(&mut self, i: usize, peer: usize, since: CommitIndex, until: CommitIndex) {
+        self.counter_call(
+            i,
+            Node::Counter(peer),
+            Call::Export { peer },
+            |call| Msg::Export { call, since, until },
+            COPY_IDLE_MS,
+        );
+    }
+
+    fn export_answered(&mut self, i: usize, peer: usize, reply: Option<ExportReply>) {
+        let applied = self.counters[i].applied();
+        let Some(cu) = self.counters[i].catchup.as_mut() else {
+            return;
+        };
+        let Some(reply) = reply else {
+            self.catchup_next(i);
+            return;
+        };
+        let resuming = cu.pass.as_ref().filter(|p| p.peer == peer).cloned();
+        match resuming {
+            Some(p) if p.incarnation == reply.incarnation => {}
+            Some(_) => {
+                // Another disk at that address: what was imported proves
+                // nothing about its log; a new pass from the applied index.
+                cu.pass = Some(Pass {
+                    peer,
+                    incarnation: reply.incarnation,
+                    start: applied,
+                    next: applied,
+                });
+                let until = cu.until;
+                self.export_call(i, peer, applied, until);
+                return;
+            }
+            None => {
+                cu.pass = Some(Pass {
+                    peer,
+                    incarnation: reply.incarnation,
+                    start: applied,
+                    next: applied,
+                });
+            }
+        }
+        let (start, until) = (cu.pass.as_ref().expect("set").start, cu.until);
+        if reply.entries.is_empty() && !reply.end {
+            self.catchup_next(i);
+            return;
+        }
+        let last = reply.entries.last().map(|e| e.index);
+        self.append(
+            i,
+            Op::Import {
+                entries: reply.entries,
+            },
+        );
+        if reply.end {
+            let actions = self.counters[i].participant.step(Event::Imported {
+                range: Some((start, until)),
+            });
+            self.carry(i, actions, None, |_| None);
+        }
+        self.answer_when_durable(
+            i,
+            Answer::Imported {
+                last,
+                end: reply.end,
+            },
+        );
+    }
+
+    /// An import is durable: the pass moves on, or ends.
+    fn imported(&mut self, i: usize, last: Option<CommitIndex>, end: bool) {
+        let Some(cu) = self.counters[i].catchup.as_mut() else {
+            return;
+        };
+        if let (Some(p), Some(last)) = (cu.pass.as_mut(), last) {
+            p.next = p.next.max(last);
+        }
+        if end {
+            cu.pass = None;
+        }
+        self.catchup_next(i);
+    }
+
+    fn caught_up_answered(&mut self, i: usize, answer: Option<Result<JoinPlan, JoinRefused>>) {
+        let applied = self.counters[i].applied();
+        let Some(cu) = self.counters[i].catchup.as_mut() else {
+            return;
+        };
+        match answer {
+            Some(Ok(plan)) if plan.in_sync => {
+                self.counters[i].registration.registered(plan.epoch, true);
+                self.counters[i].catchup = None;
+                self.trace(|| format!("c{i} caught up and in sync"));
+            }
+            Some(Ok(plan)) => {
+                cu.until = plan.until;
+                cu.peers = plan.peers.iter().filter_map(|p| counter_index(p)).collect();
+                if applied <= cu.round_start {
+                    let wait = cu.backoff;
+                    cu.backoff = backoff_next(wait);
+                    self.counter_timer_in(i, wait, Timer::CatchUpRetry);
+                } else {
+                    self.catchup_round(i);
+                }
+            }
+            Some(Err(JoinRefused::NotRegistered)) => {
+                self.counters[i].catchup = None;
+                self.register_again(i);
+            }
+            _ => {
+                let wait = cu.backoff;
+                cu.backoff = backoff_next(wait);
+                self.counter_timer_in(i, wait, Timer::CatchUpRetry);
+            }
+        }
+    }
+}
+
+/// A message without its payload, for the trace.
+fn short(msg: &Msg) -> String {
+    match msg {
+        Msg::Prepare {
+            txn,
+            items,
+            commits,
+            ..
+        } => format!("Prepare {txn} ({} items, commits {commits:?})", items.len()),
+        Msg::Reply {
+            body: Reply::Export(Ok(r)),
+            ..
+        } => format!("Export answer: {} entries, end {}", r.entries.len(), r.end),
+        other => format!("{other:?}"),
+    }
+}

@@ -1,0 +1,169 @@
+//! The simulated network: who talks to whom, the messages they exchange, and
+//! the faults a message meets on the way (loss, duplication, delay that
+//! reorders, partitions).
+//!
+//! Calls are HTTP-like: a request names a call id, the answer carries it
+//! back, and the caller gives up at its own timeout. A request whose
+//! receiver restarted meanwhile is lost (its connection is gone); an answer
+//! reaches only the life of the caller that asked.
+
+use std::collections::BTreeSet;
+use tally_common::api::{CatchUpRequest, CommitRequest, ExportEntry, JoinPlan, Outcome};
+use tally_common::coordinator::{CommitAnswer, JoinRefused, Vote, WriteRefused};
+use tally_common::membership::HealthReport;
+use tally_common::{CommitIndex, CounterId, Incarnation, Item, TxnId};
+
+/// A process or a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Node {
+    Coordinator,
+    Counter(usize),
+    Client(usize),
+}
+
+/// A message on the wire.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    // The coordinator's calls to a counter.
+    Prepare {
+        call: u64,
+        txn: TxnId,
+        items: Vec<Item>,
+        commits: Vec<CommitRequest>,
+    },
+    Commit {
+        call: u64,
+        commit: CommitRequest,
+    },
+    Abort {
+        txn: TxnId,
+    },
+    Status {
+        call: u64,
+        epoch: u64,
+    },
+    Count {
+        call: u64,
+        tenant: String,
+        fence: CommitIndex,
+        epoch: u64,
+    },
+    CatchUp {
+        request: CatchUpRequest,
+    },
+    // A counter's calls to the coordinator.
+    Register {
+        call: u64,
+        incarnation: Incarnation,
+        applied: CommitIndex,
+    },
+    CaughtUp {
+        call: u64,
+        incarnation: Incarnation,
+        applied: CommitIndex,
+    },
+    AskOutcome {
+        call: u64,
+        txn: TxnId,
+    },
+    // A joining counter's call to a peer.
+    Export {
+        call: u64,
+        since: CommitIndex,
+        until: CommitIndex,
+    },
+    // A client's calls to the coordinator.
+    Write {
+        attempt: u64,
+        items: Vec<Item>,
+    },
+    Read {
+        read: u64,
+        tenant: String,
+    },
+    // Answers.
+    Reply {
+        call: u64,
+        body: Reply,
+    },
+    WriteAnswer {
+        attempt: u64,
+        result: Result<(), WriteRefused>,
+    },
+    ReadAnswer {
+        read: u64,
+        result: Result<ReadResult, String>,
+    },
+}
+
+/// The answer to a call.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Vote(Result<Vote, String>),
+    Commit(CommitAnswer),
+    Health(HealthReport),
+    /// A fenced read: who answered and the tenant's item ids.
+    Count(Result<(CounterId, BTreeSet<String>), String>),
+    Joined(Result<JoinPlan, JoinRefused>),
+    Outcome(Outcome),
+    Export(Result<ExportReply, String>),
+}
+
+/// What a peer's export stream delivered: its disk's incarnation, the
+/// entries, and whether the end marker arrived (a cut stream has none).
+#[derive(Debug, Clone)]
+pub struct ExportReply {
+    pub incarnation: Incarnation,
+    pub entries: Vec<ExportEntry>,
+    pub end: bool,
+}
+
+/// A read answered through the coordinator, with what the checker needs to
+/// explain it.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    pub ids: BTreeSet<String>,
+    pub counter: CounterId,
+    pub fence: CommitIndex,
+    pub epoch: u64,
+}
+
+/// The network's weather: partitions and how unreliable it is now.
+#[derive(Debug, Default)]
+pub struct Network {
+    /// Processes cut off from the rest (clients stay with the rest).
+    pub cut: BTreeSet<Node>,
+    pub loss: f64,
+    pub dup: f64,
+    /// Extra delay, ms, while the network is slow.
+    pub slow: u64,
+}
+
+impl Network {
+    fn side(&self, node: Node) -> bool {
+        match node {
+            Node::Client(_) => false,
+            other => self.cut.contains(&other),
+        }
+    }
+
+    /// A message between these two cannot pass now.
+    pub fn partitioned(&self, a: Node, b: Node) -> bool {
+        self.side(a) != self.side(b)
+    }
+}
+
+/// A counter's URL and id, from its index.
+pub fn counter_url(i: usize) -> String {
+    format!("sim://c{i}")
+}
+
+pub fn counter_id(i: usize) -> CounterId {
+    CounterId(format!("c{i}"))
+}
+
+/// The index of the counter at `url` or with id `id`.
+pub fn counter_index(name: &str) -> Option<usize> {
+    let digits = name.rsplit('c').next()?;
+    digits.parse().ok()
+}
