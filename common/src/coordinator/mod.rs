@@ -45,7 +45,6 @@
 mod delivery;
 mod log;
 mod members;
-pub mod old_model;
 mod writes;
 
 use crate::api::{CatchUpRequest, CommitRequest, JoinPlan, Outcome};
