@@ -83,6 +83,18 @@ pub enum CounterState {
     Dead,
 }
 
+impl CounterState {
+    /// The name on the wire, in metrics labels and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            CounterState::Joining => "joining",
+            CounterState::Live => "live",
+            CounterState::Suspect => "suspect",
+            CounterState::Dead => "dead",
+        }
+    }
+}
+
 /// One counter in `GET /cluster`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

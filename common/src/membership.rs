@@ -739,7 +739,7 @@ impl Cluster {
         }
         let decided = self.decided;
         let describe = |m: &Member| {
-            let mut s = format!("{} ({}", m.id, state_name(m.state));
+            let mut s = format!("{} ({}", m.id, m.state.name());
             if m.in_sync && !m.registered {
                 s.push_str(", not registered with this coordinator yet");
             }
@@ -874,15 +874,6 @@ fn lost_data(member: &Member, incarnation: Incarnation, applied: CommitIndex) ->
             member.applied
         )),
         _ => None,
-    }
-}
-
-fn state_name(state: CounterState) -> &'static str {
-    match state {
-        CounterState::Joining => "joining",
-        CounterState::Live => "live",
-        CounterState::Suspect => "suspect",
-        CounterState::Dead => "dead",
     }
 }
 

@@ -474,7 +474,7 @@ impl ScenarioRunner {
                         out,
                         "  {} {}{} applied={}",
                         m.id,
-                        state_name(m.state),
+                        m.state.name(),
                         if m.in_sync { " in-sync" } else { "" },
                         m.applied
                     )?;
@@ -994,15 +994,6 @@ fn show_outcome(outcome: Outcome) -> String {
     }
 }
 
-fn state_name(state: CounterState) -> &'static str {
-    match state {
-        CounterState::Joining => "joining",
-        CounterState::Live => "live",
-        CounterState::Suspect => "suspect",
-        CounterState::Dead => "dead",
-    }
-}
-
 fn show_notice(notice: Notice, out: &mut String) {
     let line = match notice {
         Notice::Decided { txn, decision, .. } => match decision {
@@ -1027,8 +1018,8 @@ fn show_notice(notice: Notice, out: &mut String) {
             in_sync,
         }) => format!(
             "{id}: {} → {} {}",
-            from.map_or("new", state_name),
-            to.map_or("removed", state_name),
+            from.map_or("new", CounterState::name),
+            to.map_or("removed", CounterState::name),
             if in_sync { "in-sync" } else { "out" }
         ),
         Notice::Membership(Effect::LostData { id, reason }) => {

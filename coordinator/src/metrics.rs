@@ -127,13 +127,13 @@ pub fn render(handle: &PrometheusHandle, view: &ClusterView) -> String {
     ];
     for state in states {
         let n = view.counters.iter().filter(|c| c.state == state).count();
-        metrics::gauge!("tally_replicas", "state" => state_name(state)).set(n as f64);
+        metrics::gauge!("tally_replicas", "state" => state.name()).set(n as f64);
     }
     for c in &view.counters {
         let id = c.id.0.clone();
         for state in states {
             let on = if c.state == state { 1.0 } else { 0.0 };
-            metrics::gauge!("tally_replica_state", "counter" => id.clone(), "state" => state_name(state))
+            metrics::gauge!("tally_replica_state", "counter" => id.clone(), "state" => state.name())
                 .set(on);
         }
         let in_sync = if c.in_sync { 1.0 } else { 0.0 };
@@ -143,15 +143,6 @@ pub fn render(handle: &PrometheusHandle, view: &ClusterView) -> String {
         metrics::gauge!("tally_replica_lag_transactions", "counter" => id).set(c.lag as f64);
     }
     handle.render()
-}
-
-fn state_name(state: CounterState) -> &'static str {
-    match state {
-        CounterState::Joining => "joining",
-        CounterState::Live => "live",
-        CounterState::Suspect => "suspect",
-        CounterState::Dead => "dead",
-    }
 }
 
 /// Totals the dashboard charts; kept beside the Prometheus counters because

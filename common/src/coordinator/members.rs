@@ -82,11 +82,7 @@ impl CoordinatorCore {
         applied: CommitIndex,
         out: &mut Vec<Action>,
     ) {
-        if let Err(refused) = self.check_claim(applied) {
-            out.push(Action::Joined {
-                request,
-                result: Err(refused),
-            });
+        if self.refused_claim(request, applied, out) {
             return;
         }
         let now = self.wall_ms();
@@ -117,11 +113,7 @@ impl CoordinatorCore {
         applied: CommitIndex,
         out: &mut Vec<Action>,
     ) {
-        if let Err(refused) = self.check_claim(applied) {
-            out.push(Action::Joined {
-                request,
-                result: Err(refused),
-            });
+        if self.refused_claim(request, applied, out) {
             return;
         }
         let now = self.wall_ms();
@@ -161,15 +153,23 @@ impl CoordinatorCore {
     /// more is lying, or holds another cluster's data (this coordinator's
     /// log was lost): believing it could make it the one everyone copies
     /// from, so such a claim is refused.
-    fn check_claim(&self, applied: CommitIndex) -> Result<(), JoinRefused> {
+    fn refused_claim(
+        &self,
+        request: RequestId,
+        applied: CommitIndex,
+        out: &mut Vec<Action>,
+    ) -> bool {
         if self.cluster.claim_is_possible(applied) {
-            Ok(())
-        } else {
-            Err(JoinRefused::ImpossibleClaim {
+            return false;
+        }
+        out.push(Action::Joined {
+            request,
+            result: Err(JoinRefused::ImpossibleClaim {
                 applied,
                 decided: self.cluster.decided(),
-            })
-        }
+            }),
+        });
+        true
     }
 
     /// "Last seen" times in the cluster view are shown as ages, so the
