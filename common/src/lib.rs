@@ -15,8 +15,10 @@ pub mod ids;
 pub mod items;
 pub mod membership;
 pub mod participant;
+pub mod time;
 pub mod token;
 
 pub use error::Error;
 pub use ids::{CommitIndex, CounterId, Incarnation, TxnId};
 pub use items::Item;
+pub use time::Millis;

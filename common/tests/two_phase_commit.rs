@@ -30,11 +30,14 @@ use tally_common::api::Outcome;
 use tally_common::applied::AppliedSet;
 use tally_common::coordinator::{self as co, Coordinator};
 use tally_common::participant::{self as pa, Participant};
-use tally_common::{CommitIndex, CounterId, TxnId};
+use tally_common::{CommitIndex, CounterId, Millis, TxnId};
 
 const PARTICIPANTS: usize = 3;
 /// Items are drawn from a small set, so transactions overlap.
 const ITEMS: u8 = 6;
+/// How far the participants' clock moves per step: a prepare is in doubt
+/// after a few steps without its outcome.
+const STEP_MS: u64 = 500;
 
 type Item = u8;
 
@@ -92,7 +95,8 @@ enum Step {
     /// ...and the coordinator hears so (a crash can fall in between).
     LogReturn,
     Resend,
-    /// The participant asks about every transaction it holds prepared.
+    /// The participant's in-doubt timer ticks: it asks about every
+    /// transaction it has held prepared for too long.
     InDoubt(usize),
     /// The first participant copies what the second has applied.
     Import(usize, usize),
@@ -162,6 +166,8 @@ struct World {
     items: BTreeMap<TxnId, BTreeSet<Item>>,
     replies: BTreeMap<TxnId, Option<CommitIndex>>,
     next_txn: u64,
+    /// The participants' clock.
+    now: Millis,
 }
 
 impl World {
@@ -184,6 +190,7 @@ impl World {
             items: BTreeMap::new(),
             replies: BTreeMap::new(),
             next_txn: 1,
+            now: Millis(0),
         }
     }
 
@@ -303,7 +310,11 @@ impl World {
     fn deliver(&mut self, msg: Msg, disk_fails: bool) -> Result<(), TestCaseError> {
         match msg {
             Msg::Prepare { to, txn } => {
-                let actions = self.participant_step(to, pa::Event::Prepare { txn }, disk_fails)?;
+                let actions = self.participant_step(
+                    to,
+                    pa::Event::Prepare { txn, now: self.now },
+                    disk_fails,
+                )?;
                 let yes = actions.contains(&pa::Action::VoteYes { txn });
                 self.net.push(Msg::Vote { from: to, txn, yes });
             }
@@ -356,18 +367,17 @@ impl World {
     }
 
     fn ask_about_prepared(&mut self, p: usize) -> Result<(), TestCaseError> {
-        let txns: Vec<TxnId> = self.nodes[p].machine.prepared().collect();
-        for txn in txns {
-            for action in self.participant_step(p, pa::Event::InDoubt { txn }, false)? {
-                if let pa::Action::AskOutcome { txn } = action {
-                    self.net.push(Msg::AskOutcome { from: p, txn });
-                }
+        let tick = pa::Event::Tick { now: self.now };
+        for action in self.participant_step(p, tick, false)? {
+            if let pa::Action::AskOutcome { txn } = action {
+                self.net.push(Msg::AskOutcome { from: p, txn });
             }
         }
         Ok(())
     }
 
     fn apply(&mut self, step: Step) -> Result<(), TestCaseError> {
+        self.now = Millis(self.now.0 + STEP_MS);
         match step {
             Step::Begin(mask) => {
                 let txn = TxnId(self.next_txn);
@@ -451,12 +461,15 @@ impl World {
             Step::RestartParticipant(p) => {
                 let node = &mut self.nodes[p];
                 let (machine, ask) = Participant::recover(
+                    pa::Config::default(),
                     node.disk.prepared.keys().copied(),
                     node.disk.applied.clone(),
                 );
+                // When each transaction was prepared is not durable, and
+                // need not be: a restart asks about every one.
                 prop_assert_eq!(
-                    &machine,
-                    &node.machine,
+                    (machine.prepared().collect::<Vec<_>>(), machine.applied()),
+                    (node.machine.prepared().collect::<Vec<_>>(), node.machine.applied()),
                     "c{} lost or kept the wrong state",
                     p
                 );
@@ -560,6 +573,8 @@ impl World {
                 return Ok(());
             }
             self.coordinator_step(co::Event::Resend)?;
+            // Long enough that every prepared transaction is in doubt.
+            self.now = Millis(self.now.0 + pa::DEFAULT_IN_DOUBT_AFTER.0);
             for p in 0..PARTICIPANTS {
                 self.ask_about_prepared(p)?;
             }
