@@ -15,6 +15,7 @@ pub mod ids;
 pub mod items;
 pub mod membership;
 pub mod participant;
+pub mod registration;
 pub mod time;
 pub mod token;
 
