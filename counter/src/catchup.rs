@@ -29,10 +29,6 @@ use tally_common::{CommitIndex, Incarnation, TxnId};
 /// slices between 2PC operations.
 const IMPORT_BATCH_ITEMS: usize = 5_000;
 
-/// How long a prepared transaction may wait for its outcome before the
-/// counter asks the coordinator for it.
-const IN_DOUBT_AFTER: Duration = Duration::from_secs(3);
-
 /// How long a call to the coordinator may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -48,7 +44,7 @@ const COPY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// counter in the cluster: catch up, settle what stays in doubt, and
 /// register again whenever the coordinator needs it.
 pub async fn join(state: Arc<AppState>, advertise: String, rejoin_after: Duration) {
-    resolve_in_doubt(&state, Duration::ZERO).await;
+    resolve_in_doubt(&state, true).await;
     let plan = register(&state, &advertise).await;
     tokio::spawn(run(state.clone(), plan));
     maintain(state, advertise, rejoin_after).await;
@@ -80,7 +76,9 @@ pub async fn register(state: &AppState, advertise: &str) -> JoinPlan {
         };
         match post::<_, JoinPlan>(state, "/internal/register", &request).await {
             Ok(plan) => {
-                state.replica.registered(plan.epoch, plan.in_sync);
+                state
+                    .replica
+                    .update_registration(|r| r.registered(plan.epoch, plan.in_sync));
                 tracing::info!(
                     in_sync = plan.in_sync,
                     until = %plan.until,
@@ -141,7 +139,9 @@ async fn run(state: Arc<AppState>, mut plan: JoinPlan) {
         };
         match post::<_, JoinPlan>(&state, "/internal/caught-up", &request).await {
             Ok(next) if next.in_sync => {
-                state.replica.registered(next.epoch, true);
+                state
+                    .replica
+                    .update_registration(|r| r.registered(next.epoch, true));
                 tracing::info!(applied = %request.applied_index, "caught up and in sync");
                 break;
             }
@@ -438,39 +438,49 @@ impl Importing {
     }
 }
 
-/// Asks the coordinator for the outcome of every transaction that has been
-/// prepared for longer than `age`, and applies it. Presumed abort: the
-/// coordinator answers aborted for any transaction it has no decision for.
-pub async fn resolve_in_doubt(state: &AppState, age: Duration) {
+/// Ticks the participant's in-doubt clock, asks the coordinator for the
+/// outcome of every transaction the participant says is in doubt, and
+/// feeds each answer back to it. Presumed abort: the coordinator answers
+/// aborted for any transaction it has no decision for. At `start_up`, when
+/// every recovered transaction is in doubt at once, it keeps at it until
+/// none is left.
+pub async fn resolve_in_doubt(state: &AppState, start_up: bool) {
     let mut backoff = Backoff::new();
     loop {
-        let txns = state.replica.in_doubt(age);
+        let txns = match state.replica.in_doubt().await {
+            Ok(txns) => txns,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot tell which transactions are in doubt");
+                return;
+            }
+        };
         if txns.is_empty() {
             return;
         }
         let mut unresolved = 0;
         for txn in txns {
-            match outcome(state, txn).await {
-                Ok(Outcome::Committed { index }) => {
-                    tracing::info!(%txn, %index, "in-doubt transaction committed");
-                    if let Err(e) = state.replica.commit(txn, index).await {
-                        tracing::error!(%txn, error = %e, "cannot apply in-doubt commit");
-                    }
-                }
-                Ok(Outcome::Aborted) => {
-                    tracing::info!(%txn, "in-doubt transaction aborted");
-                    let _ = state.replica.abort(txn).await;
-                }
-                Ok(Outcome::Pending) => unresolved += 1,
+            let outcome = match outcome(state, txn).await {
+                Ok(outcome) => outcome,
                 Err(e) => {
                     tracing::warn!(%txn, error = %e, "cannot ask the coordinator about a prepared transaction");
                     unresolved += 1;
+                    continue;
                 }
+            };
+            match outcome {
+                Outcome::Committed { index } => {
+                    tracing::info!(%txn, %index, "in-doubt transaction committed")
+                }
+                Outcome::Aborted => tracing::info!(%txn, "in-doubt transaction aborted"),
+                Outcome::Pending => unresolved += 1,
+            }
+            if let Err(e) = state.replica.settle(txn, outcome).await {
+                tracing::error!(%txn, error = %e, "cannot apply the outcome of an in-doubt transaction");
             }
         }
         // Start-up must settle everything before registering; the periodic
         // resolver just tries again on its next tick.
-        if unresolved == 0 || !age.is_zero() {
+        if unresolved == 0 || !start_up {
             return;
         }
         backoff.wait().await;
@@ -500,7 +510,7 @@ async fn maintain(state: Arc<AppState>, advertise: String, rejoin_after: Duratio
             () = state.register_again.notified() => true,
         };
         if !asked {
-            resolve_in_doubt(&state, IN_DOUBT_AFTER).await;
+            resolve_in_doubt(&state, false).await;
         }
         let silent = state.last_contact.lock().expect("poisoned").elapsed();
         if asked || silent >= rejoin_after {

@@ -153,7 +153,7 @@ async fn internal_count(
     State(state): State<Arc<AppState>>,
     Query(query): Query<CountQuery>,
 ) -> Result<Json<FencedCount>, Error> {
-    state.replica.check_registered(query.epoch, true)?;
+    state.replica.check_fenced_read(query.epoch)?;
     let Json(Count { count }) = fenced_count(&state, &query.tenant, query.fence).await?;
     Ok(Json(FencedCount {
         id: state.replica.id().clone(),
@@ -186,7 +186,7 @@ async fn prepare(
         .map_err(|e| Error::BadRequest(e.to_string()))?;
     // A vote only for the coordinator this counter registered with: until
     // it has, the coordinator cannot know which disk answers.
-    state.replica.check_registered(request.txn.epoch(), false)?;
+    state.replica.check_vote(request.txn.epoch())?;
     let committed = state
         .replica
         .commit_and_prepare(request.commits, request.txn, request.items)
@@ -227,10 +227,7 @@ async fn status(
     State(state): State<Arc<AppState>>,
     Query(query): Query<StatusQuery>,
 ) -> Json<CounterStatus> {
-    if query
-        .epoch
-        .is_some_and(|epoch| epoch != state.replica.registered_epoch())
-    {
+    if state.replica.registration().must_register_for(query.epoch) {
         state.register_again.notify_one();
     }
     Json(state.replica.status())
@@ -244,9 +241,7 @@ async fn accept_loss(
 ) -> Result<Json<CounterStatus>, Error> {
     state.replica.accept_loss(request.through).await?;
     // The coordinator promotes this counter next: it serves reads from now.
-    state
-        .replica
-        .registered(state.replica.registered_epoch(), true);
+    state.replica.update_registration(|r| r.promoted());
     Ok(Json(state.replica.status()))
 }
 

@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let store = store::FjallStore::open_with(&args.data_dir, options)
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
-    let replica = replica::Replica::start(id.clone(), Arc::new(store))?;
+    let replica = replica::Replica::start(id.clone(), Arc::new(store), Default::default())?;
     tracing::info!(
         %id, %advertise, applied = %replica.applied(), data_dir = %args.data_dir.display(),
         "counter starting"
