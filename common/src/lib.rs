@@ -13,6 +13,7 @@ pub mod error;
 pub mod export_stream;
 pub mod ids;
 pub mod items;
+pub mod limits;
 pub mod membership;
 pub mod participant;
 pub mod registration;

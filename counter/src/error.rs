@@ -171,9 +171,6 @@ mod tests {
             Error::BadRequest("x".into()).status(),
             StatusCode::BAD_REQUEST
         );
-        assert_eq!(
-            Error::UnknownTxn(TxnId(1)).status(),
-            StatusCode::CONFLICT
-        );
+        assert_eq!(Error::UnknownTxn(TxnId(1)).status(), StatusCode::CONFLICT);
     }
 }

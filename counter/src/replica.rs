@@ -12,7 +12,7 @@
 //! index only after the counts, so a read fenced at index N never misses an
 //! item committed at or below N.
 
-use crate::error::Error;
+use crate::error::{lock, read, write, Error};
 use crate::import_queue::{Import, ImportQueue, Slice, IMPORT_SLICE_ITEMS};
 use crate::store::{BatchEffect, Store, WriteOp, WriteResult};
 use std::collections::HashMap;
@@ -75,12 +75,13 @@ struct Inner {
 impl Replica {
     /// Recovers the in-memory view from `store` and starts the writer
     /// thread, whose participant asks about a prepared transaction once it
-    /// waited `in_doubt` for its outcome.
+    /// waited `in_doubt` for its outcome. The writer ends once every clone
+    /// of the replica is gone, after its last batch is durable.
     pub fn start(
         id: CounterId,
         store: Arc<dyn Store>,
         in_doubt: participant::Config,
-    ) -> Result<Self, Error> {
+    ) -> Result<(Self, WriterThread), Error> {
         let recovered = store.recover()?;
         let (writer, jobs) = mpsc::unbounded_channel();
         let (applied, _) = watch::channel(recovered.applied.contiguous());
@@ -102,11 +103,11 @@ impl Replica {
         // `catchup::join` makes before it registers.
         let (participant, _ask) =
             Participant::recover(in_doubt, recovered.prepared, recovered.applied);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("writer".into())
             .spawn(move || run_writer(store, participant, jobs, weak))
-            .map_err(|e| Error::WriteFailed(format!("cannot start the writer: {e}")))?;
-        Ok(Replica { inner })
+            .map_err(|e| Error::process("cannot start the writer thread", e))?;
+        Ok((Replica { inner }, WriterThread(thread)))
     }
 
     pub fn id(&self) -> &CounterId {
@@ -128,19 +129,19 @@ impl Replica {
             prepared: self.inner.prepared.load(Ordering::SeqCst),
             voted: None,
             committed: Vec::new(),
-            copy: self.inner.copy.lock().expect("poisoned").clone(),
+            copy: lock(&self.inner.copy, "the copy progress").clone(),
         }
     }
 
     /// Which coordinator this counter serves, as of now.
     pub fn registration(&self) -> Registration {
-        *self.inner.registration.lock().expect("poisoned")
+        *lock(&self.inner.registration, "the registration")
     }
 
     /// Changes the registration (`tally_common::registration` decides what
     /// each answer of the coordinator means).
     pub fn update_registration(&self, change: impl FnOnce(&mut Registration)) {
-        change(&mut self.inner.registration.lock().expect("poisoned"));
+        change(&mut lock(&self.inner.registration, "the registration"));
     }
 
     /// The coordinator epoch this counter registered with; 0 before it has.
@@ -163,12 +164,12 @@ impl Replica {
 
     /// Publishes how far the copy from a peer has got (`None` when done).
     pub fn set_copy_progress(&self, progress: Option<CopyProgress>) {
-        *self.inner.copy.lock().expect("poisoned") = progress;
+        *lock(&self.inner.copy, "the copy progress") = progress;
     }
 
     /// Distinct items held, over every tenant.
     pub fn total_items(&self) -> u64 {
-        self.inner.counts.read().expect("poisoned").values().sum()
+        read(&self.inner.counts, "the counts").values().sum()
     }
 
     /// The operator promoted this counter by force: every index up to
@@ -193,11 +194,7 @@ impl Replica {
         wait: Duration,
     ) -> Result<u64, Error> {
         self.wait_applied(fence, wait).await?;
-        Ok(self
-            .inner
-            .counts
-            .read()
-            .expect("poisoned")
+        Ok(read(&self.inner.counts, "the counts")
             .get(tenant)
             .copied()
             .unwrap_or(0))
@@ -211,11 +208,7 @@ impl Replica {
     /// at or below the second (raised before its first slice was counted).
     pub fn own_count(&self, tenant: &str) -> (u64, bool) {
         let applied = self.applied();
-        let count = self
-            .inner
-            .counts
-            .read()
-            .expect("poisoned")
+        let count = read(&self.inner.counts, "the counts")
             .get(tenant)
             .copied()
             .unwrap_or(0);
@@ -347,6 +340,28 @@ impl Replica {
     }
 }
 
+/// The writer thread, to be joined at shutdown.
+pub struct WriterThread(std::thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits, at most `grace`, for the writer to finish its last batch and
+    /// end, which it does once every clone of the replica is dropped.
+    pub async fn join(self, grace: Duration) -> Result<(), Error> {
+        let joined = tokio::task::spawn_blocking(move || self.0.join());
+        match tokio::time::timeout(grace, joined).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(_))) | Ok(Err(_)) => Err(Error::process(
+                "the writer thread",
+                "it panicked; nothing it had not made durable was acknowledged",
+            )),
+            Err(_) => Err(Error::process(
+                "the writer thread",
+                format!("still running {grace:?} after the server stopped"),
+            )),
+        }
+    }
+}
+
 /// An import the writer has taken on; [`QueuedImport::durable`] waits for it.
 pub struct QueuedImport(oneshot::Receiver<Result<WriteResult, String>>);
 
@@ -387,11 +402,25 @@ fn run_writer(
             let Some(job) = jobs.blocking_recv() else {
                 break;
             };
-            queue(job, &mut ops, &mut replies, &mut imports, &mut participant, &clock);
+            queue(
+                job,
+                &mut ops,
+                &mut replies,
+                &mut imports,
+                &mut participant,
+                &clock,
+            );
         }
         while ops.len() < MAX_BATCH_OPS {
             match jobs.try_recv() {
-                Ok(job) => queue(job, &mut ops, &mut replies, &mut imports, &mut participant, &clock),
+                Ok(job) => queue(
+                    job,
+                    &mut ops,
+                    &mut replies,
+                    &mut imports,
+                    &mut participant,
+                    &clock,
+                ),
                 Err(_) => break,
             }
         }
@@ -540,7 +569,7 @@ fn crash_before_commit(ops: &[WriteOp], participant: &Participant) {
 fn publish(inner: &Inner, effect: &BatchEffect, participant: &Participant) {
     let contiguous = participant.applied().contiguous();
     if !effect.counts.is_empty() {
-        let mut counts = inner.counts.write().expect("poisoned");
+        let mut counts = write(&inner.counts, "the counts");
         for (tenant, count) in &effect.counts {
             counts.insert(tenant.clone(), *count);
         }
@@ -575,7 +604,8 @@ mod tests {
     async fn a_prepare_does_not_wait_for_a_whole_import() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(FjallStore::open(dir.path()).unwrap());
-        let replica = Replica::start(CounterId("c".into()), store, Default::default()).unwrap();
+        let (replica, _writer) =
+            Replica::start(CounterId("c".into()), store, Default::default()).unwrap();
         // 200 slices' worth of copied data, queued ahead of the prepare:
         // 200 storage writes, each with its fsync.
         const SLICES: u64 = 200;
@@ -615,7 +645,8 @@ mod tests {
     async fn the_own_count_is_flagged_partial_while_copied_data_is_incomplete() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(FjallStore::open(dir.path()).unwrap());
-        let replica = Replica::start(CounterId("c".into()), store, Default::default()).unwrap();
+        let (replica, _writer) =
+            Replica::start(CounterId("c".into()), store, Default::default()).unwrap();
         assert_eq!(replica.own_count("t"), (0, false));
 
         // A stream cut after two of four entries: no `through`.
@@ -631,7 +662,8 @@ mod tests {
 
         // The cut copy is on disk after a restart, and still flagged.
         let store = Arc::new(FjallStore::open(dir.path()).unwrap());
-        let replica = Replica::start(CounterId("c".into()), store, Default::default()).unwrap();
+        let (replica, _writer) =
+            Replica::start(CounterId("c".into()), store, Default::default()).unwrap();
         assert_eq!(replica.own_count("t"), (6, true), "after a restart");
 
         // The whole range, ended complete: every commit is whole again.
@@ -649,7 +681,8 @@ mod tests {
     async fn commits_out_of_order_are_never_flagged_partial() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(FjallStore::open(dir.path()).unwrap());
-        let replica = Replica::start(CounterId("c".into()), store, Default::default()).unwrap();
+        let (replica, _writer) =
+            Replica::start(CounterId("c".into()), store, Default::default()).unwrap();
         // Index 2 before index 1 leaves a gap, but each commit held is whole.
         for (txn, index) in [(2, 2), (1, 1)] {
             let items: Vec<Item> = (0..3)

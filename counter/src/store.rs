@@ -53,7 +53,7 @@
 //! tenant's length (u16, big-endian), the tenant, then the id; without the
 //! length, ("ab", "c") and ("a", "bc") would share a key.
 
-use crate::error::Error;
+use crate::error::{lock, Error};
 use crate::item_filter::{FilterState, ItemFilter, KeyHash};
 use crate::unindexed::IndexBacklog;
 use fjall::compaction::Leveled;
@@ -373,7 +373,7 @@ impl FjallStore {
     /// when the process stopped.
     fn reload_unindexed(&self) -> Result<(), Error> {
         let started = Instant::now();
-        let mut backlog = self.backlog.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut backlog = lock(&self.backlog, "the unindexed keys");
         let mut filter = self.lock_filter();
         let mut scratch = Vec::new();
         for guard in self.unindexed.iter() {
@@ -406,7 +406,7 @@ impl FjallStore {
 
     /// The item filter, taken over from its builder if it has arrived.
     fn lock_filter(&self) -> MutexGuard<'_, FilterState> {
-        let mut filter = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut filter = lock(&self.filter, "the item filter");
         filter.poll();
         filter
     }
@@ -444,7 +444,8 @@ impl FjallStore {
 
 impl Drop for FjallStore {
     fn drop(&mut self) {
-        // Before `db` and the keyspaces close the database.
+        // Before `db` and the keyspaces close the database. Even a poisoned
+        // backlog must stop its thread: dropping is how the process ends.
         self.backlog
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
@@ -506,7 +507,7 @@ struct PendingWrite<'a> {
 impl<'a> PendingWrite<'a> {
     fn new(store: &'a FjallStore) -> Self {
         let mut batch = store.db.batch().durability(Some(PersistMode::SyncAll));
-        let mut backlog = store.backlog.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut backlog = lock(&store.backlog, "the unindexed keys");
         for index in backlog.begin_write() {
             batch.remove(&store.unindexed, u64_key(index.0));
         }
@@ -515,10 +516,7 @@ impl<'a> PendingWrite<'a> {
             batch,
             filter: store.lock_filter(),
             backlog,
-            prepared_in_memory: store
-                .prepared_in_memory
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
+            prepared_in_memory: lock(&store.prepared_in_memory, "the prepared items"),
             prepared: HashMap::new(),
             fresh: BTreeMap::new(),
             added: BTreeMap::new(),
@@ -768,10 +766,7 @@ impl Store for FjallStore {
         let effect = self.durable_write(ops, participant, now)?;
         // Durable now: keep the items of what the participant still holds
         // prepared, for its commit.
-        let mut kept = self
-            .prepared_in_memory
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut kept = lock(&self.prepared_in_memory, "the prepared items");
         for op in ops {
             if let WriteOp::Prepare { txn, items } = op {
                 if participant.is_prepared(*txn) {
@@ -844,10 +839,7 @@ impl Store for FjallStore {
     }
 
     fn unindexed_items(&self) -> usize {
-        self.backlog
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        lock(&self.backlog, "the unindexed keys").len()
     }
 }
 
@@ -1042,7 +1034,8 @@ mod tests {
 
             let store = FjallStore::open_with(dir.path(), options).unwrap();
             let recovered = store.recover().unwrap();
-            let (mut participant, _) = Participant::recover(Default::default(), [], recovered.applied);
+            let (mut participant, _) =
+                Participant::recover(Default::default(), [], recovered.applied);
             if wait_for_filter {
                 let deadline = Instant::now() + std::time::Duration::from_secs(10);
                 while !store.filter_ready() {
@@ -1097,7 +1090,8 @@ mod tests {
             // Only the second commit's keys may still be missing from `items`.
             assert_eq!(store.unindexed_items(), 2500);
             let recovered = store.recover().unwrap();
-            let (mut participant, _) = Participant::recover(Default::default(), [], recovered.applied);
+            let (mut participant, _) =
+                Participant::recover(Default::default(), [], recovered.applied);
             let effect = commit(&store, &mut participant, 3, batch(0..7500));
             assert!(
                 effect.counts.is_empty(),
@@ -1151,7 +1145,11 @@ mod tests {
             items: vec![item(id, "t")],
         };
         store
-            .write(&mut [prepare(1, "a"), prepare(2, "b")], &mut participant, NOW)
+            .write(
+                &mut [prepare(1, "a"), prepare(2, "b")],
+                &mut participant,
+                NOW,
+            )
             .unwrap();
         assert_eq!(kept(&store), 2);
         let commit = WriteOp::Commit {
@@ -1327,7 +1325,9 @@ mod tests {
             entries: entries.clone(),
             through: None,
         };
-        let effect = replica.write(&mut [partial], &mut replica_applied, NOW).unwrap();
+        let effect = replica
+            .write(&mut [partial], &mut replica_applied, NOW)
+            .unwrap();
         assert_eq!(effect.counts["t"], 2, "a once, b once");
         assert_eq!(
             replica_applied.applied().contiguous(),
