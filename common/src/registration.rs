@@ -171,7 +171,12 @@ mod tests {
         assert!(!unregistered.must_register_for(None));
         let mut r = Registration::default();
         r.registered(5, true);
-        for (caller, again) in [(None, false), (Some(5), false), (Some(6), true), (Some(4), true)] {
+        for (caller, again) in [
+            (None, false),
+            (Some(5), false),
+            (Some(6), true),
+            (Some(4), true),
+        ] {
             assert_eq!(r.must_register_for(caller), again, "caller {caller:?}");
         }
     }

@@ -469,7 +469,10 @@ impl World {
                 // need not be: a restart asks about every one.
                 prop_assert_eq!(
                     (machine.prepared().collect::<Vec<_>>(), machine.applied()),
-                    (node.machine.prepared().collect::<Vec<_>>(), node.machine.applied()),
+                    (
+                        node.machine.prepared().collect::<Vec<_>>(),
+                        node.machine.applied()
+                    ),
                     "c{} lost or kept the wrong state",
                     p
                 );
