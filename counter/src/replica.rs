@@ -345,20 +345,27 @@ pub struct WriterThread(std::thread::JoinHandle<()>);
 
 impl WriterThread {
     /// Waits, at most `grace`, for the writer to finish its last batch and
-    /// end, which it does once every clone of the replica is dropped.
+    /// end, which it does once every clone of the replica is dropped. Polls
+    /// rather than blocking a thread on it: a runtime waits for its
+    /// blocking threads when it shuts down, and a writer that did not end
+    /// must not keep the process from exiting.
     pub async fn join(self, grace: Duration) -> Result<(), Error> {
-        let joined = tokio::task::spawn_blocking(move || self.0.join());
-        match tokio::time::timeout(grace, joined).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(_))) | Ok(Err(_)) => Err(Error::process(
+        let deadline = Instant::now() + grace;
+        while !self.0.is_finished() {
+            if Instant::now() >= deadline {
+                return Err(Error::process(
+                    "the writer thread",
+                    format!("still running {grace:?} after the server stopped"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.0.join().map_err(|_| {
+            Error::process(
                 "the writer thread",
                 "it panicked; nothing it had not made durable was acknowledged",
-            )),
-            Err(_) => Err(Error::process(
-                "the writer thread",
-                format!("still running {grace:?} after the server stopped"),
-            )),
-        }
+            )
+        })
     }
 }
 
