@@ -13,10 +13,14 @@ pub mod error;
 pub mod export_stream;
 pub mod ids;
 pub mod items;
+pub mod limits;
 pub mod membership;
 pub mod participant;
+pub mod registration;
+pub mod time;
 pub mod token;
 
 pub use error::Error;
 pub use ids::{CommitIndex, CounterId, Incarnation, TxnId};
 pub use items::Item;
+pub use time::Millis;

@@ -3,13 +3,16 @@
 //! prepare, commit, abort, copied range or outcome that arrives, what to
 //! write durably and what to answer.
 //!
-//! The counter's writer thread feeds every operation of a storage batch
+//! The counter's writer thread feeds every operation of a storage batch,
+//! every clock tick and every answer about an in-doubt transaction
 //! through [`Participant::step`] and carries out the [`Action`]s in one
 //! durable write (`counter/src/store.rs`); the items themselves are payload
 //! the participant never looks at, so they stay in the carrier and in
-//! storage. Every change of state comes with a [`Record`] to persist, which
-//! is why a restart, [`Participant::recover`] from what storage holds, loses
-//! nothing: the whole state is durable.
+//! storage. Every change of what is prepared or applied comes with a
+//! [`Record`] to persist, which is why a restart, [`Participant::recover`]
+//! from what storage holds, loses nothing. The participant is the one place
+//! that says which transactions are prepared: storage keeps their items and
+//! records, and does what the actions say.
 //!
 //! The rules, and why (docs/protocol.md has the protocol around them):
 //!
@@ -30,21 +33,60 @@
 //! * **Abort**: drop the record if any and acknowledge. Idempotent, and an
 //!   abort for an unknown transaction is not an error (presumed abort: it
 //!   may be a re-send, or the prepare never arrived).
-//! * **In doubt** (prepared, no outcome for too long) and **restart**: ask
-//!   the coordinator. Its answer is applied like a commit or an abort. A
-//!   prepare that arrives after its abort (a delayed request) is persisted
-//!   again, and is cleared the same way: the coordinator answers "aborted".
+//! * **In doubt** (prepared, no outcome for longer than
+//!   [`Config::in_doubt_after`]): ask the coordinator, at every
+//!   [`Event::Tick`] until the outcome arrives. Its answer comes back as
+//!   [`Event::Outcome`] and is applied like a commit or an abort; "pending"
+//!   changes nothing, so the next tick asks again. A commit or abort that
+//!   was lost leaves no other trace, which is why the participant itself
+//!   keeps the clock of every prepared transaction and decides when to ask.
+//! * **Restart**: every prepared transaction is in doubt at once
+//!   ([`Participant::recover`] asks about each, and so does every tick
+//!   until it is resolved): nothing says whether its outcome was sent while
+//!   the process was down. A prepare that arrives after its abort (a
+//!   delayed request) is persisted again, and is cleared the same way: the
+//!   coordinator answers "aborted".
+//!
+//! Time enters only as the `now` of an event ([`Millis`] on the carrier's
+//! clock). When each transaction was prepared is the one piece of state that
+//! is not durable: it only says when to ask, and a restart asks about
+//! everything anyway.
 
 use crate::api::Outcome;
 use crate::applied::AppliedSet;
+use crate::time::Millis;
 use crate::{CommitIndex, TxnId};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+
+/// How long a prepared transaction waits for its outcome before the
+/// participant asks the coordinator, unless the carrier configures another.
+/// Long enough that a commit still on its way (the coordinator answers the
+/// client before it sends commits, and re-sends them every second) is not
+/// raced by a question.
+pub const DEFAULT_IN_DOUBT_AFTER: Millis = Millis(3_000);
+
+/// The participant's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// How long a transaction stays prepared without an outcome before a
+    /// [`Event::Tick`] asks the coordinator about it.
+    pub in_doubt_after: Millis,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            in_doubt_after: DEFAULT_IN_DOUBT_AFTER,
+        }
+    }
+}
 
 /// What happens to a participant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// Phase one: `txn`'s items arrive, to be held until the outcome.
-    Prepare { txn: TxnId },
+    /// Phase one: `txn`'s items arrive at `now`, to be held until the
+    /// outcome.
+    Prepare { txn: TxnId, now: Millis },
     /// Phase two: `txn` committed at `index`.
     Commit { txn: TxnId, index: CommitIndex },
     /// Phase two: `txn` aborted.
@@ -54,8 +96,10 @@ pub enum Event {
     Imported {
         range: Option<(CommitIndex, CommitIndex)>,
     },
-    /// `txn` has waited for its outcome longer than the carrier tolerates.
-    InDoubt { txn: TxnId },
+    /// The carrier's clock reads `now`: ask about every transaction
+    /// prepared for at least [`Config::in_doubt_after`], and about every one
+    /// recovered after a restart.
+    Tick { now: Millis },
     /// The coordinator's answer to [`Action::AskOutcome`].
     Outcome { txn: TxnId, outcome: Outcome },
 }
@@ -101,28 +145,50 @@ pub enum Record {
     },
 }
 
-/// The participant's state: every field is durable (see the module doc).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The participant's state. The prepared transactions and the applied set
+/// are durable; when each transaction was prepared is not (see the module
+/// doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Participant {
-    prepared: BTreeSet<TxnId>,
+    config: Config,
+    /// Each prepared transaction and when this process first saw its
+    /// prepare: `None` for one recovered after a restart, in doubt at once.
+    prepared: BTreeMap<TxnId, Option<Millis>>,
     applied: AppliedSet,
 }
 
+impl Default for Participant {
+    fn default() -> Self {
+        Participant::new(Config::default())
+    }
+}
+
 impl Participant {
-    /// Rebuilds the participant from what storage holds, after a restart.
-    /// Every prepared transaction is in doubt: nothing says whether its
+    /// A participant that holds nothing: a new data directory.
+    pub fn new(config: Config) -> Self {
+        Participant {
+            config,
+            prepared: BTreeMap::new(),
+            applied: AppliedSet::default(),
+        }
+    }
+
+    /// Rebuilds the participant from what storage holds, after a restart,
+    /// and asks about every prepared transaction: nothing says whether its
     /// outcome was sent while the process was down.
     pub fn recover(
+        config: Config,
         prepared: impl IntoIterator<Item = TxnId>,
         applied: AppliedSet,
     ) -> (Self, Vec<Action>) {
         let participant = Participant {
-            prepared: prepared.into_iter().collect(),
+            config,
+            prepared: prepared.into_iter().map(|txn| (txn, None)).collect(),
             applied,
         };
         let ask = participant
             .prepared
-            .iter()
+            .keys()
             .map(|&txn| Action::AskOutcome { txn })
             .collect();
         (participant, ask)
@@ -130,11 +196,16 @@ impl Participant {
 
     /// The transactions held prepared, in id order.
     pub fn prepared(&self) -> impl Iterator<Item = TxnId> + '_ {
-        self.prepared.iter().copied()
+        self.prepared.keys().copied()
+    }
+
+    /// How many transactions are held prepared.
+    pub fn prepared_len(&self) -> usize {
+        self.prepared.len()
     }
 
     pub fn is_prepared(&self, txn: TxnId) -> bool {
-        self.prepared.contains(&txn)
+        self.prepared.contains_key(&txn)
     }
 
     /// The commit indexes applied here.
@@ -146,8 +217,10 @@ impl Participant {
     pub fn step(&mut self, event: Event) -> Vec<Action> {
         match event {
             #[cfg(not(feature = "mutate-vote-before-durable"))]
-            Event::Prepare { txn } => {
-                self.prepared.insert(txn);
+            Event::Prepare { txn, now } => {
+                // A repeated prepare keeps its first time: the outcome is
+                // overdue from then on.
+                self.prepared.entry(txn).or_insert(Some(now));
                 vec![
                     Action::Persist(Record::Prepared { txn }),
                     Action::VoteYes { txn },
@@ -156,8 +229,8 @@ impl Participant {
             // Mutation: the yes vote leaves before the prepared record is
             // durable, so a crash can lose a vote that was counted.
             #[cfg(feature = "mutate-vote-before-durable")]
-            Event::Prepare { txn } => {
-                self.prepared.insert(txn);
+            Event::Prepare { txn, now } => {
+                self.prepared.entry(txn).or_insert(Some(now));
                 vec![
                     Action::VoteYes { txn },
                     Action::Persist(Record::Prepared { txn }),
@@ -172,10 +245,7 @@ impl Participant {
                 self.applied.insert_through(since, through);
                 vec![Action::Persist(Record::AppliedRange { since, through })]
             }
-            Event::InDoubt { txn } if self.prepared.contains(&txn) => {
-                vec![Action::AskOutcome { txn }]
-            }
-            Event::InDoubt { .. } => Vec::new(),
+            Event::Tick { now } => self.in_doubt(now),
             Event::Outcome {
                 txn,
                 outcome: Outcome::Committed { index },
@@ -184,7 +254,7 @@ impl Participant {
                 txn,
                 outcome: Outcome::Aborted,
             } => self.abort(txn),
-            // Still being decided: the next in-doubt tick asks again.
+            // Still being decided: the next tick asks again.
             Event::Outcome {
                 outcome: Outcome::Pending,
                 ..
@@ -192,8 +262,18 @@ impl Participant {
         }
     }
 
+    /// The questions a tick at `now` asks, in id order.
+    fn in_doubt(&self, now: Millis) -> Vec<Action> {
+        let after = self.config.in_doubt_after;
+        self.prepared
+            .iter()
+            .filter(|(_, since)| since.is_none_or(|since| now.since(since) >= after))
+            .map(|(&txn, _)| Action::AskOutcome { txn })
+            .collect()
+    }
+
     fn commit(&mut self, txn: TxnId, index: CommitIndex) -> Vec<Action> {
-        let was_prepared = self.prepared.remove(&txn);
+        let was_prepared = self.prepared.remove(&txn).is_some();
         if self.applied.contains(index) {
             let mut actions = Vec::with_capacity(2);
             if was_prepared {
@@ -213,7 +293,7 @@ impl Participant {
     }
 
     fn abort(&mut self, txn: TxnId) -> Vec<Action> {
-        if self.prepared.remove(&txn) {
+        if self.prepared.remove(&txn).is_some() {
             vec![
                 Action::Persist(Record::Forgotten { txn }),
                 Action::Ack { txn },
@@ -230,6 +310,8 @@ mod tests {
 
     const T1: TxnId = TxnId(1);
     const T2: TxnId = TxnId(2);
+    const T3: TxnId = TxnId(3);
+    const NOW: Millis = Millis(1_000);
 
     fn at(i: u64) -> CommitIndex {
         CommitIndex(i)
@@ -249,7 +331,7 @@ mod tests {
             &mut p,
             &[
                 (
-                    Event::Prepare { txn: T1 },
+                    Event::Prepare { txn: T1, now: NOW },
                     vec![
                         Action::Persist(Record::Prepared { txn: T1 }),
                         Action::VoteYes { txn: T1 },
@@ -304,7 +386,7 @@ mod tests {
     #[test]
     fn a_commit_for_an_index_copied_from_a_peer_only_drops_the_record() {
         let mut p = Participant::default();
-        p.step(Event::Prepare { txn: T1 });
+        p.step(Event::Prepare { txn: T1, now: NOW });
         run(
             &mut p,
             &[
@@ -334,7 +416,7 @@ mod tests {
     #[test]
     fn abort_is_idempotent_and_never_an_error() {
         let mut p = Participant::default();
-        p.step(Event::Prepare { txn: T1 });
+        p.step(Event::Prepare { txn: T1, now: NOW });
         run(
             &mut p,
             &[
@@ -365,10 +447,13 @@ mod tests {
     #[test]
     fn a_restart_asks_about_every_prepared_transaction() {
         let mut p = Participant::default();
-        p.step(Event::Prepare { txn: T2 });
-        p.step(Event::Prepare { txn: T1 });
-        let (mut p, ask) =
-            Participant::recover(p.prepared().collect::<Vec<_>>(), p.applied.clone());
+        p.step(Event::Prepare { txn: T2, now: NOW });
+        p.step(Event::Prepare { txn: T1, now: NOW });
+        let (mut p, ask) = Participant::recover(
+            Config::default(),
+            p.prepared().collect::<Vec<_>>(),
+            p.applied.clone(),
+        );
         assert_eq!(
             ask,
             vec![
@@ -386,9 +471,13 @@ mod tests {
                     },
                     vec![],
                 ),
+                // In doubt at once after a restart, whatever the clock says.
                 (
-                    Event::InDoubt { txn: T1 },
-                    vec![Action::AskOutcome { txn: T1 }],
+                    Event::Tick { now: Millis(0) },
+                    vec![
+                        Action::AskOutcome { txn: T1 },
+                        Action::AskOutcome { txn: T2 },
+                    ],
                 ),
                 (
                     Event::Outcome {
@@ -413,9 +502,129 @@ mod tests {
                         Action::Ack { txn: T2 },
                     ],
                 ),
-                // Resolved: no longer in doubt.
-                (Event::InDoubt { txn: T2 }, vec![]),
+                // Resolved: nothing is in doubt any more.
+                (Event::Tick { now: Millis(0) }, vec![]),
             ],
         );
+    }
+
+    #[test]
+    fn a_tick_asks_only_about_transactions_prepared_long_enough_ago() {
+        let after = Millis(3_000);
+        let mut p = Participant::new(Config {
+            in_doubt_after: after,
+        });
+        p.step(Event::Prepare {
+            txn: T1,
+            now: Millis(1_000),
+        });
+        p.step(Event::Prepare {
+            txn: T2,
+            now: Millis(2_000),
+        });
+        let ask = |txns: &[TxnId]| -> Vec<Action> {
+            txns.iter().map(|&txn| Action::AskOutcome { txn }).collect()
+        };
+        run(
+            &mut p,
+            &[
+                (Event::Tick { now: Millis(3_999) }, vec![]),
+                (Event::Tick { now: Millis(4_000) }, ask(&[T1])),
+                (Event::Tick { now: Millis(5_000) }, ask(&[T1, T2])),
+                // A repeated prepare does not reset its clock: the outcome
+                // has been overdue since the first.
+                (
+                    Event::Prepare {
+                        txn: T1,
+                        now: Millis(5_000),
+                    },
+                    vec![
+                        Action::Persist(Record::Prepared { txn: T1 }),
+                        Action::VoteYes { txn: T1 },
+                    ],
+                ),
+                (Event::Tick { now: Millis(5_000) }, ask(&[T1, T2])),
+                // A clock that reads earlier than a prepare asks nothing.
+                (Event::Tick { now: Millis(0) }, vec![]),
+            ],
+        );
+    }
+
+    #[test]
+    fn an_outcome_settles_a_transaction_in_doubt_and_pending_asks_again() {
+        let mut p = Participant::default();
+        let later = Millis(NOW.0 + DEFAULT_IN_DOUBT_AFTER.0);
+        for txn in [T1, T2, T3] {
+            p.step(Event::Prepare { txn, now: NOW });
+        }
+        run(
+            &mut p,
+            &[
+                (
+                    Event::Tick { now: later },
+                    vec![
+                        Action::AskOutcome { txn: T1 },
+                        Action::AskOutcome { txn: T2 },
+                        Action::AskOutcome { txn: T3 },
+                    ],
+                ),
+                (
+                    Event::Outcome {
+                        txn: T1,
+                        outcome: Outcome::Committed { index: at(1) },
+                    },
+                    vec![
+                        Action::Persist(Record::Applied {
+                            txn: T1,
+                            index: at(1),
+                        }),
+                        Action::Ack { txn: T1 },
+                    ],
+                ),
+                (
+                    Event::Outcome {
+                        txn: T2,
+                        outcome: Outcome::Aborted,
+                    },
+                    vec![
+                        Action::Persist(Record::Forgotten { txn: T2 }),
+                        Action::Ack { txn: T2 },
+                    ],
+                ),
+                (
+                    Event::Outcome {
+                        txn: T3,
+                        outcome: Outcome::Pending,
+                    },
+                    vec![],
+                ),
+                (
+                    Event::Tick { now: later },
+                    vec![Action::AskOutcome { txn: T3 }],
+                ),
+                // An answer that arrives twice changes nothing the second
+                // time: the commit is applied once.
+                (
+                    Event::Outcome {
+                        txn: T1,
+                        outcome: Outcome::Committed { index: at(1) },
+                    },
+                    vec![Action::Ack { txn: T1 }],
+                ),
+            ],
+        );
+        assert_eq!(p.prepared().collect::<Vec<_>>(), vec![T3]);
+        assert_eq!(p.prepared_len(), 1);
+    }
+
+    #[test]
+    fn a_tick_changes_nothing() {
+        let mut p = Participant::default();
+        p.step(Event::Prepare { txn: T1, now: NOW });
+        let before = p.clone();
+        p.step(Event::Tick {
+            now: Millis(u64::MAX),
+        });
+        assert_eq!(p, before);
     }
 }

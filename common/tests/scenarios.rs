@@ -357,6 +357,7 @@ impl ScenarioRunner {
     }
 
     fn deliver(&mut self, name: &str, out: &mut String) -> Res<()> {
+        let now = self.now;
         let inbox = std::mem::take(&mut self.counter(name)?.inbox);
         for msg in inbox {
             match msg {
@@ -375,7 +376,7 @@ impl ScenarioRunner {
                     let acts = self
                         .counter(name)?
                         .participant
-                        .step(participant::Event::Prepare { txn });
+                        .step(participant::Event::Prepare { txn, now });
                     debug_assert!(acts.contains(&participant::Action::VoteYes { txn }));
                     let counter = self.counter(name)?;
                     let vote = Vote {
@@ -855,14 +856,13 @@ impl goldenscript::Runner for ScenarioRunner {
             "in-doubt" => {
                 let name = args.next_pos().ok_or("in-doubt NAME")?.to_string();
                 args.reject_next()?;
-                let prepared: Vec<TxnId> = self.counter(&name)?.participant.prepared().collect();
-                for txn in prepared {
-                    let asks = self.participant_step(
-                        &name,
-                        participant::Event::InDoubt { txn },
-                        &mut out,
-                    )?;
-                    if !asks.is_empty() {
+                // The counter's clock reaches the in-doubt threshold: it
+                // asks about every transaction prepared before now.
+                let late = self.now.plus(participant::DEFAULT_IN_DOUBT_AFTER.0);
+                let asks =
+                    self.participant_step(&name, participant::Event::Tick { now: late }, &mut out)?;
+                for a in asks {
+                    if let participant::Action::AskOutcome { txn } = a {
                         self.ask(&name, txn, &mut out)?;
                     }
                 }
@@ -873,6 +873,7 @@ impl goldenscript::Runner for ScenarioRunner {
                 let counter = self.counter(&name)?;
                 counter.inbox.clear();
                 let (participant, asks) = Participant::recover(
+                    Default::default(),
                     counter.participant.prepared().collect::<Vec<_>>(),
                     counter.participant.applied().clone(),
                 );
@@ -925,7 +926,7 @@ fn num(args: &mut goldenscript::ArgumentConsumer, key: &str) -> Res<Option<u64>>
 
 /// A participant that holds every index in `(0, applied]`.
 fn holding(applied: CommitIndex) -> Participant {
-    Participant::recover([], AppliedSet::new(applied, [])).0
+    Participant::recover(Default::default(), [], AppliedSet::new(applied, [])).0
 }
 
 /// Makes a log write durable in the runner's copy of the log.

@@ -6,6 +6,7 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tally_common::participant;
 use tally_server::flags::{at_least_one, positive_duration};
 
 #[derive(Debug, Clone, Parser)]
@@ -73,4 +74,101 @@ pub fn host_name() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Every setting the running counter reads, in one place: the flags it was
+/// given, and the timeouts and sizes derived from them or fixed by the
+/// protocol. Built once at start-up ([`Settings::from_args`]).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Base URL of the coordinator, without a trailing slash.
+    pub coordinator: String,
+    /// How long a read waits for this replica to apply up to its fence; the
+    /// export stream waits as long for the range it must serve.
+    pub fence_timeout: Duration,
+    /// Register again after this long without a call from the coordinator.
+    pub rejoin_after: Duration,
+    /// Items per second the export stream may send; 0 for no limit.
+    pub catch_up_rate: u64,
+    /// Items per chunk of the export stream: with a rate cap, at most a
+    /// quarter second of items, so the importer hears from this counter
+    /// often enough for its idle timeout ([`Settings::copy_idle_timeout`]).
+    pub export_chunk_items: usize,
+    /// When the 2PC participant asks the coordinator about a prepared
+    /// transaction.
+    pub in_doubt: participant::Config,
+    /// How often the participant's in-doubt clock ticks, and the
+    /// coordinator's silence is checked.
+    pub maintenance_interval: Duration,
+    /// How long a call to the coordinator may take.
+    pub call_timeout: Duration,
+    /// How long a copy may go without a byte from the peer before it counts
+    /// as cut. A copy as a whole has no time limit: a large one at a capped
+    /// rate takes minutes, and a total timeout once made every copy longer
+    /// than it start over for ever. The exporter sends at least every
+    /// quarter second when it is rate-capped, and waits at most its fence
+    /// timeout before its first byte.
+    pub copy_idle_timeout: Duration,
+    /// How long opening a connection to the coordinator or a peer may take.
+    pub connect_timeout: Duration,
+    /// How long this counter's HTTP client keeps an idle pooled connection
+    /// (inside the servers' idle close, see `ServeLimits`).
+    pub client_idle_timeout: Duration,
+    /// How long shutdown waits for the writer to finish its last batch
+    /// after the server stopped: the server's own grace period.
+    pub writer_stop_grace: Duration,
+}
+
+impl Settings {
+    pub fn from_args(args: &Args) -> Self {
+        let catch_up_rate = args.catch_up_rate;
+        Settings {
+            coordinator: args.coordinator.trim_end_matches('/').to_string(),
+            fence_timeout: args.fence_timeout,
+            rejoin_after: args.rejoin_after,
+            catch_up_rate,
+            export_chunk_items: if catch_up_rate > 0 {
+                usize::try_from((catch_up_rate / 4).max(1)).unwrap_or(usize::MAX)
+            } else {
+                usize::MAX
+            },
+            in_doubt: participant::Config {
+                in_doubt_after: participant::DEFAULT_IN_DOUBT_AFTER,
+            },
+            maintenance_interval: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(10),
+            copy_idle_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+            client_idle_timeout: args.serve.client_idle_timeout(),
+            writer_stop_grace: args.serve.shutdown_grace,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(flags: &[&str]) -> Settings {
+        let args = Args::try_parse_from(std::iter::once("counter").chain(flags.iter().copied()))
+            .expect("valid flags");
+        Settings::from_args(&args)
+    }
+
+    #[test]
+    fn an_export_chunk_holds_a_quarter_second_of_a_capped_rate() {
+        assert_eq!(settings(&[]).export_chunk_items, 100_000);
+        assert_eq!(settings(&["--catch-up-rate", "2"]).export_chunk_items, 1);
+        assert_eq!(
+            settings(&["--catch-up-rate", "0"]).export_chunk_items,
+            usize::MAX,
+            "no cap, no chunk limit"
+        );
+    }
+
+    #[test]
+    fn the_coordinator_url_loses_its_trailing_slash() {
+        let s = settings(&["--coordinator", "http://c:8080/"]);
+        assert_eq!(s.coordinator, "http://c:8080");
+    }
 }

@@ -3,9 +3,9 @@
 //! Internal, behind the cluster token: the 2PC calls, status, catch-up and
 //! the export stream that joining peers copy from.
 
-use crate::catchup;
+use crate::catch_up;
 use crate::error::Error;
-use crate::replica::Replica;
+use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::DefaultBodyLimit;
@@ -25,36 +25,13 @@ use tally_common::api::{
     INCARNATION_HEADER, ITEMS_HEADER,
 };
 use tally_common::export_stream::{self, encode_frame};
+use tally_common::limits::MAX_PREPARE_BODY_BYTES;
 use tally_common::CommitIndex;
-use tally_server::{require_token, ClusterToken};
+use tally_server::require_token;
 
 /// Entries per chunk of the export stream: large enough to amortise the
 /// channel hop, small enough to keep both sides' memory flat.
 const EXPORT_CHUNK_BYTES: usize = 256 * 1024;
-
-/// Largest body an internal call may carry. A prepare holds a whole
-/// transaction: up to the coordinator's `TALLY_MAX_TXN_ITEMS` (20,000) items of up
-/// to 512 bytes each, or one request as large as its `TALLY_MAX_BODY_BYTES`
-/// (4 MiB); in postcard that stays near 11 MB. axum's default of 2 MB
-/// refused every request over about 40,000 items.
-const MAX_INTERNAL_BODY_BYTES: usize = 64 << 20;
-
-/// What every handler needs.
-pub struct AppState {
-    pub replica: Replica,
-    pub coordinator: String,
-    pub token: ClusterToken,
-    pub fence_timeout: Duration,
-    /// Items per second the export stream may send; 0 for no limit.
-    pub catch_up_rate: u64,
-    pub http: reqwest::Client,
-    /// When the coordinator last reached us: a counter it forgot re-registers.
-    pub last_contact: std::sync::Mutex<Instant>,
-    /// Woken when this counter must register again now: a coordinator of
-    /// another epoch called, or the coordinator no longer knows it.
-    pub register_again: tokio::sync::Notify,
-    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-}
 
 pub fn router(state: Arc<AppState>) -> Router {
     let internal = Router::new()
@@ -66,7 +43,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/internal/catchup", post(catch_up))
         .route("/internal/export", get(export))
         .route("/internal/accept-loss", post(accept_loss))
-        .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_PREPARE_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), note_contact))
         .route_layer(middleware::from_fn_with_state(
             state.token.clone(),
@@ -90,7 +67,7 @@ async fn note_contact(
     request: Request,
     next: Next,
 ) -> Response {
-    *state.last_contact.lock().expect("poisoned") = Instant::now();
+    state.note_contact(Instant::now());
     next.run(request).await
 }
 
@@ -131,7 +108,7 @@ async fn count(
     let fence = CommitIndex(query.fence.unwrap_or(0));
     state
         .replica
-        .wait_applied(fence, state.fence_timeout)
+        .wait_applied(fence, state.settings.fence_timeout)
         .await?;
     let (count, partial) = state.replica.own_count(&tenant);
     Ok(Json(ReplicaCount { count, partial }))
@@ -153,7 +130,7 @@ async fn internal_count(
     State(state): State<Arc<AppState>>,
     Query(query): Query<CountQuery>,
 ) -> Result<Json<FencedCount>, Error> {
-    state.replica.check_registered(query.epoch, true)?;
+    state.replica.check_fenced_read(query.epoch)?;
     let Json(Count { count }) = fenced_count(&state, &query.tenant, query.fence).await?;
     Ok(Json(FencedCount {
         id: state.replica.id().clone(),
@@ -169,7 +146,7 @@ async fn fenced_count(
     let fence = CommitIndex(fence.unwrap_or(0));
     let count = state
         .replica
-        .count(tenant, fence, state.fence_timeout)
+        .count(tenant, fence, state.settings.fence_timeout)
         .await?;
     Ok(Json(Count { count }))
 }
@@ -186,7 +163,7 @@ async fn prepare(
         .map_err(|e| Error::BadRequest(e.to_string()))?;
     // A vote only for the coordinator this counter registered with: until
     // it has, the coordinator cannot know which disk answers.
-    state.replica.check_registered(request.txn.epoch(), false)?;
+    state.replica.check_vote(request.txn.epoch())?;
     let committed = state
         .replica
         .commit_and_prepare(request.commits, request.txn, request.items)
@@ -227,10 +204,7 @@ async fn status(
     State(state): State<Arc<AppState>>,
     Query(query): Query<StatusQuery>,
 ) -> Json<CounterStatus> {
-    if query
-        .epoch
-        .is_some_and(|epoch| epoch != state.replica.registered_epoch())
-    {
+    if state.replica.registration().must_register_for(query.epoch) {
         state.register_again.notify_one();
     }
     Json(state.replica.status())
@@ -244,9 +218,7 @@ async fn accept_loss(
 ) -> Result<Json<CounterStatus>, Error> {
     state.replica.accept_loss(request.through).await?;
     // The coordinator promotes this counter next: it serves reads from now.
-    state
-        .replica
-        .registered(state.replica.registered_epoch(), true);
+    state.replica.update_registration(|r| r.promoted());
     Ok(Json(state.replica.status()))
 }
 
@@ -254,7 +226,7 @@ async fn catch_up(
     State(state): State<Arc<AppState>>,
     Json(request): Json<CatchUpRequest>,
 ) -> StatusCode {
-    catchup::spawn(state, request);
+    catch_up::requested(&state, request);
     StatusCode::ACCEPTED
 }
 
@@ -281,19 +253,13 @@ async fn export(
     let (since, until) = (CommitIndex(query.since), CommitIndex(query.until));
     state
         .replica
-        .wait_applied(until, state.fence_timeout)
+        .wait_applied(until, state.settings.fence_timeout)
         .await?;
     let store = state.replica.store();
     let incarnation = store.incarnation();
     let items_held = state.replica.total_items();
-    let rate = state.catch_up_rate;
-    // With a rate cap, a chunk holds at most a quarter second of items, so
-    // the importer hears from us often enough for its idle timeout.
-    let chunk_items = if rate > 0 {
-        (rate / 4).max(1) as usize
-    } else {
-        usize::MAX
-    };
+    let rate = state.settings.catch_up_rate;
+    let chunk_items = state.settings.export_chunk_items;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();

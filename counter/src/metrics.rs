@@ -8,16 +8,24 @@
 
 use crate::replica::Replica;
 use metrics_exporter_prometheus::{BuildError, PrometheusHandle};
+use std::sync::{Mutex, OnceLock};
 
 /// Operations per storage transaction: how much the writer batches.
 const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
-/// Installs the process-wide recorder. Call once, before any task records;
-/// a failure stops start-up, so it goes straight to `main`.
+/// The process-wide recorder, installed by the first call: a process that
+/// runs the counter more than once (a test) shares one. A failure stops
+/// start-up.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    static INSTALLING: Mutex<()> = Mutex::new(());
+    let _once = crate::error::lock(&INSTALLING, "the metrics recorder");
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
     let handle = tally_server::install_recorder(&[("tally_store_batch_ops", SIZE_BUCKETS)])?;
     describe();
-    Ok(handle)
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 /// HELP text of every counter metric (docs/operations.md says which to

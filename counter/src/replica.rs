@@ -3,22 +3,26 @@
 //! applied index) that reads are served from.
 //!
 //! The writer is the one owner of the 2PC participant state
-//! (`tally_common::participant`): the prepared transactions and the applied
-//! set, which decide every prepare, commit and abort. It publishes a new count
+//! (`tally_common::participant`): the prepared transactions, when each was
+//! prepared, and the applied set, which decide every prepare, commit, abort
+//! and in-doubt question. Nothing else keeps its own list of what is
+//! prepared; `/health` shows the count the writer last published. It
+//! publishes a new count
 //! only after the transaction that produced it is durable, and the applied
 //! index only after the counts, so a read fenced at index N never misses an
 //! item committed at or below N.
 
-use crate::error::Error;
+use crate::error::{lock, read, write, Error};
 use crate::import_queue::{Import, ImportQueue, Slice, IMPORT_SLICE_ITEMS};
 use crate::store::{BatchEffect, Store, WriteOp, WriteResult};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tally_common::api::{CommitRequest, CopyProgress, CounterStatus, ExportEntry};
-use tally_common::participant::Participant;
-use tally_common::{CommitIndex, CounterId, Item, TxnId};
+use tally_common::api::{CommitRequest, CopyProgress, CounterStatus, ExportEntry, Outcome};
+use tally_common::participant::{self, Action, Event, Participant};
+use tally_common::registration::{NotRegistered, Registration};
+use tally_common::{CommitIndex, CounterId, Item, Millis, TxnId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Upper bound on operations folded into one storage transaction, so one
@@ -33,6 +37,9 @@ enum Job {
     TwoPhase(WriteOp, Reply),
     /// Copied data: written a slice at a time, behind the 2PC work.
     Import(Import<Reply>),
+    /// The in-doubt clock ticks: which prepared transactions to ask the
+    /// coordinator about now.
+    Tick(oneshot::Sender<Vec<TxnId>>),
 }
 
 /// Shared handle on the replica; cheap to clone into handlers and tasks.
@@ -47,16 +54,13 @@ struct Inner {
     writer: mpsc::UnboundedSender<Job>,
     counts: RwLock<HashMap<String, u64>>,
     applied: watch::Sender<CommitIndex>,
-    /// Prepared transactions and when this process first saw them, so the
-    /// in-doubt resolver only asks about ones that waited too long.
-    prepared: Mutex<HashMap<TxnId, Instant>>,
+    /// How many transactions the participant holds prepared, as of the
+    /// last durable batch: a published count for `/health`, not a record.
+    prepared: AtomicUsize,
     catching_up: AtomicBool,
-    /// The coordinator epoch this counter registered with; 0 before it has.
-    /// Votes and fenced reads are only for that coordinator.
-    registered_epoch: AtomicU64,
-    /// The coordinator said so in its last answer to registration or to a
-    /// caught-up report: fenced reads are served only then.
-    told_in_sync: AtomicBool,
+    /// Which coordinator this counter serves: votes and fenced reads are
+    /// only for the one it registered with.
+    registration: Mutex<Registration>,
     /// The copy from a peer in progress, for the coordinator's view.
     copy: Mutex<Option<CopyProgress>>,
     /// The highest commit index of which some copied data is held: it is
@@ -69,10 +73,16 @@ struct Inner {
 }
 
 impl Replica {
-    /// Recovers the in-memory view from `store` and starts the writer thread.
-    pub fn start(id: CounterId, store: Arc<dyn Store>) -> Result<Self, Error> {
+    /// Recovers the in-memory view from `store` and starts the writer
+    /// thread, whose participant asks about a prepared transaction once it
+    /// waited `in_doubt` for its outcome. The writer ends once every clone
+    /// of the replica is gone, after its last batch is durable.
+    pub fn start(
+        id: CounterId,
+        store: Arc<dyn Store>,
+        in_doubt: participant::Config,
+    ) -> Result<(Self, WriterThread), Error> {
         let recovered = store.recover()?;
-        let now = Instant::now();
         let (writer, jobs) = mpsc::unbounded_channel();
         let (applied, _) = watch::channel(recovered.applied.contiguous());
         let inner = Arc::new(Inner {
@@ -81,22 +91,23 @@ impl Replica {
             writer,
             counts: RwLock::new(recovered.counts),
             applied,
-            prepared: Mutex::new(recovered.prepared.iter().map(|&t| (t, now)).collect()),
+            prepared: AtomicUsize::new(recovered.prepared.len()),
             catching_up: AtomicBool::new(false),
-            registered_epoch: AtomicU64::new(0),
-            told_in_sync: AtomicBool::new(false),
+            registration: Mutex::new(Registration::default()),
             copy: Mutex::new(None),
             logged_high: AtomicU64::new(recovered.logged_high.0),
         });
         let weak = Arc::downgrade(&inner);
         // The participant's start-up questions (one per prepared
-        // transaction) are asked by `catchup::join` before it registers.
-        let (participant, _ask) = Participant::recover(recovered.prepared, recovered.applied);
-        std::thread::Builder::new()
+        // transaction) are asked again by the first tick, which
+        // `catchup::join` makes before it registers.
+        let (participant, _ask) =
+            Participant::recover(in_doubt, recovered.prepared, recovered.applied);
+        let thread = std::thread::Builder::new()
             .name("writer".into())
             .spawn(move || run_writer(store, participant, jobs, weak))
-            .map_err(|e| Error::WriteFailed(format!("cannot start the writer: {e}")))?;
-        Ok(Replica { inner })
+            .map_err(|e| Error::process("cannot start the writer thread", e))?;
+        Ok((Replica { inner }, WriterThread(thread)))
     }
 
     pub fn id(&self) -> &CounterId {
@@ -115,48 +126,50 @@ impl Replica {
             registered_epoch: self.registered_epoch(),
             applied_index: self.applied(),
             catching_up: self.inner.catching_up.load(Ordering::SeqCst),
-            prepared: self.inner.prepared.lock().expect("poisoned").len(),
+            prepared: self.inner.prepared.load(Ordering::SeqCst),
             voted: None,
             committed: Vec::new(),
-            copy: self.inner.copy.lock().expect("poisoned").clone(),
+            copy: lock(&self.inner.copy, "the copy progress").clone(),
         }
+    }
+
+    /// Which coordinator this counter serves, as of now.
+    pub fn registration(&self) -> Registration {
+        *lock(&self.inner.registration, "the registration")
+    }
+
+    /// Changes the registration (`tally_common::registration` decides what
+    /// each answer of the coordinator means).
+    pub fn update_registration(&self, change: impl FnOnce(&mut Registration)) {
+        change(&mut lock(&self.inner.registration, "the registration"));
     }
 
     /// The coordinator epoch this counter registered with; 0 before it has.
     pub fn registered_epoch(&self) -> u64 {
-        self.inner.registered_epoch.load(Ordering::SeqCst)
+        self.registration().epoch().unwrap_or(0)
     }
 
-    /// Records the coordinator's answer to a registration or a caught-up
-    /// report: from now on this counter votes for that epoch only.
-    pub fn registered(&self, epoch: u64, in_sync: bool) {
-        self.inner.registered_epoch.store(epoch, Ordering::SeqCst);
-        self.inner.told_in_sync.store(in_sync, Ordering::SeqCst);
+    /// Refuses a vote for a transaction of any coordinator but the one this
+    /// counter registered with.
+    pub fn check_vote(&self, txn_epoch: u64) -> Result<(), NotRegistered> {
+        self.registration().check_vote(txn_epoch)
     }
 
-    /// Refuses a vote or a fenced read for any coordinator but the one this
-    /// counter registered with. `need_in_sync`: also refuse unless that
-    /// coordinator said this counter is in sync.
-    pub fn check_registered(&self, epoch: u64, need_in_sync: bool) -> Result<(), Error> {
-        let registered = self.registered_epoch();
-        let in_sync = self.inner.told_in_sync.load(Ordering::SeqCst);
-        if registered == 0 || registered != epoch || (need_in_sync && !in_sync) {
-            return Err(Error::NotRegistered {
-                asked: epoch,
-                registered,
-            });
-        }
-        Ok(())
+    /// Refuses a fenced read of any coordinator but the one this counter
+    /// registered with, and of that one until it said this counter is in
+    /// sync.
+    pub fn check_fenced_read(&self, epoch: u64) -> Result<(), NotRegistered> {
+        self.registration().check_fenced_read(epoch)
     }
 
     /// Publishes how far the copy from a peer has got (`None` when done).
     pub fn set_copy_progress(&self, progress: Option<CopyProgress>) {
-        *self.inner.copy.lock().expect("poisoned") = progress;
+        *lock(&self.inner.copy, "the copy progress") = progress;
     }
 
     /// Distinct items held, over every tenant.
     pub fn total_items(&self) -> u64 {
-        self.inner.counts.read().expect("poisoned").values().sum()
+        read(&self.inner.counts, "the counts").values().sum()
     }
 
     /// The operator promoted this counter by force: every index up to
@@ -181,11 +194,7 @@ impl Replica {
         wait: Duration,
     ) -> Result<u64, Error> {
         self.wait_applied(fence, wait).await?;
-        Ok(self
-            .inner
-            .counts
-            .read()
-            .expect("poisoned")
+        Ok(read(&self.inner.counts, "the counts")
             .get(tenant)
             .copied()
             .unwrap_or(0))
@@ -199,11 +208,7 @@ impl Replica {
     /// at or below the second (raised before its first slice was counted).
     pub fn own_count(&self, tenant: &str) -> (u64, bool) {
         let applied = self.applied();
-        let count = self
-            .inner
-            .counts
-            .read()
-            .expect("poisoned")
+        let count = read(&self.inner.counts, "the counts")
             .get(tenant)
             .copied()
             .unwrap_or(0);
@@ -282,6 +287,27 @@ impl Replica {
         self.submit(WriteOp::Abort { txn }).await.map(drop)
     }
 
+    /// Applies the coordinator's answer about a transaction in doubt, as
+    /// the participant decides it: a commit, an abort, or, if still
+    /// pending, nothing.
+    pub async fn settle(&self, txn: TxnId, outcome: Outcome) -> Result<(), Error> {
+        match self.submit(WriteOp::Outcome { txn, outcome }).await? {
+            WriteResult::Done => Ok(()),
+            WriteResult::UnknownTxn => Err(Error::UnknownTxn(txn)),
+        }
+    }
+
+    /// Ticks the participant's in-doubt clock: the prepared transactions
+    /// to ask the coordinator about now, in id order.
+    pub async fn in_doubt(&self) -> Result<Vec<TxnId>, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job::Tick(tx))
+            .map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)
+    }
+
     /// Hands entries fetched from a peer to the writer and returns at once,
     /// so the caller can fetch the next ones while these are written.
     /// Imports are written in the order they are queued, and are safe to
@@ -300,18 +326,6 @@ impl Replica {
         Ok(QueuedImport(rx))
     }
 
-    /// Prepared transactions that have waited longer than `age` for an outcome.
-    pub fn in_doubt(&self, age: Duration) -> Vec<TxnId> {
-        let prepared = self.inner.prepared.lock().expect("poisoned");
-        let mut txns: Vec<TxnId> = prepared
-            .iter()
-            .filter(|(_, since)| since.elapsed() >= age)
-            .map(|(txn, _)| *txn)
-            .collect();
-        txns.sort();
-        txns
-    }
-
     /// Marks a catch-up as running; false if one already is.
     pub fn begin_catch_up(&self) -> bool {
         !self.inner.catching_up.swap(true, Ordering::SeqCst)
@@ -323,6 +337,35 @@ impl Replica {
 
     pub fn store(&self) -> Arc<dyn Store> {
         self.inner.store.clone()
+    }
+}
+
+/// The writer thread, to be joined at shutdown.
+pub struct WriterThread(std::thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits, at most `grace`, for the writer to finish its last batch and
+    /// end, which it does once every clone of the replica is dropped. Polls
+    /// rather than blocking a thread on it: a runtime waits for its
+    /// blocking threads when it shuts down, and a writer that did not end
+    /// must not keep the process from exiting.
+    pub async fn join(self, grace: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + grace;
+        while !self.0.is_finished() {
+            if Instant::now() >= deadline {
+                return Err(Error::process(
+                    "the writer thread",
+                    format!("still running {grace:?} after the server stopped"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.0.join().map_err(|_| {
+            Error::process(
+                "the writer thread",
+                "it panicked; nothing it had not made durable was acknowledged",
+            )
+        })
     }
 }
 
@@ -356,6 +399,7 @@ fn run_writer(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     inner: std::sync::Weak<Inner>,
 ) {
+    let clock = Clock::start();
     let mut ops = Vec::with_capacity(MAX_BATCH_OPS);
     let mut replies = Vec::with_capacity(MAX_BATCH_OPS);
     let mut imports = ImportQueue::default();
@@ -365,13 +409,31 @@ fn run_writer(
             let Some(job) = jobs.blocking_recv() else {
                 break;
             };
-            queue(job, &mut ops, &mut replies, &mut imports);
+            queue(
+                job,
+                &mut ops,
+                &mut replies,
+                &mut imports,
+                &mut participant,
+                &clock,
+            );
         }
         while ops.len() < MAX_BATCH_OPS {
             match jobs.try_recv() {
-                Ok(job) => queue(job, &mut ops, &mut replies, &mut imports),
+                Ok(job) => queue(
+                    job,
+                    &mut ops,
+                    &mut replies,
+                    &mut imports,
+                    &mut participant,
+                    &clock,
+                ),
                 Err(_) => break,
             }
+        }
+        if ops.is_empty() && imports.is_empty() {
+            // Only ticks came: nothing to write.
+            continue;
         }
         let slice = if imports.rides(ops.len()) {
             imports.next_slice(IMPORT_SLICE_ITEMS)
@@ -393,7 +455,9 @@ fn run_writer(
             }
             ops.push(WriteOp::Import { entries, through });
         }
-        let Some(mut results) = write_batch(&*store, &mut ops, &mut participant, &inner) else {
+        let Some(mut results) =
+            write_batch(&*store, &mut ops, &mut participant, clock.now(), &inner)
+        else {
             break;
         };
         ops.clear();
@@ -414,12 +478,30 @@ fn run_writer(
     }
 }
 
-/// Files a job: a 2PC operation into this batch, an import into the queue.
+/// The writer's clock: time enters the participant only as a reading of
+/// it. Milliseconds since the writer started; nothing durable holds one.
+struct Clock(Instant);
+
+impl Clock {
+    fn start() -> Self {
+        Clock(Instant::now())
+    }
+
+    fn now(&self) -> Millis {
+        Millis::from_duration(self.0.elapsed())
+    }
+}
+
+/// Files a job: a 2PC operation into this batch, an import into the queue;
+/// a tick is answered at once from the participant's durable state (it
+/// changes nothing, so it need not wait for the batch).
 fn queue(
     job: Job,
     ops: &mut Vec<WriteOp>,
     replies: &mut Vec<Reply>,
     imports: &mut ImportQueue<Reply>,
+    participant: &mut Participant,
+    clock: &Clock,
 ) {
     match job {
         Job::TwoPhase(op, reply) => {
@@ -427,6 +509,17 @@ fn queue(
             replies.push(reply);
         }
         Job::Import(import) => imports.push(import),
+        Job::Tick(reply) => {
+            let ask = participant
+                .step(Event::Tick { now: clock.now() })
+                .into_iter()
+                .filter_map(|action| match action {
+                    Action::AskOutcome { txn } => Some(txn),
+                    _ => None,
+                })
+                .collect();
+            let _ = reply.send(ask);
+        }
     }
 }
 
@@ -436,19 +529,20 @@ fn write_batch(
     store: &dyn Store,
     ops: &mut [WriteOp],
     participant: &mut Participant,
+    now: Millis,
     inner: &std::sync::Weak<Inner>,
 ) -> Option<Vec<Result<WriteResult, String>>> {
     #[cfg(feature = "failpoints")]
     crash_before_commit(ops, participant);
     let writing = Instant::now();
-    let outcome = store.write(ops, participant);
+    let outcome = store.write(ops, participant, now);
     // One durable storage transaction (one fsync) for the whole batch.
     metrics::histogram!("tally_store_write_seconds").record(writing.elapsed().as_secs_f64());
     metrics::histogram!("tally_store_batch_ops").record(ops.len() as f64);
     let inner = inner.upgrade()?;
     Some(match outcome {
         Ok(effect) => {
-            publish(&inner, &effect, participant.applied().contiguous());
+            publish(&inner, &effect, participant);
             effect.results.into_iter().map(Ok).collect()
         }
         Err(e) => {
@@ -464,9 +558,14 @@ fn write_batch(
 /// in-doubt resolution can then bring the transaction in.
 #[cfg(feature = "failpoints")]
 fn crash_before_commit(ops: &[WriteOp], participant: &Participant) {
-    let commits_a_vote = ops
-        .iter()
-        .any(|op| matches!(op, WriteOp::Commit { txn, .. } if participant.is_prepared(*txn)));
+    let commits_a_vote = ops.iter().any(|op| match op {
+        WriteOp::Commit { txn, .. }
+        | WriteOp::Outcome {
+            txn,
+            outcome: Outcome::Committed { .. },
+        } => participant.is_prepared(*txn),
+        _ => false,
+    });
     if commits_a_vote && std::env::var("TALLY_FAILPOINT").as_deref() == Ok("before-commit") {
         tracing::error!("failpoint before-commit: crashing before applying a commit it voted for");
         std::process::abort();
@@ -474,23 +573,17 @@ fn crash_before_commit(ops: &[WriteOp], participant: &Participant) {
 }
 
 /// Makes a durable batch visible: counts first, then the applied index.
-fn publish(inner: &Inner, effect: &BatchEffect, contiguous: CommitIndex) {
+fn publish(inner: &Inner, effect: &BatchEffect, participant: &Participant) {
+    let contiguous = participant.applied().contiguous();
     if !effect.counts.is_empty() {
-        let mut counts = inner.counts.write().expect("poisoned");
+        let mut counts = write(&inner.counts, "the counts");
         for (tenant, count) in &effect.counts {
             counts.insert(tenant.clone(), *count);
         }
     }
-    {
-        let mut prepared = inner.prepared.lock().expect("poisoned");
-        let now = Instant::now();
-        for txn in &effect.prepared {
-            prepared.entry(*txn).or_insert(now);
-        }
-        for txn in &effect.forgotten {
-            prepared.remove(txn);
-        }
-    }
+    inner
+        .prepared
+        .store(participant.prepared_len(), Ordering::SeqCst);
     inner.applied.send_if_modified(|current| {
         let changed = *current != contiguous;
         *current = contiguous;
@@ -518,7 +611,8 @@ mod tests {
     async fn a_prepare_does_not_wait_for_a_whole_import() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(FjallStore::open(dir.path()).unwrap());
-        let replica = Replica::start(CounterId("c".into()), store).unwrap();
+        let (replica, _writer) =
+            Replica::start(CounterId("c".into()), store, Default::default()).unwrap();
         // 200 slices' worth of copied data, queued ahead of the prepare:
         // 200 storage writes, each with its fsync.
         const SLICES: u64 = 200;
@@ -558,7 +652,8 @@ mod tests {
     async fn the_own_count_is_flagged_partial_while_copied_data_is_incomplete() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(FjallStore::open(dir.path()).unwrap());
-        let replica = Replica::start(CounterId("c".into()), store).unwrap();
+        let (replica, _writer) =
+            Replica::start(CounterId("c".into()), store, Default::default()).unwrap();
         assert_eq!(replica.own_count("t"), (0, false));
 
         // A stream cut after two of four entries: no `through`.
@@ -574,7 +669,8 @@ mod tests {
 
         // The cut copy is on disk after a restart, and still flagged.
         let store = Arc::new(FjallStore::open(dir.path()).unwrap());
-        let replica = Replica::start(CounterId("c".into()), store).unwrap();
+        let (replica, _writer) =
+            Replica::start(CounterId("c".into()), store, Default::default()).unwrap();
         assert_eq!(replica.own_count("t"), (6, true), "after a restart");
 
         // The whole range, ended complete: every commit is whole again.
@@ -592,7 +688,8 @@ mod tests {
     async fn commits_out_of_order_are_never_flagged_partial() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(FjallStore::open(dir.path()).unwrap());
-        let replica = Replica::start(CounterId("c".into()), store).unwrap();
+        let (replica, _writer) =
+            Replica::start(CounterId("c".into()), store, Default::default()).unwrap();
         // Index 2 before index 1 leaves a gap, but each commit held is whole.
         for (txn, index) in [(2, 2), (1, 1)] {
             let items: Vec<Item> = (0..3)

@@ -53,7 +53,7 @@
 //! tenant's length (u16, big-endian), the tenant, then the id; without the
 //! length, ("ab", "c") and ("a", "bc") would share a key.
 
-use crate::error::Error;
+use crate::error::{lock, Error};
 use crate::item_filter::{FilterState, ItemFilter, KeyHash};
 use crate::unindexed::IndexBacklog;
 use fjall::compaction::Leveled;
@@ -65,10 +65,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
-use tally_common::api::ExportEntry;
+use tally_common::api::{ExportEntry, Outcome};
 use tally_common::applied::AppliedSet;
 use tally_common::participant::{Action, Event, Participant, Record};
-use tally_common::{CommitIndex, Incarnation, Item, TxnId};
+use tally_common::{CommitIndex, Incarnation, Item, Millis, TxnId};
 
 const APPLIED_KEY: &str = "applied";
 const INCARNATION_KEY: &str = "incarnation";
@@ -101,6 +101,11 @@ pub enum WriteOp {
     Abort {
         txn: TxnId,
     },
+    /// The coordinator's answer about a transaction in doubt.
+    Outcome {
+        txn: TxnId,
+        outcome: Outcome,
+    },
     /// Items copied from a peer. `through` is set once the peer's stream
     /// ended complete: then every index in `(since, through]` is applied.
     Import {
@@ -110,16 +115,21 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
-    /// What this operation is to the 2PC participant, which decides what
-    /// to persist and answer; the items are this module's business.
-    fn event(&self) -> Event {
+    /// What this operation, arriving at `now`, is to the 2PC participant,
+    /// which decides what to persist and answer; the items are this
+    /// module's business.
+    fn event(&self, now: Millis) -> Event {
         match self {
-            WriteOp::Prepare { txn, .. } => Event::Prepare { txn: *txn },
+            WriteOp::Prepare { txn, .. } => Event::Prepare { txn: *txn, now },
             WriteOp::Commit { txn, index } => Event::Commit {
                 txn: *txn,
                 index: *index,
             },
             WriteOp::Abort { txn } => Event::Abort { txn: *txn },
+            WriteOp::Outcome { txn, outcome } => Event::Outcome {
+                txn: *txn,
+                outcome: *outcome,
+            },
             WriteOp::Import { through, .. } => Event::Imported { range: *through },
         }
     }
@@ -138,8 +148,6 @@ pub struct BatchEffect {
     pub results: Vec<WriteResult>,
     /// New count of every tenant the batch touched.
     pub counts: HashMap<String, u64>,
-    pub prepared: Vec<TxnId>,
-    pub forgotten: Vec<TxnId>,
 }
 
 /// Everything the counter rebuilds its memory from at start-up.
@@ -155,14 +163,16 @@ pub struct Recovered {
 
 /// The counter's storage operations.
 pub trait Store: Send + Sync + 'static {
-    /// Applies the operations in order in one durable transaction, as
-    /// `participant` decides them; `participant` is updated only once the
-    /// transaction is durable. The store may take the items out of prepares
-    /// (to keep them until the commit), so `ops` are spent afterwards.
+    /// Applies the operations, arriving at `now`, in order in one durable
+    /// transaction, as `participant` decides them; `participant` is updated
+    /// only once the transaction is durable. The store may take the items
+    /// out of prepares (to keep them until the commit), so `ops` are spent
+    /// afterwards.
     fn write(
         &self,
         ops: &mut [WriteOp],
         participant: &mut Participant,
+        now: Millis,
     ) -> Result<BatchEffect, Error>;
 
     /// Reads back everything needed to serve after a restart.
@@ -218,11 +228,10 @@ fn decode_u64(bytes: &[u8], what: &'static str) -> Result<u64, Error> {
 /// future limit change, and fails the batch rather than the process.
 fn check_storable(item: &Item) -> Result<(), Error> {
     if 2 + item.tenant.len() + item.id.len() > usize::from(u16::MAX) {
-        return Err(Error::BadRequest(format!(
-            "an item of {} + {} bytes (tenant + id) is too long to store",
-            item.tenant.len(),
-            item.id.len()
-        )));
+        return Err(Error::Unstorable {
+            tenant: item.tenant.len(),
+            id: item.id.len(),
+        });
     }
     Ok(())
 }
@@ -364,7 +373,7 @@ impl FjallStore {
     /// when the process stopped.
     fn reload_unindexed(&self) -> Result<(), Error> {
         let started = Instant::now();
-        let mut backlog = self.backlog.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut backlog = lock(&self.backlog, "the unindexed keys");
         let mut filter = self.lock_filter();
         let mut scratch = Vec::new();
         for guard in self.unindexed.iter() {
@@ -397,7 +406,7 @@ impl FjallStore {
 
     /// The item filter, taken over from its builder if it has arrived.
     fn lock_filter(&self) -> MutexGuard<'_, FilterState> {
-        let mut filter = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut filter = lock(&self.filter, "the item filter");
         filter.poll();
         filter
     }
@@ -435,7 +444,8 @@ impl FjallStore {
 
 impl Drop for FjallStore {
     fn drop(&mut self) {
-        // Before `db` and the keyspaces close the database.
+        // Before `db` and the keyspaces close the database. Even a poisoned
+        // backlog must stop its thread: dropping is how the process ends.
         self.backlog
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
@@ -497,7 +507,7 @@ struct PendingWrite<'a> {
 impl<'a> PendingWrite<'a> {
     fn new(store: &'a FjallStore) -> Self {
         let mut batch = store.db.batch().durability(Some(PersistMode::SyncAll));
-        let mut backlog = store.backlog.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut backlog = lock(&store.backlog, "the unindexed keys");
         for index in backlog.begin_write() {
             batch.remove(&store.unindexed, u64_key(index.0));
         }
@@ -506,10 +516,7 @@ impl<'a> PendingWrite<'a> {
             batch,
             filter: store.lock_filter(),
             backlog,
-            prepared_in_memory: store
-                .prepared_in_memory
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
+            prepared_in_memory: lock(&store.prepared_in_memory, "the prepared items"),
             prepared: HashMap::new(),
             fresh: BTreeMap::new(),
             added: BTreeMap::new(),
@@ -645,6 +652,7 @@ impl<'a> PendingWrite<'a> {
         ops: &'a [WriteOp],
         applied_before: &AppliedSet,
         next: &mut Participant,
+        now: Millis,
         effect: &mut BatchEffect,
     ) -> Result<(), Error> {
         for op in ops {
@@ -654,28 +662,21 @@ impl<'a> PendingWrite<'a> {
                 }
             }
             let mut result = WriteResult::Done;
-            for action in next.step(op.event()) {
+            for action in next.step(op.event(now)) {
                 match action {
                     Action::Persist(Record::Prepared { txn }) => {
                         let WriteOp::Prepare { items, .. } = op else {
                             unreachable!("only a prepare persists a prepared record")
                         };
                         self.prepare(txn, items)?;
-                        effect.prepared.push(txn);
                     }
-                    Action::Persist(Record::Applied { txn, index }) => {
-                        self.apply(txn, index)?;
-                        effect.forgotten.push(txn);
-                    }
-                    Action::Persist(Record::Forgotten { txn }) => {
-                        self.forget(txn);
-                        effect.forgotten.push(txn);
-                    }
+                    Action::Persist(Record::Applied { txn, index }) => self.apply(txn, index)?,
+                    Action::Persist(Record::Forgotten { txn }) => self.forget(txn),
                     // Applied indexes are written from `next` below.
                     Action::Persist(Record::AppliedRange { .. }) => {}
                     Action::VoteYes { .. } | Action::Ack { .. } => {}
                     Action::UnknownTxn { .. } => result = WriteResult::UnknownTxn,
-                    // Only in-doubt events ask, and no write op is one.
+                    // Only ticks ask, and no write op is one.
                     Action::AskOutcome { .. } => {}
                 }
             }
@@ -739,12 +740,13 @@ impl FjallStore {
         &self,
         ops: &[WriteOp],
         participant: &mut Participant,
+        now: Millis,
     ) -> Result<BatchEffect, Error> {
         let mut write = PendingWrite::new(self);
         let mut effect = BatchEffect::default();
         // Step a copy so a failed commit leaves the caller's state intact.
         let mut next = participant.clone();
-        if let Err(e) = write.build(ops, participant.applied(), &mut next, &mut effect) {
+        if let Err(e) = write.build(ops, participant.applied(), &mut next, now, &mut effect) {
             write.roll_back();
             return Err(e);
         }
@@ -759,16 +761,15 @@ impl Store for FjallStore {
         &self,
         ops: &mut [WriteOp],
         participant: &mut Participant,
+        now: Millis,
     ) -> Result<BatchEffect, Error> {
-        let effect = self.durable_write(ops, participant)?;
-        // Durable now: keep the items of what stays prepared for its commit.
-        let mut kept = self
-            .prepared_in_memory
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let effect = self.durable_write(ops, participant, now)?;
+        // Durable now: keep the items of what the participant still holds
+        // prepared, for its commit.
+        let mut kept = lock(&self.prepared_in_memory, "the prepared items");
         for op in ops {
             if let WriteOp::Prepare { txn, items } = op {
-                if effect.prepared.contains(txn) && !effect.forgotten.contains(txn) {
+                if participant.is_prepared(*txn) {
                     kept.insert(*txn, std::mem::take(items));
                 }
             }
@@ -838,10 +839,7 @@ impl Store for FjallStore {
     }
 
     fn unindexed_items(&self) -> usize {
-        self.backlog
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        lock(&self.backlog, "the unindexed keys").len()
     }
 }
 
@@ -849,6 +847,8 @@ impl Store for FjallStore {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    const NOW: Millis = Millis(0);
 
     fn item(id: &str, tenant: &str) -> Item {
         Item::new(id, tenant)
@@ -909,7 +909,7 @@ mod tests {
                     items,
                 });
             }
-            counts.extend(store.write(&mut ops, &mut participant).unwrap().counts);
+            counts.extend(store.write(&mut ops, &mut participant, NOW).unwrap().counts);
         }
         let elapsed = started.elapsed();
         println!(
@@ -942,6 +942,7 @@ mod tests {
                     items,
                 }],
                 &mut applied,
+                NOW,
             )
             .unwrap();
         let effect = store
@@ -951,6 +952,7 @@ mod tests {
                     index: CommitIndex(1),
                 }],
                 &mut applied,
+                NOW,
             )
             .unwrap();
         assert_eq!(effect.counts["t"], 2);
@@ -982,7 +984,7 @@ mod tests {
                 index: CommitIndex(n),
             },
         ];
-        store.write(&mut ops, participant).unwrap()
+        store.write(&mut ops, participant, NOW).unwrap()
     }
 
     #[test]
@@ -1032,7 +1034,8 @@ mod tests {
 
             let store = FjallStore::open_with(dir.path(), options).unwrap();
             let recovered = store.recover().unwrap();
-            let (mut participant, _) = Participant::recover([], recovered.applied);
+            let (mut participant, _) =
+                Participant::recover(Default::default(), [], recovered.applied);
             if wait_for_filter {
                 let deadline = Instant::now() + std::time::Duration::from_secs(10);
                 while !store.filter_ready() {
@@ -1087,7 +1090,8 @@ mod tests {
             // Only the second commit's keys may still be missing from `items`.
             assert_eq!(store.unindexed_items(), 2500);
             let recovered = store.recover().unwrap();
-            let (mut participant, _) = Participant::recover([], recovered.applied);
+            let (mut participant, _) =
+                Participant::recover(Default::default(), [], recovered.applied);
             let effect = commit(&store, &mut participant, 3, batch(0..7500));
             assert!(
                 effect.counts.is_empty(),
@@ -1106,7 +1110,7 @@ mod tests {
             txn: TxnId(9),
             items: vec![item("x", "t")],
         };
-        store.write(&mut [prepare], &mut applied).unwrap();
+        store.write(&mut [prepare], &mut applied, NOW).unwrap();
         drop(store);
         let store = FjallStore::open(dir.path()).unwrap();
         assert_eq!(store.recover().unwrap().prepared, vec![TxnId(9)]);
@@ -1114,20 +1118,20 @@ mod tests {
             txn: TxnId(9),
             index: CommitIndex(1),
         };
-        let first = store.write(&mut [commit], &mut applied).unwrap();
+        let first = store.write(&mut [commit], &mut applied, NOW).unwrap();
         assert_eq!(first.results, vec![WriteResult::Done]);
         let commit = WriteOp::Commit {
             txn: TxnId(9),
             index: CommitIndex(1),
         };
-        let again = store.write(&mut [commit], &mut applied).unwrap();
+        let again = store.write(&mut [commit], &mut applied, NOW).unwrap();
         assert_eq!(again.results, vec![WriteResult::Done], "already applied");
         assert!(again.counts.is_empty(), "nothing counted twice");
         let unknown = WriteOp::Commit {
             txn: TxnId(10),
             index: CommitIndex(2),
         };
-        let effect = store.write(&mut [unknown], &mut applied).unwrap();
+        let effect = store.write(&mut [unknown], &mut applied, NOW).unwrap();
         assert_eq!(effect.results, vec![WriteResult::UnknownTxn]);
     }
 
@@ -1141,18 +1145,22 @@ mod tests {
             items: vec![item(id, "t")],
         };
         store
-            .write(&mut [prepare(1, "a"), prepare(2, "b")], &mut participant)
+            .write(
+                &mut [prepare(1, "a"), prepare(2, "b")],
+                &mut participant,
+                NOW,
+            )
             .unwrap();
         assert_eq!(kept(&store), 2);
         let commit = WriteOp::Commit {
             txn: TxnId(1),
             index: CommitIndex(1),
         };
-        let effect = store.write(&mut [commit], &mut participant).unwrap();
+        let effect = store.write(&mut [commit], &mut participant, NOW).unwrap();
         assert_eq!(effect.counts["t"], 1, "committed from memory");
         assert_eq!(kept(&store), 1);
         let abort = WriteOp::Abort { txn: TxnId(2) };
-        store.write(&mut [abort], &mut participant).unwrap();
+        store.write(&mut [abort], &mut participant, NOW).unwrap();
         assert_eq!(kept(&store), 0);
         // Prepared and committed in one write: never kept.
         let commit = WriteOp::Commit {
@@ -1160,7 +1168,7 @@ mod tests {
             index: CommitIndex(2),
         };
         let effect = store
-            .write(&mut [prepare(3, "c"), commit], &mut participant)
+            .write(&mut [prepare(3, "c"), commit], &mut participant, NOW)
             .unwrap();
         assert_eq!(effect.counts["t"], 2);
         assert_eq!(kept(&store), 0);
@@ -1183,6 +1191,7 @@ mod tests {
                     },
                 ],
                 &mut applied,
+                NOW,
             )
             .unwrap();
         let effect = store
@@ -1198,6 +1207,7 @@ mod tests {
                     },
                 ],
                 &mut applied,
+                NOW,
             )
             .unwrap();
         assert_eq!(effect.results, vec![WriteResult::Done; 2]);
@@ -1237,6 +1247,7 @@ mod tests {
                         },
                     ],
                     &mut applied,
+                    NOW,
                 )
                 .unwrap();
         }
@@ -1275,6 +1286,7 @@ mod tests {
                         },
                     ],
                     &mut applied,
+                    NOW,
                 )
                 .unwrap();
         }
@@ -1295,6 +1307,7 @@ mod tests {
                     },
                 ],
                 &mut replica_applied,
+                NOW,
             )
             .unwrap();
         assert_eq!(replica_applied.applied().contiguous(), CommitIndex(0));
@@ -1312,7 +1325,9 @@ mod tests {
             entries: entries.clone(),
             through: None,
         };
-        let effect = replica.write(&mut [partial], &mut replica_applied).unwrap();
+        let effect = replica
+            .write(&mut [partial], &mut replica_applied, NOW)
+            .unwrap();
         assert_eq!(effect.counts["t"], 2, "a once, b once");
         assert_eq!(
             replica_applied.applied().contiguous(),
@@ -1324,7 +1339,7 @@ mod tests {
             through: Some((CommitIndex(0), CommitIndex(2))),
         };
         let effect = replica
-            .write(&mut [complete], &mut replica_applied)
+            .write(&mut [complete], &mut replica_applied, NOW)
             .unwrap();
         assert!(
             effect.counts.is_empty(),
@@ -1354,7 +1369,7 @@ mod tests {
         })
         .unwrap();
         let through = Some((CommitIndex(since), CommitIndex(until)));
-        to.write(&mut [WriteOp::Import { entries, through }], to_state)
+        to.write(&mut [WriteOp::Import { entries, through }], to_state, NOW)
             .unwrap();
     }
 
@@ -1388,7 +1403,7 @@ mod tests {
                     index: CommitIndex(index),
                 });
             }
-            store.write(&mut ops, &mut state).unwrap();
+            store.write(&mut ops, &mut state, NOW).unwrap();
             (dir, store)
         };
         let (_b_dir, b) = build([(2, 2), (1, 1)]);

@@ -18,11 +18,9 @@ use tally_common::api::{CommitRequest, JoinPlan, Outcome};
 use tally_common::coordinator::{CommitAnswer, JoinRefused, Vote};
 use tally_common::membership::HealthReport;
 use tally_common::participant::{Action, Event, Participant, Record};
+use tally_common::time::Millis;
 use tally_common::{CommitIndex, Incarnation, Item, TxnId};
 
-/// A prepared transaction waits this long for its outcome before the
-/// counter asks (counter/src/catchup.rs: `IN_DOUBT_AFTER`).
-const IN_DOUBT_AFTER_MS: u64 = 3000;
 /// The background duties' period.
 const MAINTAIN_MS: u64 = 1000;
 /// How long a call to the coordinator may take.
@@ -153,7 +151,6 @@ pub struct Counter {
     sync_scheduled: bool,
     participant: Participant,
     pub registration: Registration,
-    prepared_since: BTreeMap<TxnId, u64>,
     waiting: Vec<(u64, Answer)>,
     parked: Vec<Parked>,
     calls: BTreeMap<u64, Call>,
@@ -179,7 +176,6 @@ impl Counter {
             sync_scheduled: false,
             participant: Participant::default(),
             registration: Registration::default(),
-            prepared_since: BTreeMap::new(),
             waiting: Vec::new(),
             parked: Vec::new(),
             calls: BTreeMap::new(),
@@ -205,16 +201,6 @@ impl Counter {
     pub fn catching_up(&self) -> bool {
         self.catchup.is_some()
     }
-
-    /// Prepared transactions that have waited for their outcome longer
-    /// than the counter tolerates.
-    fn in_doubt(&self, now: u64) -> Vec<TxnId> {
-        self.prepared_since
-            .iter()
-            .filter(|(_, since)| now.saturating_sub(**since) >= IN_DOUBT_AFTER_MS)
-            .map(|(txn, _)| *txn)
-            .collect()
-    }
 }
 
 fn backoff_next(ms: u64) -> u64 {
@@ -234,10 +220,12 @@ impl World {
         let c = &mut self.counters[i];
         c.up = true;
         c.life += 1;
-        let (participant, _ask) =
-            Participant::recover(c.disk.prepared.keys().copied(), c.disk.applied.clone());
+        let (participant, _ask) = Participant::recover(
+            Default::default(),
+            c.disk.prepared.keys().copied(),
+            c.disk.applied.clone(),
+        );
         c.participant = participant;
-        c.prepared_since = c.disk.prepared.keys().map(|t| (*t, now)).collect();
         c.registration = Registration::default();
         c.last_contact = now;
         c.joined = false;
@@ -409,7 +397,6 @@ impl World {
         if self.counter_life(i) != Some(life) {
             return;
         }
-        let now = self.now;
         let c = &mut self.counters[i];
         c.sync_scheduled = false;
         let ops = std::mem::take(&mut c.buffer);
@@ -420,11 +407,6 @@ impl World {
             }
         }
         c.synced = c.appended;
-        for txn in c.disk.prepared.keys() {
-            c.prepared_since.entry(*txn).or_insert(now);
-        }
-        let prepared = &c.disk.prepared;
-        c.prepared_since.retain(|txn, _| prepared.contains_key(txn));
         let synced = c.synced;
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut c.waiting)
             .into_iter()
@@ -602,7 +584,10 @@ impl World {
                 None
             });
         }
-        let actions = self.counters[i].participant.step(Event::Prepare { txn });
+        let actions = self.counters[i].participant.step(Event::Prepare {
+            txn,
+            now: Millis(self.now),
+        });
         let mut voted = false;
         self.carry(i, actions, Some(&items), |a| match a {
             Action::VoteYes { .. } => {
@@ -821,10 +806,10 @@ impl World {
             return;
         }
         let now = self.now;
-        for txn in self.counters[i].in_doubt(now) {
-            let actions = self.counters[i].participant.step(Event::InDoubt { txn });
-            self.carry(i, actions, None, |_| None);
-        }
+        let actions = self.counters[i]
+            .participant
+            .step(Event::Tick { now: Millis(now) });
+        self.carry(i, actions, None, |_| None);
         if now.saturating_sub(self.counters[i].last_contact) >= self.settings.rejoin_after_ms {
             self.counters[i].last_contact = now;
             self.register(i);

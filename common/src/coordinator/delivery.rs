@@ -159,7 +159,7 @@ impl CoordinatorCore {
             .deliveries
             .pending
             .iter()
-            .filter(|(_, p)| now.since(p.since) >= period)
+            .filter(|(_, p)| now.since(p.since).0 >= period)
             .take(RESEND_BATCH)
             .map(|(index, p)| (*index, p.txn, p.waiting.iter().cloned().collect()))
             .collect();

@@ -191,8 +191,8 @@ impl CoordinatorCore {
                 txn,
                 items: record.items,
                 requests: record.requests.len(),
-                prepare_ms: voted.since(record.started),
-                decide_ms: now.since(voted),
+                prepare_ms: voted.since(record.started).0,
+                decide_ms: now.since(voted).0,
                 decision,
             }));
         }

@@ -54,20 +54,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 pub use log::LogWrite;
 
-/// A time on the caller's monotonic clock, in milliseconds. The binary
-/// counts from its start; the simulator from zero.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Millis(pub u64);
-
-impl Millis {
-    pub fn plus(self, ms: u64) -> Millis {
-        Millis(self.0.saturating_add(ms))
-    }
-
-    pub fn since(self, earlier: Millis) -> u64 {
-        self.0.saturating_sub(earlier.0)
-    }
-}
+pub use crate::time::Millis;
 
 /// Names a client request (a write, a registration, …) so its answer can
 /// find it; chosen by the caller, never reused while the request waits.

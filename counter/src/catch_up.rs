@@ -1,6 +1,5 @@
-//! How a counter gets (back) into the cluster: resolve transactions left
-//! prepared by a crash, register with the coordinator, copy what it misses
-//! from in-sync peers, and report when it holds everything.
+//! Copying what a counter misses from in-sync peers, until the coordinator
+//! says it is in sync.
 //!
 //! A pass copies everything a peer logged above the counter's own applied
 //! index (its *pass start*), whatever order that peer applied commits in,
@@ -10,18 +9,19 @@
 //! but only from the same peer's same disk: another peer may log an item
 //! under a different index, so a new peer starts a new pass.
 
+use crate::coordinator_client::{self, Backoff};
 use crate::error::Error;
-use crate::http::AppState;
 use crate::replica::QueuedImport;
+use crate::state::AppState;
 use futures_util::StreamExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tally_common::api::{
-    CatchUpRequest, CaughtUpRequest, CopyProgress, ExportEntry, ExportFrame, JoinPlan, Outcome,
-    RegisterRequest, INCARNATION_HEADER, ITEMS_HEADER, TOKEN_HEADER,
+    CatchUpRequest, CaughtUpRequest, CopyProgress, ExportEntry, ExportFrame, JoinPlan,
+    INCARNATION_HEADER, ITEMS_HEADER, TOKEN_HEADER,
 };
 use tally_common::export_stream::{self, FrameReader};
-use tally_common::{CommitIndex, Incarnation, TxnId};
+use tally_common::{CommitIndex, Incarnation};
 
 /// Items per import handed to the writer. Two are in memory at a time (one
 /// being written, one being read off the stream), which bounds memory while
@@ -29,34 +29,15 @@ use tally_common::{CommitIndex, Incarnation, TxnId};
 /// slices between 2PC operations.
 const IMPORT_BATCH_ITEMS: usize = 5_000;
 
-/// How long a prepared transaction may wait for its outcome before the
-/// counter asks the coordinator for it.
-const IN_DOUBT_AFTER: Duration = Duration::from_secs(3);
-
-/// How long a call to the coordinator may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a copy may go without a byte from the peer before it counts as
-/// cut. A copy as a whole has no time limit: a large one at a capped rate
-/// takes minutes, and a total timeout once made every copy longer than it
-/// start over for ever. The exporter sends at least every quarter second
-/// when it is rate-capped, and waits at most its fence timeout before its
-/// first byte.
-const COPY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Start-up: settle in-doubt transactions, register, then keep the
-/// counter in the cluster: catch up, settle what stays in doubt, and
-/// register again whenever the coordinator needs it.
-pub async fn join(state: Arc<AppState>, advertise: String, rejoin_after: Duration) {
-    resolve_in_doubt(&state, Duration::ZERO).await;
-    let plan = register(&state, &advertise).await;
-    tokio::spawn(run(state.clone(), plan));
-    maintain(state, advertise, rejoin_after).await;
+/// Starts copying in the background, as the coordinator's join plan says,
+/// unless a copy is running already or the plan says in sync.
+pub fn start(state: &Arc<AppState>, plan: JoinPlan) {
+    state.tasks.spawn("catch-up", run(state.clone(), plan));
 }
 
-/// Starts a catch-up in the background unless one is running.
-pub fn spawn(state: Arc<AppState>, request: CatchUpRequest) {
-    tokio::spawn(run(
+/// The coordinator's `POST /internal/catchup`: copy up to `request.until`.
+pub fn requested(state: &Arc<AppState>, request: CatchUpRequest) {
+    start(
         state,
         JoinPlan {
             in_sync: false,
@@ -64,54 +45,7 @@ pub fn spawn(state: Arc<AppState>, request: CatchUpRequest) {
             peers: request.peers,
             epoch: 0,
         },
-    ));
-}
-
-/// Registers, retrying with backoff until the coordinator answers. From
-/// then on the counter votes for that coordinator's epoch only.
-pub async fn register(state: &AppState, advertise: &str) -> JoinPlan {
-    let mut backoff = Backoff::new();
-    loop {
-        let request = RegisterRequest {
-            id: state.replica.id().clone(),
-            url: advertise.to_string(),
-            incarnation: state.replica.status().incarnation,
-            applied_index: state.replica.applied(),
-        };
-        match post::<_, JoinPlan>(state, "/internal/register", &request).await {
-            Ok(plan) => {
-                state.replica.registered(plan.epoch, plan.in_sync);
-                tracing::info!(
-                    in_sync = plan.in_sync,
-                    until = %plan.until,
-                    epoch = plan.epoch,
-                    applied = %request.applied_index,
-                    "registered with the coordinator"
-                );
-                return plan;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, coordinator = %state.coordinator, "registration failed, retrying");
-                backoff.wait().await;
-            }
-        }
-    }
-}
-
-async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
-    state: &AppState,
-    path: &str,
-    body: &B,
-) -> Result<R, reqwest::Error> {
-    let mut request = state
-        .http
-        .post(format!("{}{path}", state.coordinator))
-        .timeout(CALL_TIMEOUT)
-        .json(body);
-    if let Some(token) = state.token.get() {
-        request = request.header(TOKEN_HEADER, token);
-    }
-    request.send().await?.error_for_status()?.json().await
+    );
 }
 
 /// Copies from peers until the coordinator says this counter is in sync.
@@ -139,9 +73,11 @@ async fn run(state: Arc<AppState>, mut plan: JoinPlan) {
             incarnation: state.replica.status().incarnation,
             applied_index: state.replica.applied(),
         };
-        match post::<_, JoinPlan>(&state, "/internal/caught-up", &request).await {
+        match coordinator_client::caught_up(&state, &request).await {
             Ok(next) if next.in_sync => {
-                state.replica.registered(next.epoch, true);
+                state
+                    .replica
+                    .update_registration(|r| r.registered(next.epoch, true));
                 tracing::info!(applied = %request.applied_index, "caught up and in sync");
                 break;
             }
@@ -288,13 +224,10 @@ async fn export_request(
     if let Some(token) = state.token.get() {
         request = request.header(TOKEN_HEADER, token);
     }
-    let response = tokio::time::timeout(COPY_IDLE_TIMEOUT, request.send())
+    let idle = state.settings.copy_idle_timeout;
+    let response = tokio::time::timeout(idle, request.send())
         .await
-        .map_err(|_| {
-            copy_failed(format!(
-                "{peer} did not answer within {COPY_IDLE_TIMEOUT:?}"
-            ))
-        })??
+        .map_err(|_| copy_failed(format!("{peer} did not answer within {idle:?}")))??
         .error_for_status()?;
     check_format(&response, peer)?;
     Ok(response)
@@ -323,13 +256,12 @@ async fn stream_into(
     let mut batch: Vec<ExportEntry> = Vec::new();
     let mut batch_items = 0;
     let mut importing = Importing::default();
+    let idle = state.settings.copy_idle_timeout;
     let result: Result<(), Error> = async {
         loop {
-            let chunk = tokio::time::timeout(COPY_IDLE_TIMEOUT, stream.next())
+            let chunk = tokio::time::timeout(idle, stream.next())
                 .await
-                .map_err(|_| {
-                    copy_failed(format!("no data from the peer for {COPY_IDLE_TIMEOUT:?}"))
-                })?;
+                .map_err(|_| copy_failed(format!("no data from the peer for {idle:?}")))?;
             let Some(chunk) = chunk else {
                 return Err(copy_failed("the stream ended before its end marker".into()));
             };
@@ -418,7 +350,7 @@ impl Importing {
         entries: Vec<ExportEntry>,
         through: Option<(CommitIndex, CommitIndex)>,
         last: Option<CommitIndex>,
-    ) -> Result<(), crate::error::Error> {
+    ) -> Result<(), Error> {
         self.finish().await?;
         if !entries.is_empty() || through.is_some() {
             self.in_progress = Some((state.replica.queue_import(entries, through)?, last));
@@ -427,7 +359,7 @@ impl Importing {
     }
 
     /// Waits for the import in progress, if any.
-    async fn finish(&mut self) -> Result<(), crate::error::Error> {
+    async fn finish(&mut self) -> Result<(), Error> {
         if let Some((import, last)) = self.in_progress.take() {
             import.durable().await?;
             if let Some(last) = last {
@@ -435,95 +367,5 @@ impl Importing {
             }
         }
         Ok(())
-    }
-}
-
-/// Asks the coordinator for the outcome of every transaction that has been
-/// prepared for longer than `age`, and applies it. Presumed abort: the
-/// coordinator answers aborted for any transaction it has no decision for.
-pub async fn resolve_in_doubt(state: &AppState, age: Duration) {
-    let mut backoff = Backoff::new();
-    loop {
-        let txns = state.replica.in_doubt(age);
-        if txns.is_empty() {
-            return;
-        }
-        let mut unresolved = 0;
-        for txn in txns {
-            match outcome(state, txn).await {
-                Ok(Outcome::Committed { index }) => {
-                    tracing::info!(%txn, %index, "in-doubt transaction committed");
-                    if let Err(e) = state.replica.commit(txn, index).await {
-                        tracing::error!(%txn, error = %e, "cannot apply in-doubt commit");
-                    }
-                }
-                Ok(Outcome::Aborted) => {
-                    tracing::info!(%txn, "in-doubt transaction aborted");
-                    let _ = state.replica.abort(txn).await;
-                }
-                Ok(Outcome::Pending) => unresolved += 1,
-                Err(e) => {
-                    tracing::warn!(%txn, error = %e, "cannot ask the coordinator about a prepared transaction");
-                    unresolved += 1;
-                }
-            }
-        }
-        // Start-up must settle everything before registering; the periodic
-        // resolver just tries again on its next tick.
-        if unresolved == 0 || !age.is_zero() {
-            return;
-        }
-        backoff.wait().await;
-    }
-}
-
-async fn outcome(state: &AppState, txn: TxnId) -> Result<Outcome, reqwest::Error> {
-    let mut request = state
-        .http
-        .get(format!("{}/internal/outcome/{}", state.coordinator, txn.0))
-        .timeout(CALL_TIMEOUT);
-    if let Some(token) = state.token.get() {
-        request = request.header(TOKEN_HEADER, token);
-    }
-    request.send().await?.error_for_status()?.json().await
-}
-
-/// Background duties: settle old prepared transactions, and register again
-/// when a coordinator of another epoch calls (it restarted), when the
-/// coordinator no longer knows this counter, or when it has not called for
-/// `rejoin_after` (it forgot us).
-async fn maintain(state: Arc<AppState>, advertise: String, rejoin_after: Duration) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let asked = tokio::select! {
-            _ = tick.tick() => false,
-            () = state.register_again.notified() => true,
-        };
-        if !asked {
-            resolve_in_doubt(&state, IN_DOUBT_AFTER).await;
-        }
-        let silent = state.last_contact.lock().expect("poisoned").elapsed();
-        if asked || silent >= rejoin_after {
-            if !asked {
-                tracing::warn!(silent = ?silent, "no word from the coordinator, registering again");
-            }
-            *state.last_contact.lock().expect("poisoned") = std::time::Instant::now();
-            let plan = register(&state, &advertise).await;
-            tokio::spawn(run(state.clone(), plan));
-        }
-    }
-}
-
-/// Exponential backoff from 100 ms to 2 s between retries.
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff(Duration::from_millis(100))
-    }
-
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(2));
     }
 }
