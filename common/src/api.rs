@@ -385,6 +385,13 @@ pub struct RegisterRequest {
     #[serde(default)]
     pub incarnation: Incarnation,
     pub applied_index: CommitIndex,
+    /// The transactions it holds prepared: with `applied_above`, what it
+    /// holds of the commits above `applied_index`.
+    #[serde(default)]
+    pub prepared: Vec<TxnId>,
+    /// Commit indexes above `applied_index` applied out of order.
+    #[serde(default)]
+    pub applied_above: Vec<CommitIndex>,
 }
 
 /// A counter reports that it has fetched everything it was told to.

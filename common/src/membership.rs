@@ -342,7 +342,9 @@ impl Cluster {
     /// with the same disk keeps its place: a commit made without its vote
     /// would have taken it out of the set, durably, so it missed nothing.
     /// One whose incarnation changed, or whose applied index went back, is
-    /// a new member that must copy everything, unless no counter is in sync
+    /// a new member that must copy everything, and so is one that `lacks` a
+    /// logged decision above what it applied (a disk restored from an
+    /// older copy keeps its incarnation), unless no counter is in sync
     /// and it holds everything decided: then it is the one every other
     /// counter must copy from.
     pub fn register(
@@ -351,28 +353,44 @@ impl Cluster {
         url: String,
         incarnation: Incarnation,
         applied: CommitIndex,
+        lacks: Option<CommitIndex>,
         now_ms: u64,
     ) -> (JoinPlan, Vec<Effect>) {
         let mut effects = vec![Effect::Persist];
         let known = self.members.get(&id);
         let from = known.map(|m| m.state);
         let was_in_sync = known.is_some_and(|m| m.in_sync);
-        let trimmed = self.trimmed;
-        #[cfg(feature = "mutate-ignore-trim-point")]
-        let trimmed = CommitIndex::ZERO;
+        // Mutation: a disk restored from an older copy keeps its place.
+        let (trimmed, lacks) = if cfg!(feature = "mutate-ignore-trim-point") {
+            (CommitIndex::ZERO, None)
+        } else {
+            (self.trimmed, lacks)
+        };
         let lost = known.and_then(|m| {
             lost_data(m, incarnation, applied).or_else(|| {
-                (m.in_sync && applied < trimmed).then(|| {
-                    format!(
+                if !m.in_sync {
+                    return None;
+                }
+                if applied < trimmed {
+                    return Some(format!(
                         "it holds up to {applied}, less than every in-sync counter had \
                          applied ({trimmed}): a disk restored from an older copy?"
+                    ));
+                }
+                lacks.map(|index| {
+                    format!(
+                        "it holds neither the commit at {index} nor its prepared \
+                         transaction: a disk restored from an older copy?"
                     )
                 })
             })
         });
         // Mutation: a counter back on another disk keeps its place.
-        #[cfg(feature = "mutate-register-ignores-incarnation")]
-        let lost: Option<String> = None;
+        let lost = if cfg!(feature = "mutate-register-ignores-incarnation") {
+            None
+        } else {
+            lost
+        };
         let nobody_else_in_sync = !self.members.values().any(|m| m.in_sync && m.id != id);
         let decided = self.decided;
         let member = self.members.entry(id.clone()).or_insert_with(|| Member {
@@ -909,6 +927,7 @@ mod tests {
             format!("http://{name}"),
             disk,
             CommitIndex(applied),
+            None,
             0,
         )
     }

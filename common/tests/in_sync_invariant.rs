@@ -79,7 +79,7 @@ proptest! {
         let mut counters: Vec<Model> = (0..COUNTERS).map(|_| Model::default()).collect();
         let mut next_incarnation = 1;
         let register = |cluster: &mut Cluster, i: usize, c: &mut Model| {
-            cluster.register(id(i), format!("http://c{i}"), Incarnation(c.incarnation), prefix(&c.held), 0);
+            cluster.register(id(i), format!("http://c{i}"), Incarnation(c.incarnation), prefix(&c.held), None, 0);
             c.registered = true;
         };
         for (i, c) in counters.iter_mut().enumerate() {

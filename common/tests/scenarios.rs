@@ -61,8 +61,8 @@ use std::fmt::Write as _;
 use tally_common::api::{CommitRequest, CounterState, Outcome};
 use tally_common::applied::AppliedSet;
 use tally_common::coordinator::{
-    Action, CommitAnswer, CoordinatorCore, CoreConfig, Event, JoinRefused, LogWrite, Millis,
-    Notice, RequestId, RestoredLog, Target, Vote, WriteRefused,
+    Action, CommitAnswer, CoordinatorCore, CoreConfig, Event, Holdings, JoinRefused, LogWrite,
+    Millis, Notice, RequestId, RestoredLog, Target, Vote, WriteRefused,
 };
 use tally_common::membership::{Decision, Effect, HealthReport, StoredMember};
 use tally_common::participant::{self, Participant};
@@ -596,6 +596,7 @@ impl goldenscript::Runner for ScenarioRunner {
                         url,
                         incarnation,
                         applied,
+                        holds: Holdings::default(),
                     };
                     self.step(register, &mut ignored)?;
                     self.settle(&mut ignored)?;
@@ -640,6 +641,11 @@ impl goldenscript::Runner for ScenarioRunner {
                     );
                 }
                 let request = self.request(Req::Join(name.clone()));
+                let participant = &self.counter(&name)?.participant;
+                let holds = Holdings {
+                    prepared: participant.prepared().collect(),
+                    applied_above: participant.applied().above().collect(),
+                };
                 self.step(
                     Event::Register {
                         request,
@@ -647,6 +653,7 @@ impl goldenscript::Runner for ScenarioRunner {
                         url: format!("http://{name}"),
                         incarnation,
                         applied,
+                        holds,
                     },
                     &mut out,
                 )?;

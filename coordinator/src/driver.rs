@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_common::api::{CaughtUpRequest, JoinPlan, Outcome, PrepareRequest, RegisterRequest};
 use tally_common::coordinator::{
-    Action, CommitAnswer, CoordinatorCore, Event, JoinRefused, Millis, ReadView, RequestId, Vote,
-    WriteRefused,
+    Action, CommitAnswer, CoordinatorCore, Event, Holdings, JoinRefused, Millis, ReadView,
+    RequestId, Vote, WriteRefused,
 };
 use tally_common::membership::HealthReport;
 use tally_common::{CommitIndex, CounterId, Item, TxnId};
@@ -259,6 +259,10 @@ fn take(
                 url: r.url,
                 incarnation: r.incarnation,
                 applied: r.applied_index,
+                holds: Holdings {
+                    prepared: r.prepared,
+                    applied_above: r.applied_above,
+                },
             }
         }
         Input::CaughtUp { request: r, reply } => {

@@ -27,11 +27,21 @@ pub async fn join(state: Arc<AppState>) {
 pub async fn register(state: &AppState) -> JoinPlan {
     let mut backoff = Backoff::new();
     loop {
+        let held = match state.replica.held().await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read what this counter holds; not registering");
+                backoff.wait().await;
+                continue;
+            }
+        };
         let request = RegisterRequest {
             id: state.replica.id().clone(),
             url: state.advertise.clone(),
             incarnation: state.replica.status().incarnation,
-            applied_index: state.replica.applied(),
+            applied_index: held.applied,
+            prepared: held.prepared,
+            applied_above: held.applied_above,
         };
         match coordinator_client::register(state, &request).await {
             Ok(plan) => {

@@ -40,6 +40,19 @@ enum Job {
     /// The in-doubt clock ticks: which prepared transactions to ask the
     /// coordinator about now.
     Tick(oneshot::Sender<Vec<TxnId>>),
+    /// What the participant durably holds, for a registration.
+    Holdings(oneshot::Sender<Held>),
+}
+
+/// What a counter durably holds: its gap-free applied index, and above it
+/// the transactions it holds prepared and the indexes applied out of order.
+/// A registration sends all three, so the coordinator can tell an in-sync
+/// counter from a disk restored from an older copy.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub applied: CommitIndex,
+    pub prepared: Vec<TxnId>,
+    pub applied_above: Vec<CommitIndex>,
 }
 
 /// Shared handle on the replica; cheap to clone into handlers and tasks.
@@ -308,6 +321,16 @@ impl Replica {
         rx.await.map_err(|_| Error::WriterGone)
     }
 
+    /// What the participant durably holds, as one snapshot.
+    pub async fn held(&self) -> Result<Held, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job::Holdings(tx))
+            .map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)
+    }
+
     /// Hands entries fetched from a peer to the writer and returns at once,
     /// so the caller can fetch the next ones while these are written.
     /// Imports are written in the order they are queued, and are safe to
@@ -493,8 +516,9 @@ impl Clock {
 }
 
 /// Files a job: a 2PC operation into this batch, an import into the queue;
-/// a tick is answered at once from the participant's durable state (it
-/// changes nothing, so it need not wait for the batch).
+/// a tick or a question about holdings is answered at once from the
+/// participant's durable state (the batch's operations are stepped only
+/// when it is written, and these change nothing).
 fn queue(
     job: Job,
     ops: &mut Vec<WriteOp>,
@@ -509,6 +533,13 @@ fn queue(
             replies.push(reply);
         }
         Job::Import(import) => imports.push(import),
+        Job::Holdings(reply) => {
+            let _ = reply.send(Held {
+                applied: participant.applied().contiguous(),
+                prepared: participant.prepared().collect(),
+                applied_above: participant.applied().above().collect(),
+            });
+        }
         Job::Tick(reply) => {
             let ask = participant
                 .step(Event::Tick { now: clock.now() })

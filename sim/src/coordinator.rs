@@ -384,6 +384,7 @@ impl World {
                     call,
                     incarnation,
                     applied,
+                    holds,
                 },
             ) => {
                 let request = self.request_id(Origin::Counter { counter, call });
@@ -393,6 +394,7 @@ impl World {
                     url: counter_url(counter),
                     incarnation,
                     applied,
+                    holds,
                 });
             }
             (

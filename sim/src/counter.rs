@@ -15,7 +15,7 @@ use crate::net::{counter_id, counter_index, ExportReply, Msg, Node, Reply};
 use crate::world::{Ev, World};
 use std::collections::{BTreeMap, BTreeSet};
 use tally_common::api::{CommitRequest, JoinPlan, Outcome};
-use tally_common::coordinator::{CommitAnswer, JoinRefused, Vote};
+use tally_common::coordinator::{CommitAnswer, Holdings, JoinRefused, Vote};
 use tally_common::membership::HealthReport;
 use tally_common::participant::{Action, Event, Participant, Record};
 use tally_common::time::Millis;
@@ -767,6 +767,10 @@ impl World {
     fn send_register(&mut self, i: usize) {
         let c = &self.counters[i];
         let (incarnation, applied) = (c.disk.incarnation, c.applied());
+        let holds = Holdings {
+            prepared: c.participant.prepared().collect(),
+            applied_above: c.participant.applied().above().collect(),
+        };
         self.counter_call(
             i,
             Node::Coordinator,
@@ -775,6 +779,7 @@ impl World {
                 call,
                 incarnation,
                 applied,
+                holds,
             },
             CALL_TIMEOUT_MS,
         );

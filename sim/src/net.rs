@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use tally_common::api::{CatchUpRequest, CommitRequest, ExportEntry, JoinPlan, Outcome};
-use tally_common::coordinator::{CommitAnswer, JoinRefused, Vote, WriteRefused};
+use tally_common::coordinator::{CommitAnswer, Holdings, JoinRefused, Vote, WriteRefused};
 use tally_common::membership::HealthReport;
 use tally_common::{CommitIndex, CounterId, Incarnation, Item, TxnId};
 
@@ -56,6 +56,7 @@ pub enum Msg {
         call: u64,
         incarnation: Incarnation,
         applied: CommitIndex,
+        holds: Holdings,
     },
     CaughtUp {
         call: u64,

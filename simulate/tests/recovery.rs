@@ -324,9 +324,14 @@ async fn a_stalled_cluster_says_why_and_an_operator_can_promote_by_hand() {
         let health: tally_common::api::Health =
             serde_json::from_str(&body).map_err(|e| e.to_string())?;
         let view = api.cluster().await?;
-        let registered = view.counters.iter().all(|c| c.registered);
+        // Both back: a dead member keeps its registration mark until it
+        // answers again, so "registered" alone can be the old one.
+        let back = view
+            .counters
+            .iter()
+            .all(|c| c.registered && c.state != CounterState::Dead);
         match health.problem {
-            Some(p) if health.status == "stalled" && registered => Ok(p),
+            Some(p) if health.status == "stalled" && back => Ok(p),
             _ => Err(body),
         }
     })

@@ -2,9 +2,11 @@
 //! the operator's promotion, fed to `Cluster`, whose changes are made
 //! durable before anyone acts on them.
 
-use super::{Action, CoordinatorCore, CoreConfig, JoinRefused, Millis, Notice, RequestId, Target};
+use super::{
+    Action, CoordinatorCore, CoreConfig, Holdings, JoinRefused, Millis, Notice, RequestId, Target,
+};
 use crate::membership::HealthReport;
-use crate::{CommitIndex, CounterId, Incarnation};
+use crate::{CommitIndex, CounterId, Incarnation, TxnId};
 use std::collections::HashSet;
 
 /// When the next health round is due, and which checks are still out (a
@@ -80,15 +82,17 @@ impl CoordinatorCore {
         url: String,
         incarnation: Incarnation,
         applied: CommitIndex,
+        holds: Holdings,
         out: &mut Vec<Action>,
     ) {
         if self.refused_claim(request, applied, out) {
             return;
         }
         let now = self.wall_ms();
-        let (mut plan, effects) = self
-            .cluster
-            .register(id.clone(), url, incarnation, applied, now);
+        let lacks = self.first_lacked(applied, &holds);
+        let (mut plan, effects) =
+            self.cluster
+                .register(id.clone(), url, incarnation, applied, lacks, now);
         plan.epoch = self.config.epoch;
         let then = vec![
             Action::Notice(Notice::Registered {
@@ -147,6 +151,22 @@ impl CoordinatorCore {
                 self.carry_out(effects, then, out);
             }
         }
+    }
+
+    /// The lowest logged decision above `applied` that `holds` does not
+    /// cover. Every decision above the trim point is logged, so for an
+    /// in-sync counter this is exact: one that lacks a decision was not
+    /// there for it, whatever its disk says its name is.
+    fn first_lacked(&self, applied: CommitIndex, holds: &Holdings) -> Option<CommitIndex> {
+        let prepared: HashSet<TxnId> = holds.prepared.iter().copied().collect();
+        let applied_above: HashSet<CommitIndex> = holds.applied_above.iter().copied().collect();
+        self.decisions
+            .iter()
+            .filter(|(txn, index)| {
+                **index > applied && !prepared.contains(txn) && !applied_above.contains(index)
+            })
+            .map(|(_, index)| *index)
+            .min()
     }
 
     /// Nobody can have applied what was never decided. A counter claiming

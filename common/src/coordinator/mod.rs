@@ -127,6 +127,16 @@ pub struct RestoredLog {
     pub members: Vec<StoredMember>,
 }
 
+/// What a registering counter holds above its applied index: the
+/// transactions it has prepared and the commit indexes it applied out of
+/// order. An in-sync counter keeps its place only if these cover every
+/// logged decision above its applied index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holdings {
+    pub prepared: Vec<TxnId>,
+    pub applied_above: Vec<CommitIndex>,
+}
+
 /// A counter's answer to a prepare: a yes vote from the life of its data
 /// directory named, with its progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +214,7 @@ pub enum Event {
         url: String,
         incarnation: Incarnation,
         applied: CommitIndex,
+        holds: Holdings,
     },
     /// A joining counter says it fetched everything it was told to.
     CaughtUp {
@@ -412,7 +423,8 @@ impl CoordinatorCore {
                 url,
                 incarnation,
                 applied,
-            } => self.on_register(request, id, url, incarnation, applied, &mut out),
+                holds,
+            } => self.on_register(request, id, url, incarnation, applied, holds, &mut out),
             Event::CaughtUp {
                 request,
                 id,

@@ -23,6 +23,7 @@ fn cluster_of(n: usize) -> (CoordinatorCore, Millis) {
                 url: format!("http://{name}"),
                 incarnation: Incarnation(i as u64),
                 applied: CommitIndex::ZERO,
+                holds: Holdings::default(),
             },
         );
         now = now.plus(1);
@@ -386,4 +387,50 @@ fn a_late_vote_from_another_data_directory_acknowledges_nothing() {
         1,
         "c2's acknowledgement from another disk is not believed"
     );
+}
+
+/// After a coordinator restart nothing says what an in-sync counter held:
+/// its registration must show it holds every logged decision above its
+/// applied index (applied or prepared), or it is a disk restored from an
+/// older copy and must copy what it lacks.
+#[test]
+fn an_in_sync_counter_back_on_an_older_copy_of_its_disk_loses_its_place_after_a_restart() {
+    let stored = |name: &str, i: u64| StoredMember {
+        id: id(name),
+        url: format!("http://{name}"),
+        in_sync: true,
+        incarnation: Some(Incarnation(i)),
+    };
+    let restored = RestoredLog {
+        epoch: 2,
+        decided: CommitIndex(2),
+        decisions: vec![
+            (TxnId::new(1, 1), CommitIndex(1)),
+            (TxnId::new(1, 2), CommitIndex(2)),
+        ],
+        members: vec![stored("c1", 1), stored("c2", 2)],
+    };
+    let mut core = CoordinatorCore::recover(CoreConfig::for_tests(2), restored, Millis(0));
+    let register = |name: &str, i: u64, holds: Holdings| Event::Register {
+        request: RequestId(i),
+        id: id(name),
+        url: format!("http://{name}"),
+        incarnation: Incarnation(i),
+        applied: CommitIndex::ZERO,
+        holds,
+    };
+    // c1 holds both decisions prepared (their commits never reached it).
+    let holds = Holdings {
+        prepared: vec![TxnId::new(1, 1), TxnId::new(1, 2)],
+        applied_above: vec![],
+    };
+    core.step(Millis(0), register("c1", 1, holds));
+    core.step(Millis(0), Event::LogWritten);
+    assert!(core.cluster().member(&id("c1")).unwrap().in_sync);
+    // c2 is back on an old copy of its disk: same incarnation, nothing held.
+    core.step(Millis(0), register("c2", 2, Holdings::default()));
+    core.step(Millis(0), Event::LogWritten);
+    let c2 = core.cluster().member(&id("c2")).unwrap();
+    assert!(!c2.in_sync, "it lacks commits 1 and 2");
+    assert_eq!(core.read_view().readable.len(), 1);
 }
