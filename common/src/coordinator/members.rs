@@ -37,6 +37,15 @@ impl HealthRounds {
     }
 }
 
+/// What a registering counter says about itself.
+pub(super) struct Hello {
+    pub(super) id: CounterId,
+    pub(super) url: String,
+    pub(super) incarnation: Incarnation,
+    pub(super) applied: CommitIndex,
+    pub(super) holds: Holdings,
+}
+
 impl CoordinatorCore {
     pub(super) fn health_round(&mut self, out: &mut Vec<Action>) {
         self.health.next = self.now.plus(self.config.health_interval_ms);
@@ -75,16 +84,14 @@ impl CoordinatorCore {
         self.carry_out(effects, Vec::new(), out);
     }
 
-    pub(super) fn on_register(
-        &mut self,
-        request: RequestId,
-        id: CounterId,
-        url: String,
-        incarnation: Incarnation,
-        applied: CommitIndex,
-        holds: Holdings,
-        out: &mut Vec<Action>,
-    ) {
+    pub(super) fn on_register(&mut self, request: RequestId, hello: Hello, out: &mut Vec<Action>) {
+        let Hello {
+            id,
+            url,
+            incarnation,
+            applied,
+            holds,
+        } = hello;
         if self.refused_claim(request, applied, out) {
             return;
         }

@@ -424,7 +424,16 @@ impl CoordinatorCore {
                 incarnation,
                 applied,
                 holds,
-            } => self.on_register(request, id, url, incarnation, applied, holds, &mut out),
+            } => {
+                let hello = members::Hello {
+                    id,
+                    url,
+                    incarnation,
+                    applied,
+                    holds,
+                };
+                self.on_register(request, hello, &mut out)
+            }
             Event::CaughtUp {
                 request,
                 id,
