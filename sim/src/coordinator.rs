@@ -8,6 +8,7 @@
 use crate::net::{counter_id, counter_index, counter_url, Msg, Node, ReadResult, Reply};
 use crate::world::{Ev, World};
 use std::collections::BTreeMap;
+use tally_common::api::CounterState;
 use tally_common::coordinator::{
     Action, CommitAnswer, CoordinatorCore, CoreConfig, Event, LogWrite, Millis, ReadView,
     RequestId, RestoredLog,
@@ -135,6 +136,66 @@ impl World {
             self.coordinator_carry_out(action);
         }
         self.schedule_tick();
+        self.check_in_sync_set();
+    }
+
+    /// The in-sync set's promise (common/src/membership.rs): a counter the
+    /// coordinator lets vote as in sync and answer reads holds every
+    /// commit decided durably, applied or prepared. Checked for each member
+    /// the coordinator counts as serving whose process runs on the disk the
+    /// coordinator knows and has registered with this coordinator: one that
+    /// restarted and has not registered yet refuses votes and reads by
+    /// itself, which is the rule that makes the coordinator's stale view
+    /// harmless.
+    fn check_in_sync_set(&mut self) {
+        let Some(core) = self.coordinator.core.as_ref() else {
+            return;
+        };
+        let epoch = core.config().epoch;
+        let durable = self.coordinator.log.decided;
+        let mut found = None;
+        for m in core.cluster().members() {
+            if !(m.in_sync && m.registered && m.state == CounterState::Live) {
+                continue;
+            }
+            let Some(i) = counter_index(&m.id.0) else {
+                continue;
+            };
+            let c = &self.counters[i];
+            if !c.up || Some(c.disk.incarnation) != m.incarnation || c.registration.epoch != epoch {
+                continue;
+            }
+            let applied = c.applied();
+            let missing = self
+                .history
+                .decided
+                .range(applied.next()..)
+                .take_while(|(index, _)| **index <= durable)
+                .find(|(index, (txn, _))| {
+                    !c.disk.applied.contains(**index) && !c.disk.prepared.contains_key(txn)
+                });
+            if let Some((index, (txn, _))) = missing {
+                found = Some(format!(
+                    "the coordinator (epoch {epoch}) counts {} as in sync (applied {} by its word), \
+                     but its disk (incarnation {}, applied {applied}) holds neither the commit at \
+                     {index} nor {txn} prepared",
+                    m.id, m.applied, c.disk.incarnation
+                ));
+                break;
+            }
+        }
+        if let Some(detail) = found {
+            if !self
+                .history
+                .violations
+                .iter()
+                .any(|v| v.property == "in-sync set")
+            {
+                let state = self.describe_cluster();
+                self.history
+                    .violation("in-sync set", format!("{detail}\n{state}"));
+            }
+        }
     }
 
     fn schedule_tick(&mut self) {

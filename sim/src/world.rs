@@ -663,7 +663,7 @@ impl World {
         }
     }
 
-    fn describe_cluster(&self) -> String {
+    pub(crate) fn describe_cluster(&self) -> String {
         let mut s = String::new();
         match self.coordinator.core.as_ref() {
             None => s.push_str("coordinator down\n"),
