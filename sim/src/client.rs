@@ -109,7 +109,7 @@ impl World {
     fn client_done(&mut self, c: usize) {
         self.clients[c].busy = Busy::Idle;
         if !self.clients[c].probe {
-            let think = self.rng.range(0, 40);
+            let think = self.rng.range(0, self.settings.think_ms);
             self.schedule(think, Ev::Client { c });
         }
     }

@@ -27,6 +27,10 @@ const MAINTAIN_MS: u64 = 1000;
 const CALL_TIMEOUT_MS: u64 = 1000;
 /// How long a copy may go without data before it counts as cut.
 const COPY_IDLE_MS: u64 = 2000;
+/// Backups kept of a counter's disk.
+const MAX_SNAPSHOTS: usize = 8;
+/// Longest an export stream takes to arrive, well within `COPY_IDLE_MS`.
+const MAX_STREAM_MS: u64 = 1200;
 /// How long a fenced read or an export waits for the applied index.
 const FENCE_TIMEOUT_MS: u64 = 1000;
 
@@ -162,6 +166,9 @@ pub struct Counter {
     last_contact: u64,
     /// Copies of its earlier disks, for restores.
     pub snapshots: Vec<Disk>,
+    /// `(until, release)`: the answers it sends before `until` sit in a
+    /// stalled connection that delivers them only from `release` on.
+    pub stalled: (u64, u64),
 }
 
 impl Counter {
@@ -186,6 +193,7 @@ impl Counter {
             joined: false,
             last_contact: 0,
             snapshots: Vec::new(),
+            stalled: (0, 0),
         }
     }
 
@@ -408,6 +416,16 @@ impl World {
         }
         c.synced = c.appended;
         let synced = c.synced;
+        // Now and then a backup copies the disk as it is now: a later
+        // fault may bring it back in place of the newer one.
+        if self.faults_on && self.rng.chance(0.05) {
+            let c = &mut self.counters[i];
+            c.snapshots.push(c.disk.clone());
+            if c.snapshots.len() > MAX_SNAPSHOTS {
+                c.snapshots.remove(0);
+            }
+        }
+        let c = &mut self.counters[i];
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut c.waiting)
             .into_iter()
             .partition(|(needed, _)| *needed <= synced);
@@ -653,6 +671,7 @@ impl World {
                     until,
                     deadline,
                 } => {
+                    let mut stream_ms = 0;
                     let body = if applied >= until {
                         let disk = &self.counters[i].disk;
                         let mut entries = disk.export(since);
@@ -662,6 +681,9 @@ impl World {
                             entries.truncate(keep);
                             end = false;
                         }
+                        stream_ms = (self.rng.range(0, self.settings.copy_setup_ms)
+                            + entries.len() as u64 * self.settings.copy_ms_per_entry)
+                            .min(MAX_STREAM_MS);
                         Reply::Export(Ok(ExportReply {
                             incarnation: disk.incarnation,
                             entries,
@@ -673,10 +695,11 @@ impl World {
                         kept.push(p);
                         continue;
                     };
-                    self.send(
+                    self.send_after(
                         Node::Counter(i),
                         Node::Counter(peer),
                         Msg::Reply { call, body },
+                        stream_ms,
                     );
                 }
             }

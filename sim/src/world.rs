@@ -23,6 +23,10 @@ pub struct Settings {
     pub min_insync: usize,
     pub clients: usize,
     pub tenants: usize,
+    /// Longest pause of a client between two operations: most runs keep
+    /// the cluster busy, some leave it quiet for long stretches, when no
+    /// commit moves the decided index while membership changes.
+    pub think_ms: u64,
     pub max_queued: usize,
     pub prepare_timeout_ms: u64,
     /// Faults happen from the start until this time.
@@ -35,6 +39,11 @@ pub struct Settings {
     pub crash_after_vote: f64,
     /// Chance that an export stream is cut.
     pub cut_stream: f64,
+    /// How long an export stream takes to start (at most) and per entry
+    /// it carries: a copy is not instant, and a joiner answers health
+    /// checks while it runs.
+    pub copy_setup_ms: u64,
+    pub copy_ms_per_entry: u64,
     /// Once faults stop, everything must work again within this time.
     pub liveness_ms: u64,
     pub rejoin_after_ms: u64,
@@ -57,6 +66,11 @@ impl Settings {
             },
             clients: rng.range(2, 4) as usize,
             tenants: rng.range(1, 3) as usize,
+            think_ms: if rng.chance(0.4) {
+                rng.range(300, 2500)
+            } else {
+                40
+            },
             max_queued: if rng.chance(0.2) {
                 rng.range(1, 4) as usize
             } else {
@@ -68,10 +82,21 @@ impl Settings {
             crash_after_decision: [0.0, 0.05, 0.2][rng.pick(3)],
             crash_after_vote: [0.0, 0.02, 0.1][rng.pick(3)],
             cut_stream: [0.0, 0.2, 0.5][rng.pick(3)],
+            copy_setup_ms: [1, 200, 600][rng.pick(3)],
+            copy_ms_per_entry: [0, 5, 20][rng.pick(3)],
             liveness_ms: 15_000,
             rejoin_after_ms: 3000,
         }
     }
+}
+
+/// How a counter loses its disk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DiskLoss {
+    /// An empty data directory: a new incarnation.
+    Wipe,
+    /// An older copy of its own disk: the same incarnation, less data.
+    Restore,
 }
 
 /// Something that will happen.
@@ -107,6 +132,14 @@ pub(crate) enum Ev {
         c: usize,
     },
     Fault,
+    /// Counter `i`, if still in that life, loses its disk.
+    LoseDisk {
+        i: usize,
+        life: u64,
+        loss: DiskLoss,
+        /// When it restarts, after the loss.
+        back: u64,
+    },
     Crash {
         node: Node,
         life: u64,
@@ -261,6 +294,12 @@ impl World {
     /// unlucky; otherwise delivered after a delay (which reorders), maybe
     /// twice.
     pub(crate) fn send(&mut self, from: Node, to: Node, msg: Msg) {
+        self.send_after(from, to, msg, 0);
+    }
+
+    /// As [`World::send`], for a message that takes `extra` ms more to
+    /// arrive (a long stream).
+    pub(crate) fn send_after(&mut self, from: Node, to: Node, msg: Msg, extra: u64) {
         let Some(life) = self.life_of(to) else {
             return;
         };
@@ -277,7 +316,7 @@ impl World {
             1
         };
         for _ in 0..copies {
-            let mut delay = self.rng.range(1, 6) + self.net.slow;
+            let mut delay = self.rng.range(1, 6) + self.net.slow + extra;
             if self.rng.chance(0.05) {
                 delay += self.rng.range(10, 60);
             }
@@ -285,6 +324,11 @@ impl World {
             // answer that arrives after its sender restarted.
             if self.faults_on && self.rng.chance(0.01) {
                 delay += self.rng.range(100, 450);
+            } else if let (Node::Counter(i), Msg::Reply { .. }) = (from, &msg) {
+                let (until, release) = self.counters[i].stalled;
+                if self.now < until {
+                    delay = delay.max(release - self.now) + self.rng.range(0, 20);
+                }
             }
             self.schedule(
                 delay,
@@ -359,6 +403,16 @@ impl World {
             }
             Ev::Client { c } => self.client_next(c),
             Ev::Fault => self.fault(),
+            Ev::LoseDisk {
+                i,
+                life,
+                loss,
+                back,
+            } => {
+                if self.counter_life(i) == Some(life) && self.faults_on {
+                    self.lose_disk(i, loss, back);
+                }
+            }
             Ev::Crash { node, life } => {
                 if self.life_of(node) == Some(life) {
                     self.crash(node);
@@ -463,43 +517,37 @@ impl World {
                     },
                 );
             }
-            34..=41 if self.disk_may_be_lost(i) => {
-                self.trace(|| format!("FAULT: wipe c{i}"));
-                self.counter_crash(i);
-                let incarnation = Incarnation(self.rng.next_u64() >> 1);
-                self.counters[i].disk = crate::disk::Disk::new(incarnation);
-                self.counters[i].snapshots.clear();
+            34..=49 => {
+                let loss = if self.rng.chance(0.4) {
+                    DiskLoss::Wipe
+                } else {
+                    DiskLoss::Restore
+                };
                 let back = self.rng.range(10, 600);
-                self.schedule(
-                    back,
-                    Ev::Restart {
-                        node: Node::Counter(i),
-                    },
-                );
-            }
-            42..=49 => {
-                let snapshot = self.counters[i]
-                    .snapshots
-                    .iter()
-                    .rev()
-                    .find(|d| d.incarnation == self.counters[i].disk.incarnation)
-                    .cloned();
-                if let Some(old) = snapshot.filter(|_| self.disk_may_be_lost(i)) {
+                if self.rng.chance(0.7) {
+                    // Its connection to the coordinator stalls first, for
+                    // about a health round: what it answers in its last
+                    // moments (a health check, a commit) arrives after it
+                    // came back on the other disk and registered.
+                    let after = self.rng.range(100, 300);
+                    let back = self.rng.range(5, 100);
+                    let release = self.now + after + back + self.rng.range(10, 100);
+                    self.counters[i].stalled = (self.now + after, release);
+                    let life = self.counters[i].life;
                     self.trace(|| {
-                        format!(
-                            "FAULT: c{i} restarts on an older copy of its disk (applied {})",
-                            old.applied.contiguous()
-                        )
+                        format!("FAULT: c{i}'s connection stalls; its disk goes in {after} ms")
                     });
-                    self.counter_crash(i);
-                    self.counters[i].disk = old;
-                    let back = self.rng.range(10, 600);
                     self.schedule(
-                        back,
-                        Ev::Restart {
-                            node: Node::Counter(i),
+                        after,
+                        Ev::LoseDisk {
+                            i,
+                            life,
+                            loss,
+                            back,
                         },
                     );
+                } else {
+                    self.lose_disk(i, loss, back);
                 }
             }
             50..=53 => {
@@ -564,6 +612,59 @@ impl World {
             }
             _ => {}
         }
+    }
+
+    /// Counter `i` dies and comes back on another disk: an empty one (a
+    /// new incarnation) or an older copy of its own (the same one). Only
+    /// when losing its disk cannot lose data the cluster needs.
+    fn lose_disk(&mut self, i: usize, loss: DiskLoss, back: u64) {
+        if !self.disk_may_be_lost(i) {
+            return;
+        }
+        let disk = match loss {
+            DiskLoss::Wipe => {
+                self.trace(|| format!("FAULT: wipe c{i}"));
+                let incarnation = Incarnation(self.rng.next_u64() >> 1);
+                self.counters[i].snapshots.clear();
+                crate::disk::Disk::new(incarnation)
+            }
+            DiskLoss::Restore => {
+                let incarnation = self.counters[i].disk.incarnation;
+                // A copy that lacks something, if there is one: restoring
+                // the disk as it is now tests nothing.
+                let c = &self.counters[i];
+                let same: Vec<&crate::disk::Disk> = c
+                    .snapshots
+                    .iter()
+                    .filter(|d| d.incarnation == incarnation)
+                    .collect();
+                let older: Vec<&crate::disk::Disk> = same
+                    .iter()
+                    .copied()
+                    .filter(|d| d.applied.contiguous() < c.applied())
+                    .collect();
+                let copies = if older.is_empty() { same } else { older };
+                if copies.is_empty() {
+                    return;
+                }
+                let old = copies[self.rng.pick(copies.len())].clone();
+                self.trace(|| {
+                    format!(
+                        "FAULT: c{i} restarts on an older copy of its disk (applied {})",
+                        old.applied.contiguous()
+                    )
+                });
+                old
+            }
+        };
+        self.counter_crash(i);
+        self.counters[i].disk = disk;
+        self.schedule(
+            back,
+            Ev::Restart {
+                node: Node::Counter(i),
+            },
+        );
     }
 
     fn faults_end(&mut self) {
