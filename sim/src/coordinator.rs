@@ -80,6 +80,10 @@ pub struct Coordinator {
     reads: BTreeMap<u64, ReadJob>,
     tick_at: Option<u64>,
     next_request: u64,
+    /// Each read starts from the next readable counter, as the binary's
+    /// reads do (coordinator/src/reads.rs), so every readable counter
+    /// answers reads, not only the first.
+    read_cursor: usize,
 }
 
 impl World {
@@ -114,6 +118,7 @@ impl World {
         c.calls.clear();
         c.reads.clear();
         c.tick_at = None;
+        c.read_cursor = 0;
         self.trace(|| "coordinator crashes".to_string());
     }
 
@@ -486,7 +491,12 @@ impl World {
                 let Some(core) = self.coordinator.core.as_ref() else {
                     return;
                 };
-                let view = core.read_view();
+                let mut view = core.read_view();
+                if !view.readable.is_empty() {
+                    let start = self.coordinator.read_cursor % view.readable.len();
+                    view.readable.rotate_left(start);
+                }
+                self.coordinator.read_cursor += 1;
                 self.trace(|| format!("coordinator read {read} of {tenant}: {view:?}"));
                 self.coordinator.reads.insert(
                     read,
