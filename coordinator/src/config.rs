@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tally_common::coordinator::CoreConfig;
 use tally_common::items::ItemLimits;
+use tally_common::limits::MAX_TXN_ITEMS;
 use tally_common::membership::MembershipConfig;
 use tally_server::flags::{at_least_one, at_least_one_u32, positive_duration};
 
@@ -79,7 +80,9 @@ pub struct Args {
     #[arg(long, env = "TALLY_MAX_ITEMS", default_value_t = 100_000, value_parser = at_least_one)]
     pub max_items: usize,
     /// Most items grouped into one transaction (a larger request is its own).
-    #[arg(long, env = "TALLY_MAX_TXN_ITEMS", default_value_t = 20_000, value_parser = at_least_one)]
+    // The counters' body limit is derived from the same default
+    // (tally_common::limits), so they accept every transaction it makes.
+    #[arg(long, env = "TALLY_MAX_TXN_ITEMS", default_value_t = MAX_TXN_ITEMS, value_parser = at_least_one)]
     pub max_txn_items: usize,
     /// Transactions in flight at once.
     #[arg(long, env = "TALLY_MAX_INFLIGHT_TXNS", default_value_t = 4, value_parser = at_least_one)]
