@@ -28,6 +28,10 @@ pub struct Settings {
     pub read_timeout: Duration,
     pub health_timeout: Duration,
     pub catch_up_call_timeout: Duration,
+    /// How long a call to a counter may take to connect.
+    pub connect_timeout: Duration,
+    /// How long a pooled connection to a counter may idle.
+    pub client_idle_timeout: Duration,
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
     pub item_limits: ItemLimits,
@@ -125,6 +129,9 @@ impl Args {
                 .health_interval
                 .clamp(Duration::from_millis(500), Duration::from_secs(2)),
             catch_up_call_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            // Less than the counters' idle close (`ServeLimits` says why).
+            client_idle_timeout: self.serve.client_idle_timeout(),
             max_body_bytes: self.max_body_bytes,
             body_read_timeout: self.body_read_timeout,
             item_limits: ItemLimits {
