@@ -51,10 +51,7 @@ pub async fn run(
         );
     }
     let settings = args.settings();
-    let counters = client::CounterClient::new(
-        token.get().map(str::to_string),
-        args.serve.client_idle_timeout(),
-    );
+    let counters = client::CounterClient::new(token.get().map(str::to_string), &settings);
     let (driver, driver_task) =
         driver::Driver::start(core, log, counters.clone(), settings.clone());
     let shared = Arc::new(state::Shared {

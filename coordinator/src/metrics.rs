@@ -9,10 +9,10 @@
 //! counter that left the view stop being refreshed and expire.
 
 use crate::error::Error;
-use crate::state::now_ms;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tally_common::api::{ClusterView, CounterState};
 
 /// Size buckets for items or requests per transaction (group commit size).
@@ -189,4 +189,11 @@ impl Stats {
             now_ms: now_ms(),
         }
     }
+}
+
+/// Wall-clock milliseconds, for the dashboard's rates only.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -19,13 +19,11 @@ mod error;
 mod http;
 mod import_queue;
 mod in_doubt;
-mod item_filter;
 mod metrics;
 mod register;
 mod replica;
 mod state;
 mod store;
-mod unindexed;
 
 pub use config::Args;
 pub use error::Error;
