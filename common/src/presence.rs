@@ -243,6 +243,16 @@ impl PresenceTable {
         self.frontends.len()
     }
 
+    /// Whether `frontend` has a lease running.
+    pub fn has_frontend(&self, frontend: &FrontendId) -> bool {
+        self.frontends.contains_key(frontend)
+    }
+
+    /// (frontend, key) counts held: what the table's memory grows with.
+    pub fn entries(&self) -> usize {
+        self.frontends.values().map(|f| f.counts.len()).sum()
+    }
+
     /// Keys with at least one socket somewhere.
     pub fn keys(&self) -> usize {
         self.keys.len()

@@ -34,6 +34,7 @@ use utoipa::{OpenApi, ToSchema};
         http::metrics,
         http::stats,
         http::openapi_json,
+        crate::presence::http::count,
     ),
     components(schemas(
         Item,
@@ -52,6 +53,9 @@ use utoipa::{OpenApi, ToSchema};
     tags(
         (name = "items", description = "Adding items and reading counts."),
         (name = "operations", description = "What an operator and the dashboard look at."),
+        (name = "presence", description = "Clients connected to a key right now. Joining is a \
+            WebSocket at `GET /presence/{tenant}/{key}`, which OpenAPI cannot describe \
+            (docs/api.md)."),
     )
 )]
 pub struct ApiDoc;

@@ -21,6 +21,7 @@ mod import_queue;
 mod in_doubt;
 mod item_filter;
 mod metrics;
+mod presence;
 mod register;
 mod replica;
 mod state;
@@ -90,10 +91,15 @@ pub async fn run(
         register_again: tokio::sync::Notify::new(),
         metrics: metrics::install().map_err(|e| Error::process("the metrics recorder", e))?,
         tasks: state::Tasks::default(),
+        presence: Default::default(),
         settings,
     });
 
     state.tasks.spawn("register", register::join(state.clone()));
+    state.tasks.spawn(
+        "presence leases",
+        presence::expire_leases(state.presence.clone()),
+    );
     let served = tally_server::serve(listener, http::router(state.clone()), &args.serve, shutdown)
         .await
         .map_err(|e| Error::process("the HTTP server", e));
