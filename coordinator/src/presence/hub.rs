@@ -271,7 +271,7 @@ impl Hub {
         let Inner { keys, owners, .. } = &mut *inner;
         for others in update.others {
             let key = PresenceKey::new(others.tenant, others.key);
-            if !owner_of(&key, owners).is_some_and(|o| &o.id == owner) {
+            if owner_of(&key, owners).is_none_or(|o| &o.id != owner) {
                 continue;
             }
             if let Some(local) = keys.get_mut(&key) {
