@@ -11,7 +11,7 @@
 //! carries HTTP in and out, so it imports nothing else of the counter.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -91,7 +91,7 @@ pub fn router<S>(presence: Arc<Presence>, token: ClusterToken) -> Router<S> {
     Router::new()
         .route("/internal/presence/report", post(report))
         .route("/internal/presence/updates", get(updates))
-        .route("/internal/presence/count/{tenant}/{key}", get(count))
+        .route("/internal/presence/count", get(count))
         .route_layer(middleware::from_fn_with_state(token, require_token))
         .with_state(presence)
 }
@@ -178,11 +178,18 @@ async fn updates(
         .into_response()
 }
 
+#[derive(serde::Deserialize)]
+struct CountQuery {
+    tenant: String,
+    key: String,
+}
+
 /// The total of a key over every frontend, for a frontend asked for a
-/// count of a key it has no socket of.
+/// count of a key it has no socket of. Tenant and key travel in the query,
+/// where `.` and `..` survive URL normalisation.
 async fn count(
     State(presence): State<Arc<Presence>>,
-    Path((tenant, key)): Path<(String, String)>,
+    Query(CountQuery { tenant, key }): Query<CountQuery>,
 ) -> Json<Count> {
     let key = PresenceKey::new(tenant, key);
     Json(Count {

@@ -132,14 +132,15 @@ pub(crate) async fn count(
         .hub
         .owner_of(&key)
         .ok_or_else(|| Error::Unavailable("no live counter to own presence keys".into()))?;
-    let mut url = reqwest::Url::parse(&owner.url)
-        .map_err(|e| Error::Unavailable(format!("counter {} has a bad URL: {e}", owner.id)))?;
-    url.path_segments_mut()
-        .map_err(|()| Error::Unavailable(format!("counter {} has a bad URL", owner.id)))?
-        .extend(["internal", "presence", "count", &key.tenant, &key.key]);
     let answer = frontend
         .link
-        .with_token(frontend.link.http.get(url))
+        .with_token(
+            frontend
+                .link
+                .http
+                .get(format!("{}/internal/presence/count", owner.url)),
+        )
+        .query(&[("tenant", &key.tenant), ("key", &key.key)])
         .timeout(Duration::from_secs(2))
         .send()
         .await
