@@ -92,6 +92,12 @@ mod tests {
             assert_eq!(tenant["schema"]["maxLength"], defaults.max_field_bytes);
             assert_eq!(tenant["schema"]["minLength"], 1);
         }
+        let presence = &doc["paths"]["/presence/{tenant}/{key}/count"]["get"]["parameters"];
+        for (i, name) in ["tenant", "key"].into_iter().enumerate() {
+            assert_eq!(presence[i]["name"], name);
+            assert_eq!(presence[i]["schema"]["maxLength"], defaults.max_field_bytes);
+            assert_eq!(presence[i]["schema"]["minLength"], 1);
+        }
     }
 
     #[test]

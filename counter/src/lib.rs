@@ -6,7 +6,9 @@
 //! cluster and back after the coordinator restarts, `in_doubt` settles
 //! prepared transactions whose outcome never came, `catch_up` copies what
 //! it missed from peers, all calling the coordinator through
-//! `coordinator_client`. `state` is what they share, including the
+//! `coordinator_client`. `presence` sums the coordinators' presence
+//! sockets for the keys this counter owns (nothing durable, nothing of the
+//! replica). `state` is what they share, including the
 //! background tasks, which [`run`] stops and joins before it returns.
 //!
 //! Modules depend on each other in one direction only (no cycles); the
