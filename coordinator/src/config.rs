@@ -95,6 +95,8 @@ pub struct Args {
     #[arg(long, env = "TALLY_MAX_QUEUED_WRITES", default_value_t = 20_000, value_parser = at_least_one)]
     pub max_queued_writes: usize,
     #[command(flatten)]
+    pub presence: crate::presence::config::PresenceArgs,
+    #[command(flatten)]
     pub serve: tally_server::ServeLimits,
     #[command(flatten)]
     pub process: tally_server::ProcessArgs,

@@ -37,6 +37,14 @@ pub fn install() -> Result<PrometheusHandle, Error> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(
+        "tally_presence_sockets",
+        "Presence WebSockets open on this coordinator."
+    );
+    describe_counter!(
+        "tally_presence_refused_total",
+        "Presence WebSockets closed at once by a bound (reason: coordinator_full, key_full)."
+    );
+    describe_gauge!(
         "tally_decided_index",
         "Commit index of the last transaction the coordinator decided to commit."
     );

@@ -24,7 +24,7 @@ mod token;
 pub use fallback::method_not_allowed;
 pub use healthcheck::probe;
 pub use limits::ServeLimits;
-pub use listen::serve;
+pub use listen::{raise_open_file_limit, serve};
 pub use logging::{init_logging, LogFormat, ProcessArgs};
 pub use memory::disable_transparent_huge_pages;
 pub use metrics::{install_recorder, track_requests};
