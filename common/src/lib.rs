@@ -16,6 +16,7 @@ pub mod items;
 pub mod limits;
 pub mod membership;
 pub mod participant;
+pub mod presence;
 pub mod registration;
 pub mod time;
 pub mod token;

@@ -6,7 +6,7 @@
 //! The counter's writer thread feeds every operation of a storage batch,
 //! every clock tick and every answer about an in-doubt transaction
 //! through [`Participant::step`] and carries out the [`Action`]s in one
-//! durable write (`counter/src/store.rs`); the items themselves are payload
+//! durable write (`counter/src/store/batch.rs`); the items themselves are payload
 //! the participant never looks at, so they stay in the carrier and in
 //! storage. Every change of what is prepared or applied comes with a
 //! [`Record`] to persist, which is why a restart, [`Participant::recover`]

@@ -24,7 +24,7 @@
 //! - `write r1 a b`: client request `r1` adds items `a` and `b`.
 //! - `vote txn=1.1 c1 yes|fail|incarnation=9 [applied=N]`: a vote by hand
 //!   (`fail`: an error or timeout; `incarnation=`: a yes from another disk).
-//! - `commit-answer c1 index=1 applied|not-prepared|failed [through=N]`.
+//! - `commit-answer c1 index=1 applied|not-prepared|failed [through=N] [incarnation=N]` (`incarnation=`: an answer from another disk).
 //! - `health c2 ok [applied=N] [registered] [catching-up] [incarnation=N]`,
 //!   `health c2 fail`.
 //! - `log-written`: the outstanding `write-log` is durable; the runner keeps
@@ -414,7 +414,11 @@ impl ScenarioRunner {
                             "{name}: commit {}@{} → ok applied={applied}",
                             c.txn, c.index
                         )?;
-                        CommitAnswer::Applied { applied }
+                        let incarnation = self.counter(name)?.incarnation;
+                        CommitAnswer::Applied {
+                            applied,
+                            incarnation,
+                        }
                     } else {
                         writeln!(
                             out,
@@ -722,8 +726,19 @@ impl goldenscript::Runner for ScenarioRunner {
                 let name = args.next_pos().ok_or("commit-answer NAME")?.to_string();
                 let index = CommitIndex(num(&mut args, "index")?.ok_or("index=N")?);
                 let through = CommitIndex(num(&mut args, "through")?.unwrap_or(index.0));
+                // The disk it answers from: the one registered, unless named.
+                let registered = self
+                    .core()?
+                    .cluster()
+                    .member(&CounterId::from(name.as_str()))
+                    .and_then(|m| m.incarnation)
+                    .unwrap_or_default();
+                let incarnation = num(&mut args, "incarnation")?.map_or(registered, Incarnation);
                 let answer = match args.next_pos().map(str::to_string).as_deref() {
-                    Some("applied") => CommitAnswer::Applied { applied: through },
+                    Some("applied") => CommitAnswer::Applied {
+                        applied: through,
+                        incarnation,
+                    },
                     Some("not-prepared") => CommitAnswer::NotPrepared,
                     Some("failed") => CommitAnswer::Failed("timed out".into()),
                     _ => return Err("applied|not-prepared|failed".into()),

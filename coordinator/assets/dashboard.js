@@ -170,6 +170,57 @@ $("watch-form").addEventListener("submit", (event) => {
   if (tenant) watch(tenant);
 });
 
+// ---- presence ----------------------------------------------------------------
+
+// The page joins a key's presence over a WebSocket (so it counts itself) and
+// shows the number the server pushes; Join again on another key leaves the
+// first. It does not reconnect by itself: a closed socket says why.
+let presence = null;
+
+function leavePresence() {
+  if (presence) {
+    presence.onclose = null;
+    presence.close();
+    presence = null;
+  }
+  $("presence-button").textContent = "Join";
+}
+
+function joinPresence(tenant, key) {
+  leavePresence();
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  const url = scheme + location.host + "/presence/" + encodeURIComponent(tenant) + "/" + encodeURIComponent(key);
+  $("presence-count").textContent = "–";
+  $("presence-label").textContent = tenant + " / " + key;
+  $("presence-status").textContent = "connecting…";
+  const socket = new WebSocket(url);
+  presence = socket;
+  $("presence-button").textContent = "Leave";
+  socket.onmessage = (event) => {
+    $("presence-count").textContent = JSON.parse(event.data).count;
+    $("presence-status").textContent = "joined, updated " + new Date().toLocaleTimeString();
+  };
+  socket.onclose = (event) => {
+    if (presence !== socket) return;
+    presence = null;
+    $("presence-button").textContent = "Join";
+    $("presence-status").textContent = "closed (" + event.code + (event.reason ? ": " + event.reason : "") + ")";
+    $("presence-status").dataset.closeCode = event.code;
+  };
+}
+
+$("presence-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (presence) {
+    leavePresence();
+    $("presence-status").textContent = "left";
+    return;
+  }
+  const tenant = $("presence-tenant").value.trim();
+  const key = $("presence-key").value.trim();
+  if (tenant && key) joinPresence(tenant, key);
+});
+
 // ---- writes ----------------------------------------------------------------
 
 async function postItems(items) {

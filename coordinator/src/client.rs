@@ -3,6 +3,7 @@
 //! timeout, and any answer that is not a well-formed success is a failure,
 //! so a counter that answers garbage is never trusted.
 
+use crate::config::Settings;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -55,14 +56,14 @@ pub struct CounterClient {
 }
 
 impl CounterClient {
-    /// `idle`: how long a pooled connection may idle; less than the
-    /// counters' idle close (`ServeLimits::client_idle_timeout`).
-    pub fn new(token: Option<String>, idle: Duration) -> Self {
+    /// A client with the connect and idle timeouts of `settings`; each
+    /// call sets its own total timeout.
+    pub fn new(token: Option<String>, settings: &Settings) -> Self {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
-            .pool_idle_timeout(idle)
+            .pool_idle_timeout(settings.client_idle_timeout)
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(1))
+            .connect_timeout(settings.connect_timeout)
             .build()
             .expect("the HTTP client builds with static settings");
         CounterClient { http, token }

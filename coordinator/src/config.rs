@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tally_common::coordinator::CoreConfig;
 use tally_common::items::ItemLimits;
+use tally_common::limits::MAX_TXN_ITEMS;
 use tally_common::membership::MembershipConfig;
 use tally_server::flags::{at_least_one, at_least_one_u32, positive_duration};
 
@@ -27,6 +28,10 @@ pub struct Settings {
     pub read_timeout: Duration,
     pub health_timeout: Duration,
     pub catch_up_call_timeout: Duration,
+    /// How long a call to a counter may take to connect.
+    pub connect_timeout: Duration,
+    /// How long a pooled connection to a counter may idle.
+    pub client_idle_timeout: Duration,
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
     pub item_limits: ItemLimits,
@@ -79,7 +84,9 @@ pub struct Args {
     #[arg(long, env = "TALLY_MAX_ITEMS", default_value_t = 100_000, value_parser = at_least_one)]
     pub max_items: usize,
     /// Most items grouped into one transaction (a larger request is its own).
-    #[arg(long, env = "TALLY_MAX_TXN_ITEMS", default_value_t = 20_000, value_parser = at_least_one)]
+    // The counters' body limit is derived from the same default
+    // (tally_common::limits), so they accept every transaction it makes.
+    #[arg(long, env = "TALLY_MAX_TXN_ITEMS", default_value_t = MAX_TXN_ITEMS, value_parser = at_least_one)]
     pub max_txn_items: usize,
     /// Transactions in flight at once.
     #[arg(long, env = "TALLY_MAX_INFLIGHT_TXNS", default_value_t = 4, value_parser = at_least_one)]
@@ -87,6 +94,8 @@ pub struct Args {
     /// Write requests that may wait for a transaction; beyond, 503.
     #[arg(long, env = "TALLY_MAX_QUEUED_WRITES", default_value_t = 20_000, value_parser = at_least_one)]
     pub max_queued_writes: usize,
+    #[command(flatten)]
+    pub presence: crate::presence::config::PresenceArgs,
     #[command(flatten)]
     pub serve: tally_server::ServeLimits,
     #[command(flatten)]
@@ -122,6 +131,9 @@ impl Args {
                 .health_interval
                 .clamp(Duration::from_millis(500), Duration::from_secs(2)),
             catch_up_call_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            // Less than the counters' idle close (`ServeLimits` says why).
+            client_idle_timeout: self.serve.client_idle_timeout(),
             max_body_bytes: self.max_body_bytes,
             body_read_timeout: self.body_read_timeout,
             item_limits: ItemLimits {

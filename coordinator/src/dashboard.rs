@@ -1,8 +1,8 @@
 //! The web dashboard at `/`: one HTML page, its stylesheet and its script,
 //! compiled into the binary with `include_str!` so the coordinator serves
 //! it with no files to deploy, no CDN and no build step. The page only
-//! reads the public API (`/cluster`, `/stats`, the count stream) and writes
-//! through `POST /items`, like any other client.
+//! reads the public API (`/cluster`, `/stats`, the count stream, a presence
+//! WebSocket) and writes through `POST /items`, like any other client.
 
 use axum::http::header;
 use axum::response::IntoResponse;

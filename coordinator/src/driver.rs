@@ -356,6 +356,7 @@ impl Io {
                     let answer = match counters.commit(&to.url, &to.id, commit, timeout).await {
                         Ok(status) => CommitAnswer::Applied {
                             applied: status.applied_index,
+                            incarnation: status.incarnation,
                         },
                         Err(CallError::Status { status, .. }) if status.as_u16() == 409 => {
                             CommitAnswer::NotPrepared

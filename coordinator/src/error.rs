@@ -1,10 +1,19 @@
 //! The coordinator's one error type; every HTTP error answer comes from
-//! `impl IntoResponse` here.
+//! `impl IntoResponse` here. And the policy for poisoned locks.
+//!
+//! **Poisoned locks.** The same as the counter's (`tally_server::locks`):
+//! [`lock`] logs which lock it was and exits the process. Protocol state
+//! has no lock (the driver owns it); what sits behind one is the reads in
+//! flight, which a half-finished change could leave pointing later reads
+//! at an answer that never comes, and which a restart simply starts
+//! without. Everything acknowledged is in the decision log.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tally_common::api::Message;
+
+pub use tally_server::locks::lock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -58,6 +58,8 @@ pub struct AppState {
     pub openapi: Arc<serde_json::Value>,
     pub token: ClusterToken,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The presence frontend (`presence/`), with routes of its own.
+    pub presence: Arc<crate::presence::Frontend>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -83,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/dashboard.css", get(dashboard::style))
         .route("/assets/dashboard.js", get(dashboard::script))
         .merge(internal)
+        .merge(crate::presence::router(state.presence.clone()))
         .method_not_allowed_fallback(tally_server::method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn(tally_server::track_requests))

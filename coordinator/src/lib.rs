@@ -17,6 +17,7 @@ mod log;
 mod metrics;
 mod notices;
 mod openapi;
+mod presence;
 mod reads;
 mod schema;
 mod state;
@@ -35,6 +36,9 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    if let Some(primary) = args.presence.frontend_of.clone() {
+        return presence::serve_only(args, primary, listener, shutdown).await;
+    }
     let metrics = metrics::install()?;
     let (log, restored) = log::DecisionLog::open(&args.data_dir)?;
     tracing::info!(
@@ -51,12 +55,17 @@ pub async fn run(
         );
     }
     let settings = args.settings();
-    let counters = client::CounterClient::new(
-        token.get().map(str::to_string),
-        args.serve.client_idle_timeout(),
-    );
+    let counters = client::CounterClient::new(token.get().map(str::to_string), &settings);
     let (driver, driver_task) =
         driver::Driver::start(core, log, counters.clone(), settings.clone());
+    let presence = presence::start(
+        &args.presence,
+        presence::OwnerSource::Driver(driver.clone()),
+        token.get().map(str::to_string),
+        args.serve.client_idle_timeout(),
+        settings.item_limits,
+    )?;
+    tally_server::raise_open_file_limit(args.serve.max_connections + args.presence.max_sockets);
     let shared = Arc::new(state::Shared {
         settings,
         driver: driver.clone(),
@@ -70,8 +79,11 @@ pub async fn run(
         openapi,
         token,
         metrics,
+        presence: presence.frontend.clone(),
     });
+    let shutdown = presence.then_stop(shutdown);
     let served = tally_server::serve(listener, app, &args.serve, shutdown).await;
+    presence.stop().await;
     driver.stop();
     let _ = driver_task.await;
     served.map_err(|e| Error::Io(e.to_string()))?;

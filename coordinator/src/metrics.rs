@@ -9,10 +9,10 @@
 //! counter that left the view stop being refreshed and expire.
 
 use crate::error::Error;
-use crate::state::now_ms;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tally_common::api::{ClusterView, CounterState};
 
 /// Size buckets for items or requests per transaction (group commit size).
@@ -36,6 +36,14 @@ pub fn install() -> Result<PrometheusHandle, Error> {
 /// `_counter_` in it reads as the Prometheus type to promtool and to people.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "tally_presence_sockets",
+        "Presence WebSockets open on this coordinator."
+    );
+    describe_counter!(
+        "tally_presence_refused_total",
+        "Presence WebSockets closed at once by a bound (reason: coordinator_full, key_full)."
+    );
     describe_gauge!(
         "tally_decided_index",
         "Commit index of the last transaction the coordinator decided to commit."
@@ -189,4 +197,11 @@ impl Stats {
             now_ms: now_ms(),
         }
     }
+}
+
+/// Wall-clock milliseconds, for the dashboard's rates only.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

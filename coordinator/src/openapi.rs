@@ -34,6 +34,7 @@ use utoipa::{OpenApi, ToSchema};
         http::metrics,
         http::stats,
         http::openapi_json,
+        crate::presence::http::count,
     ),
     components(schemas(
         Item,
@@ -52,6 +53,9 @@ use utoipa::{OpenApi, ToSchema};
     tags(
         (name = "items", description = "Adding items and reading counts."),
         (name = "operations", description = "What an operator and the dashboard look at."),
+        (name = "presence", description = "Clients connected to a key right now. Joining is a \
+            WebSocket at `GET /presence/{tenant}/{key}`, which OpenAPI cannot describe \
+            (docs/api.md)."),
     )
 )]
 pub struct ApiDoc;
@@ -87,6 +91,12 @@ mod tests {
             assert_eq!(tenant["name"], "tenant");
             assert_eq!(tenant["schema"]["maxLength"], defaults.max_field_bytes);
             assert_eq!(tenant["schema"]["minLength"], 1);
+        }
+        let presence = &doc["paths"]["/presence/{tenant}/{key}/count"]["get"]["parameters"];
+        for (i, name) in ["tenant", "key"].into_iter().enumerate() {
+            assert_eq!(presence[i]["name"], name);
+            assert_eq!(presence[i]["schema"]["maxLength"], defaults.max_field_bytes);
+            assert_eq!(presence[i]["schema"]["minLength"], 1);
         }
     }
 

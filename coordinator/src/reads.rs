@@ -10,7 +10,7 @@
 
 use crate::client::CounterClient;
 use crate::driver::Driver;
-use crate::error::Error;
+use crate::error::{lock, Error};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -42,7 +42,7 @@ impl ReadsInFlight {
     /// the one joined was dropped before answering (its client went away).
     async fn join(&self, tenant: &str, fence: CommitIndex) -> Option<Result<u64, String>> {
         let mut rx = {
-            let by_tenant = self.by_tenant.lock().expect("poisoned");
+            let by_tenant = lock(&self.by_tenant, "the reads in flight");
             by_tenant
                 .get(tenant)
                 .filter(|(carried, _)| *carried >= fence)
@@ -57,9 +57,7 @@ impl ReadsInFlight {
     /// those already waiting on it.
     fn lead(&self, tenant: &str, fence: CommitIndex) -> Leader {
         let (tx, rx) = watch::channel(None);
-        self.by_tenant
-            .lock()
-            .expect("poisoned")
+        lock(&self.by_tenant, "the reads in flight")
             .insert(tenant.to_string(), (fence, rx.clone()));
         Leader { tx, rx }
     }
@@ -68,7 +66,7 @@ impl ReadsInFlight {
     /// new ones joining (unless a newer read has taken its place).
     fn finish(&self, tenant: &str, leader: Leader, answer: &Result<u64, String>) {
         let _ = leader.tx.send(Some(answer.clone()));
-        let mut by_tenant = self.by_tenant.lock().expect("poisoned");
+        let mut by_tenant = lock(&self.by_tenant, "the reads in flight");
         if by_tenant
             .get(tenant)
             .is_some_and(|(_, current)| current.same_channel(&leader.rx))

@@ -5,7 +5,6 @@ use crate::client::CounterClient;
 use crate::config::Settings;
 use crate::driver::Driver;
 use crate::reads::ReadsInFlight;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct Shared {
     pub settings: Settings,
@@ -26,11 +25,4 @@ impl Shared {
         )
         .await
     }
-}
-
-/// Wall-clock milliseconds, for the dashboard's rates only.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -17,15 +17,17 @@
 //! Everything they hold is rebuilt from durable storage at start-up, so the
 //! counter does not try to repair them: [`lock`] (and [`read`], [`write`])
 //! log which lock it was and exit the process, and the restart recovers.
-//! This is the same as a `kill -9`, which loses nothing acknowledged.
+//! This is the same as a `kill -9`, which loses nothing acknowledged. The
+//! coordinator does the same (`tally_server::locks`).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tally_common::api::Message;
 use tally_common::registration::NotRegistered;
 use tally_common::{CommitIndex, TxnId};
+
+pub use tally_server::locks::{lock, read, write};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -120,30 +122,6 @@ impl IntoResponse for Error {
         }
         (status, Json(Message::new(self.to_string()))).into_response()
     }
-}
-
-/// Locks `mutex`, or exits the process if it is poisoned (see the module
-/// doc). `what` names the state it guards, for the log.
-pub fn lock<'a, T>(mutex: &'a Mutex<T>, what: &str) -> MutexGuard<'a, T> {
-    mutex.lock().unwrap_or_else(|_| poisoned(what))
-}
-
-/// Read-locks `lock`, or exits the process if it is poisoned.
-pub fn read<'a, T>(lock: &'a RwLock<T>, what: &str) -> RwLockReadGuard<'a, T> {
-    lock.read().unwrap_or_else(|_| poisoned(what))
-}
-
-/// Write-locks `lock`, or exits the process if it is poisoned.
-pub fn write<'a, T>(lock: &'a RwLock<T>, what: &str) -> RwLockWriteGuard<'a, T> {
-    lock.write().unwrap_or_else(|_| poisoned(what))
-}
-
-fn poisoned(what: &str) -> ! {
-    tracing::error!(
-        lock = what,
-        "a thread panicked while changing this state: exiting, a restart rebuilds it from storage"
-    );
-    std::process::exit(70)
 }
 
 #[cfg(test)]

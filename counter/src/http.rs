@@ -54,6 +54,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/items/{tenant}/count", get(count))
         .route("/metrics", get(metrics))
         .merge(internal)
+        .merge(crate::presence::router(
+            state.presence.clone(),
+            state.token.clone(),
+        ))
         .method_not_allowed_fallback(tally_server::method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn(tally_server::track_requests))

@@ -6,7 +6,9 @@
 //! cluster and back after the coordinator restarts, `in_doubt` settles
 //! prepared transactions whose outcome never came, `catch_up` copies what
 //! it missed from peers, all calling the coordinator through
-//! `coordinator_client`. `state` is what they share, including the
+//! `coordinator_client`. `presence` sums the coordinators' presence
+//! sockets for the keys this counter owns (nothing durable, nothing of the
+//! replica). `state` is what they share, including the
 //! background tasks, which [`run`] stops and joins before it returns.
 //!
 //! Modules depend on each other in one direction only (no cycles); the
@@ -19,13 +21,12 @@ mod error;
 mod http;
 mod import_queue;
 mod in_doubt;
-mod item_filter;
 mod metrics;
+mod presence;
 mod register;
 mod replica;
 mod state;
 mod store;
-mod unindexed;
 
 pub use config::Args;
 pub use error::Error;
@@ -90,10 +91,15 @@ pub async fn run(
         register_again: tokio::sync::Notify::new(),
         metrics: metrics::install().map_err(|e| Error::process("the metrics recorder", e))?,
         tasks: state::Tasks::default(),
+        presence: Default::default(),
         settings,
     });
 
     state.tasks.spawn("register", register::join(state.clone()));
+    state.tasks.spawn(
+        "presence leases",
+        presence::expire_leases(state.presence.clone()),
+    );
     let served = tally_server::serve(listener, http::router(state.clone()), &args.serve, shutdown)
         .await
         .map_err(|e| Error::process("the HTTP server", e));

@@ -27,6 +27,8 @@ pub struct AppState {
     pub register_again: Notify,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub tasks: Tasks,
+    /// The presence sums of the keys this counter owns (not durable).
+    pub presence: std::sync::Arc<crate::presence::Presence>,
 }
 
 impl AppState {

@@ -10,7 +10,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::io;
@@ -61,7 +60,9 @@ pub async fn serve(
         // read takes in, so a connection's buffer never grows past it.
         .max_buf_size((limits.max_header_bytes * 2).max(256 * 1024));
 
-    let graceful = GracefulShutdown::new();
+    // hyper-util's GracefulShutdown does not take a connection with
+    // upgrades (a WebSocket handshake), so connections watch this instead.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -82,12 +83,24 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let conn = graceful.watch(conn);
+        // With upgrades, so a WebSocket handshake can take the connection
+        // over; once it has, the connection no longer counts here.
+        let conn = http
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
+            .with_upgrades();
+        let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             metrics::gauge!("tally_http_connections").increment(1.0);
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+                    // Finish the request in hand, then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 // Timeouts, resets and malformed requests end up here; they
                 // are the client's business, not an operator's.
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -99,8 +112,11 @@ pub async fn serve(
     drop(listener);
     draining.store(true, Ordering::SeqCst);
     tokio::time::sleep(DRAIN.min(limits.shutdown_grace)).await;
+    stop_tx.send_replace(true);
+    // Every connection holds a permit until it ends: all of them back
+    // means every connection has ended.
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = connections.acquire_many(limits.max_connections as u32) => {}
         _ = tokio::time::sleep(limits.shutdown_grace) => {
             tracing::warn!(grace = ?limits.shutdown_grace, "connections still open at the end of the grace period");
         }
@@ -157,9 +173,10 @@ async fn accept_failed(e: io::Error) {
 }
 
 /// Each connection is a descriptor: make sure the soft limit allows
-/// `--max-connections` plus headroom for files and peers, up to the hard
+/// `--max-connections` (or more, for a caller that holds other sockets
+/// too) plus headroom for files and peers, up to the hard
 /// limit the administrator set.
-fn raise_open_file_limit(max_connections: usize) {
+pub fn raise_open_file_limit(max_connections: usize) {
     let wanted = max_connections as u64 + 1024;
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -386,7 +386,10 @@ impl World {
             }
             Answer::Commit { call, known } => {
                 let body = Reply::Commit(if known {
-                    CommitAnswer::Applied { applied }
+                    CommitAnswer::Applied {
+                        applied,
+                        incarnation,
+                    }
                 } else {
                     CommitAnswer::NotPrepared
                 });

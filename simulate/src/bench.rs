@@ -65,6 +65,8 @@ pub enum Part {
     CatchUp,
     /// Redis doing the same job, if installed.
     Redis,
+    /// Presence sockets held, join-to-seen latency, memory per socket.
+    Presence,
 }
 
 pub async fn run(
@@ -91,12 +93,21 @@ pub async fn run(
     if runs(Part::Redis) {
         rows.extend(redis_rows_if_installed(&dir.join("redis"), duration)?);
     }
+    let presence = if runs(Part::Presence) {
+        Some(crate::presence_bench::run(&dir.join("presence")).await?)
+    } else {
+        None
+    };
     let _ = std::fs::remove_dir_all(&dir);
+    let presence_table = presence.as_ref().map(crate::presence_bench::table);
 
     let table = rows_table(&rows);
     let catch_table = catch_up.as_ref().map(catch_up_table);
     let catch_text = catch_table.as_ref().map(Table::render).unwrap_or_default();
     print!("{}\n{catch_text}", table.render());
+    if let Some(presence) = &presence_table {
+        print!("\n{}", presence.render());
+    }
     println!(
         "counts verified after the run: {}",
         if mismatches == 0 { "exact" } else { "MISMATCH" }
@@ -109,6 +120,7 @@ pub async fn run(
         "counts_exact": mismatches == 0,
         "rows": rows,
         "catch_up": catch_up,
+        "presence": presence,
     });
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
@@ -120,7 +132,14 @@ pub async fn run(
         .unwrap_or_default();
     std::fs::write(
         out.with_extension("md"),
-        format!("{}\n{catch_markdown}", table.markdown()),
+        format!(
+            "{}\n{catch_markdown}\n{}",
+            table.markdown(),
+            presence_table
+                .as_ref()
+                .map(Table::markdown)
+                .unwrap_or_default()
+        ),
     )?;
     println!(
         "results written to {} and {}",

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod docker;
 pub mod fake;
 pub mod load;
+pub mod presence;
 pub mod prometheus;
 pub mod readers;
 pub mod scenario;

@@ -3,6 +3,7 @@
 //! benchmarks, and a status table.
 
 mod bench;
+mod presence_bench;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};

@@ -1,6 +1,7 @@
 //! The web dashboard in a real (headless) chromium against a real local
 //! cluster: the counters appear live, items added through the form show up
-//! in the live count without a reload, the bounded load button reports its
+//! in the live count without a reload, presence joined from the page
+//! follows other clients coming and going, the bounded load button reports its
 //! result, a killed counter turns dead on the page, and a cluster with no
 //! counter left says it is stalled and why. Leaves a screenshot
 //! in `target/dashboard.png` for a person to look at.
@@ -10,6 +11,7 @@ mod browser;
 use browser::Browser;
 use serde_json::Value;
 use simulate::cluster::{ClusterOptions, LocalCluster};
+use simulate::presence::{socket_url, PresenceSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,6 +66,31 @@ async fn dashboard_shows_live_counts_and_a_dead_counter_in_a_browser() {
     )
     .await
     .unwrap();
+
+    // Join presence from the page: it counts itself, then sees two more
+    // clients come and one go, live.
+    page.eval(
+        "document.getElementById('presence-tenant').value = 'browser';
+         document.getElementById('presence-key').value = 'lobby';
+         document.getElementById('presence-button').click()",
+    )
+    .await
+    .unwrap();
+    let presence = "document.getElementById('presence-count').textContent";
+    page.wait_for("the page counted in presence", WAIT, presence, |v| v == "1")
+        .await
+        .unwrap();
+    let url = socket_url(cluster.coordinator_url(), "browser", "lobby");
+    let first = PresenceSocket::connect(&url).await.unwrap().unwrap();
+    let second = PresenceSocket::connect(&url).await.unwrap().unwrap();
+    page.wait_for("two more present", WAIT, presence, |v| v == "3")
+        .await
+        .unwrap();
+    first.close().await;
+    page.wait_for("one left", WAIT, presence, |v| v == "2")
+        .await
+        .unwrap();
+    drop(second);
 
     // Add items through the form.
     page.eval(

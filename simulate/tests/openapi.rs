@@ -9,6 +9,7 @@ const PUBLIC: &[(&str, &str)] = &[
     ("/items", "post"),
     ("/items/{tenant}/count", "get"),
     ("/items/{tenant}/count/stream", "get"),
+    ("/presence/{tenant}/{key}/count", "get"),
     ("/cluster", "get"),
     ("/health", "get"),
     ("/metrics", "get"),

@@ -133,7 +133,17 @@ impl CoordinatorCore {
         out: &mut Vec<Action>,
     ) {
         match answer {
-            CommitAnswer::Applied { applied } => self.acknowledge(index, &counter, applied),
+            CommitAnswer::Applied {
+                applied,
+                incarnation,
+            } => {
+                // An answer from a life of its disk that is gone (it came
+                // late) says nothing about what the counter holds now.
+                let known = self.cluster.member(&counter).and_then(|m| m.incarnation);
+                if known.is_none_or(|known| known == incarnation) {
+                    self.acknowledge(index, &counter, applied);
+                }
+            }
             CommitAnswer::NotPrepared => {
                 // It does not hold the prepared transaction: catch-up brings
                 // it instead, and until then it is not in sync.

@@ -150,8 +150,12 @@ pub struct Vote {
 /// A counter's answer to a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitAnswer {
-    /// Applied (now or before); its gap-free applied index.
-    Applied { applied: CommitIndex },
+    /// Applied (now or before), by the life of its data directory named;
+    /// its gap-free applied index.
+    Applied {
+        applied: CommitIndex,
+        incarnation: Incarnation,
+    },
     /// It neither prepared nor applied the transaction (409): it must copy it.
     NotPrepared,
     /// No answer, or not a well-formed one.

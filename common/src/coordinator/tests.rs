@@ -226,6 +226,7 @@ fn a_commit_with_no_prepare_to_ride_on_goes_out_alone() {
             counter: id("c1"),
             answer: CommitAnswer::Applied {
                 applied: CommitIndex(1),
+                incarnation: Incarnation(1),
             },
         },
     );
@@ -433,4 +434,44 @@ fn an_in_sync_counter_back_on_an_older_copy_of_its_disk_loses_its_place_after_a_
     let c2 = core.cluster().member(&id("c2")).unwrap();
     assert!(!c2.in_sync, "it lacks commits 1 and 2");
     assert_eq!(core.read_view().readable.len(), 1);
+}
+
+/// A commit answer can arrive late, from a life of the counter's disk that
+/// is gone: what it says was applied is not what the counter holds now.
+#[test]
+fn a_commit_answer_from_another_data_directory_acknowledges_nothing() {
+    let (mut core, now) = cluster_of(1);
+    let txn = prepared_txn(&core.step(
+        now,
+        Event::Write {
+            request: RequestId(1),
+            items: vec![],
+        },
+    ));
+    core.step(
+        now,
+        Event::Voted {
+            txn,
+            counter: id("c1"),
+            vote: vote(1),
+        },
+    );
+    core.step(now, Event::LogWritten);
+    core.step(now.plus(core.config().commit_linger_ms), Event::Tick);
+    core.step(
+        now,
+        Event::CommitAnswered {
+            index: CommitIndex(1),
+            counter: id("c1"),
+            answer: CommitAnswer::Applied {
+                applied: CommitIndex(1),
+                incarnation: Incarnation(99),
+            },
+        },
+    );
+    assert_eq!(core.unacknowledged(), 1);
+    assert_eq!(
+        core.cluster().member(&id("c1")).unwrap().applied,
+        CommitIndex::ZERO
+    );
 }

@@ -16,7 +16,7 @@
 //! A key may then be ingested twice; `items` holds it once either way, and
 //! the counts never depended on it.
 
-use crate::item_filter::{prefetch, KeyHash};
+use super::item_filter::{prefetch, KeyHash};
 use fjall::{Keyspace, UserKey};
 use std::collections::BTreeSet;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
