@@ -34,7 +34,8 @@ fn every_seed_keeps_every_property() {
 /// disk; its first caught-up report then put the empty disk in the
 /// in-sync set, and reads went to it. Found with an earlier fault mix: the
 /// seed plays another history now, and what guards against that one is
-/// `Cluster::caught_up` judging a report on its own applied index.
+/// `Cluster::caught_up` judging a report on its own applied index (and a
+/// commit answer naming the disk it comes from).
 #[test]
 fn a_stale_commit_answer_from_an_earlier_disk_promotes_nobody() {
     if !tally_sim::mutations().is_empty() {
