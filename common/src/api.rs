@@ -352,6 +352,10 @@ pub struct AcceptLossRequest {
 pub struct CatchUpRequest {
     pub until: CommitIndex,
     pub peers: Vec<String>,
+    /// The registration the counter's catch-up report must name
+    /// (`JoinPlan::registration`).
+    #[serde(default)]
+    pub registration: u64,
 }
 
 /// The items that the transaction at `index` added to the exporting
@@ -400,6 +404,9 @@ pub struct CaughtUpRequest {
     pub id: CounterId,
     #[serde(default)]
     pub incarnation: Incarnation,
+    /// The registration this report follows (`JoinPlan::registration`).
+    #[serde(default)]
+    pub registration: u64,
     pub applied_index: CommitIndex,
 }
 
@@ -414,6 +421,10 @@ pub struct JoinPlan {
     /// transactions of this epoch, and answers reads only for it.
     #[serde(default)]
     pub epoch: u64,
+    /// Names this registration: the catch-up report echoes it, so a report
+    /// sent before the counter registered again counts for nothing.
+    #[serde(default)]
+    pub registration: u64,
 }
 
 /// The coordinator's logged outcome of a transaction, asked for by a counter

@@ -74,6 +74,9 @@ pub struct Member {
     /// now is what was written while it copied. Transactions wait for its
     /// vote (see [`Participant::converging`]).
     pub converging: bool,
+    /// Names its current registration (`JoinPlan::registration`): a
+    /// catch-up report must echo it.
+    pub registration: u64,
 }
 
 impl Member {
@@ -168,6 +171,10 @@ pub struct Cluster {
     /// applied them. An in-sync member that comes back below it lost data
     /// (a disk restored from an old backup keeps its incarnation).
     trimmed: CommitIndex,
+    /// The last registration number handed out. Numbers start from the
+    /// coordinator's epoch shifted left ([`Cluster::number_registrations_from`]),
+    /// so a report of an earlier run can never match one of this run.
+    registrations: u64,
 }
 
 impl Cluster {
@@ -200,6 +207,7 @@ impl Cluster {
                     registered: false,
                     copy: None,
                     converging: false,
+                    registration: 0,
                     id: s.id,
                     url: s.url,
                 };
@@ -211,7 +219,14 @@ impl Cluster {
             members,
             decided,
             trimmed: CommitIndex::ZERO,
+            registrations: 0,
         }
+    }
+
+    /// Registration numbers of this run start above `base` (the core uses
+    /// its epoch shifted left by 32 bits).
+    pub fn number_registrations_from(&mut self, base: u64) {
+        self.registrations = self.registrations.max(base);
     }
 
     /// Decisions up to `upto` are trimmed (or, after a restart, were): every
@@ -393,6 +408,8 @@ impl Cluster {
         };
         let nobody_else_in_sync = !self.members.values().any(|m| m.in_sync && m.id != id);
         let decided = self.decided;
+        self.registrations += 1;
+        let registration = self.registrations;
         let member = self.members.entry(id.clone()).or_insert_with(|| Member {
             id: id.clone(),
             url: url.clone(),
@@ -407,7 +424,9 @@ impl Cluster {
             registered: false,
             copy: None,
             converging: false,
+            registration: 0,
         });
+        member.registration = registration;
         member.url = url;
         member.incarnation = Some(incarnation);
         member.applied = applied;
@@ -449,6 +468,7 @@ impl Cluster {
             until: decided,
             peers: if in_sync { vec![] } else { self.peers_for(&id) },
             epoch: 0,
+            registration,
         };
         (plan, effects)
     }
@@ -461,11 +481,16 @@ impl Cluster {
         &mut self,
         id: &CounterId,
         incarnation: Incarnation,
+        registration: u64,
         applied: CommitIndex,
         now_ms: u64,
     ) -> Option<(JoinPlan, Vec<Effect>)> {
         let member = self.members.get_mut(id)?;
-        if !member.registered || member.incarnation != Some(incarnation) {
+        // A report sent before the counter registered again speaks for a
+        // disk that may be gone: restored from an older copy, it keeps its
+        // incarnation, and only the registration tells the two apart.
+        let stale = member.registration != registration;
+        if !member.registered || member.incarnation != Some(incarnation) || stale {
             return None;
         }
         // The report is the registered disk's own word; a higher figure
@@ -488,6 +513,7 @@ impl Cluster {
                 self.peers_for(id)
             },
             epoch: 0,
+            registration,
         };
         if !plan.in_sync {
             let member = self.members.get_mut(id)?;
@@ -600,9 +626,11 @@ impl Cluster {
             return effects;
         }
         if !member.in_sync && !member.catching_up && member.registered {
+            let (until, registration) = (member.join_until, member.registration);
             let request = CatchUpRequest {
-                until: member.join_until,
+                until,
                 peers: self.peers_for(id),
+                registration,
             };
             let member = self.members.get_mut(id).expect("checked above");
             member.catching_up = true;
@@ -933,7 +961,8 @@ mod tests {
     }
 
     fn caught_up(c: &mut Cluster, name: &str, applied: u64) -> Option<(JoinPlan, Vec<Effect>)> {
-        c.caught_up(&id(name), DISK, CommitIndex(applied), 0)
+        let registration = c.member(&id(name)).map_or(0, |m| m.registration);
+        c.caught_up(&id(name), DISK, registration, CommitIndex(applied), 0)
     }
 
     fn health(disk: Incarnation, applied: u64, catching_up: bool) -> HealthReport {

@@ -30,6 +30,9 @@ pub struct Registration {
     /// The coordinator said so in its last answer to a registration or a
     /// caught-up report (or promoted this counter by force).
     told_in_sync: bool,
+    /// The coordinator's name for this registration: catch-up reports echo
+    /// it, so one sent before the counter registered again is not believed.
+    number: u64,
 }
 
 /// Why a vote or a fenced read was refused: it came from a coordinator
@@ -63,6 +66,18 @@ impl Registration {
     pub fn registered(&mut self, epoch: u64, in_sync: bool) {
         self.epoch = (epoch != 0).then_some(epoch);
         self.told_in_sync = in_sync;
+    }
+
+    /// Notes the name the coordinator gave this registration
+    /// (`JoinPlan::registration`).
+    pub fn named(&mut self, number: u64) {
+        self.number = number;
+    }
+
+    /// The name of the current registration, for catch-up reports; 0
+    /// before the first.
+    pub fn number(&self) -> u64 {
+        self.number
     }
 
     /// The operator promoted this counter by force, and the coordinator

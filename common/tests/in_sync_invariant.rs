@@ -147,7 +147,8 @@ proptest! {
                         counters[i].held.extend(1..=until.0);
                     }
                     let c = &counters[i];
-                    cluster.caught_up(&id(i), Incarnation(c.incarnation), prefix(&c.held), 0);
+                    let registration = cluster.member(&id(i)).map_or(0, |m| m.registration);
+                    cluster.caught_up(&id(i), Incarnation(c.incarnation), registration, prefix(&c.held), 0);
                 }
             }
             for (i, c) in counters.iter().enumerate() {

@@ -19,7 +19,8 @@
 //! - `register c1 incarnation=1 applied=0`: counter `c1` (url `http://c1`)
 //!   registers. The runner gives it a participant holding `(0, applied]`,
 //!   and a fresh one when the incarnation changes (a wiped disk).
-//! - `caught-up c1 [applied=N] [incarnation=N]`: its catch-up report;
+//! - `caught-up c1 [applied=N] [incarnation=N] [registration=N]`: its
+//!   catch-up report (naming its latest registration unless told);
 //!   applied defaults to what its participant holds.
 //! - `write r1 a b`: client request `r1` adds items `a` and `b`.
 //! - `vote txn=1.1 c1 yes|fail|incarnation=9 [applied=N]`: a vote by hand
@@ -335,6 +336,15 @@ impl ScenarioRunner {
     }
 
     /// Hands `name`'s participant one event and prints what it did.
+    /// The coordinator's name for `id`'s current registration.
+    fn registration_of(&mut self, id: &CounterId) -> Res<u64> {
+        Ok(self
+            .core()?
+            .cluster()
+            .member(id)
+            .map_or(0, |m| m.registration))
+    }
+
     fn participant_step(
         &mut self,
         name: &str,
@@ -605,11 +615,13 @@ impl goldenscript::Runner for ScenarioRunner {
                     self.step(register, &mut ignored)?;
                     self.settle(&mut ignored)?;
                     let request = self.request(Req::Join(name.clone()));
+                    let registration = self.registration_of(&id)?;
                     self.step(
                         Event::CaughtUp {
                             request,
                             id,
                             incarnation,
+                            registration,
                             applied,
                         },
                         &mut ignored,
@@ -671,6 +683,10 @@ impl goldenscript::Runner for ScenarioRunner {
                 );
                 let applied = CommitIndex(num(&mut args, "applied")?.unwrap_or(held.0));
                 let incarnation = Incarnation(num(&mut args, "incarnation")?.unwrap_or(inc.0));
+                // The report names the counter's latest registration unless
+                // told otherwise (a report sent before it registered again).
+                let latest = self.registration_of(&CounterId::from(name.as_str()))?;
+                let registration = num(&mut args, "registration")?.unwrap_or(latest);
                 args.reject_next()?;
                 let request = self.request(Req::Join(name.clone()));
                 self.step(
@@ -678,6 +694,7 @@ impl goldenscript::Runner for ScenarioRunner {
                         request,
                         id: CounterId::from(name.as_str()),
                         incarnation,
+                        registration,
                         applied,
                     },
                     &mut out,

@@ -272,6 +272,7 @@ fn take(
                 request,
                 id: r.id,
                 incarnation: r.incarnation,
+                registration: r.registration,
                 applied: r.applied_index,
             }
         }

@@ -37,7 +37,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     if let Some(primary) = args.presence.frontend_of.clone() {
-        return presence::serve_only(args, primary, listener, shutdown).await;
+        return serve_presence_only(args, primary, listener, shutdown).await;
     }
     let metrics = metrics::install()?;
     let (log, restored) = log::DecisionLog::open(&args.data_dir)?;
@@ -89,4 +89,47 @@ pub async fn run(
     served.map_err(|e| Error::Io(e.to_string()))?;
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// A presence-only frontend: serves the presence endpoints (and
+/// `GET /health`) on `listener`, following the membership of the
+/// coordinator at `primary`, until `shutdown` resolves.
+async fn serve_presence_only(
+    args: config::Args,
+    primary: String,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let token = tally_server::ClusterToken::new(args.cluster_token.as_deref());
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .build()
+        .map_err(|e| Error::Io(format!("the HTTP client: {e}")))?;
+    let source = presence::OwnerSource::Remote {
+        cluster_url: format!("{}/cluster", primary.trim_end_matches('/')),
+        http,
+    };
+    let started = presence::start(
+        &args.presence,
+        source,
+        token.get().map(str::to_string),
+        args.serve.client_idle_timeout(),
+        args.settings().item_limits,
+    )?;
+    tally_server::raise_open_file_limit(args.serve.max_connections + args.presence.max_sockets);
+    let app = presence::router(started.frontend.clone())
+        .route(
+            "/health",
+            axum::routing::get(|| async {
+                axum::Json(tally_common::api::Message::new("presence frontend"))
+            }),
+        )
+        .method_not_allowed_fallback(tally_server::method_not_allowed)
+        .fallback(|| async { Error::NotFound("no such path".into()) })
+        .layer(axum::middleware::from_fn(tally_server::track_requests));
+    tracing::info!(listen = ?listener.local_addr().ok(), %primary, "presence-only frontend serving");
+    let shutdown = started.then_stop(shutdown);
+    let served = tally_server::serve(listener, app, &args.serve, shutdown).await;
+    started.stop().await;
+    served.map_err(|e| Error::Io(e.to_string()))
 }

@@ -44,6 +44,7 @@ pub fn requested(state: &Arc<AppState>, request: CatchUpRequest) {
             until: request.until,
             peers: request.peers,
             epoch: 0,
+            registration: request.registration,
         },
     );
 }
@@ -71,6 +72,9 @@ async fn run(state: Arc<AppState>, mut plan: JoinPlan) {
         let request = CaughtUpRequest {
             id: state.replica.id().clone(),
             incarnation: state.replica.status().incarnation,
+            // The latest registration's name: a re-registration (a new
+            // coordinator, say) does not restart a copy of the same disk.
+            registration: state.replica.registration().number(),
             applied_index: state.replica.applied(),
         };
         match coordinator_client::caught_up(&state, &request).await {

@@ -45,9 +45,10 @@ pub async fn register(state: &AppState) -> JoinPlan {
         };
         match coordinator_client::register(state, &request).await {
             Ok(plan) => {
-                state
-                    .replica
-                    .update_registration(|r| r.registered(plan.epoch, plan.in_sync));
+                state.replica.update_registration(|r| {
+                    r.registered(plan.epoch, plan.in_sync);
+                    r.named(plan.registration);
+                });
                 tracing::info!(
                     in_sync = plan.in_sync,
                     until = %plan.until,

@@ -167,7 +167,10 @@ impl World {
                 continue;
             };
             let c = &self.counters[i];
-            if !c.up || Some(c.disk.incarnation) != m.incarnation || c.registration.epoch != epoch {
+            if !c.up
+                || Some(c.disk.incarnation) != m.incarnation
+                || c.registration.epoch() != Some(epoch)
+            {
                 continue;
             }
             let applied = c.applied();
@@ -468,6 +471,7 @@ impl World {
                 Msg::CaughtUp {
                     call,
                     incarnation,
+                    registration,
                     applied,
                 },
             ) => {
@@ -476,6 +480,7 @@ impl World {
                     request,
                     id: counter_id(counter),
                     incarnation,
+                    registration,
                     applied,
                 });
             }

@@ -18,6 +18,7 @@ use tally_common::api::{CommitRequest, JoinPlan, Outcome};
 use tally_common::coordinator::{CommitAnswer, Holdings, JoinRefused, Vote};
 use tally_common::membership::HealthReport;
 use tally_common::participant::{Action, Event, Participant, Record};
+pub use tally_common::registration::Registration;
 use tally_common::time::Millis;
 use tally_common::{CommitIndex, Incarnation, Item, TxnId};
 
@@ -33,34 +34,6 @@ const MAX_SNAPSHOTS: usize = 8;
 const MAX_STREAM_MS: u64 = 1200;
 /// How long a fenced read or an export waits for the applied index.
 const FENCE_TIMEOUT_MS: u64 = 1000;
-
-/// Which coordinator this counter registered with, and whether that one
-/// said it is in sync: the rule for votes and fenced reads
-/// (counter/src/replica.rs, `check_registered`).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Registration {
-    pub epoch: u64,
-    pub in_sync: bool,
-}
-
-impl Registration {
-    pub fn registered(&mut self, epoch: u64, in_sync: bool) {
-        self.epoch = epoch;
-        self.in_sync = in_sync;
-    }
-
-    /// Refuses a vote (or, with `need_in_sync`, a fenced read) for any
-    /// coordinator but the one registered with.
-    pub fn check(&self, epoch: u64, need_in_sync: bool) -> Result<(), String> {
-        if self.epoch == 0 || self.epoch != epoch || (need_in_sync && !self.in_sync) {
-            return Err(format!(
-                "not registered with the coordinator of epoch {epoch} (registered: {})",
-                self.epoch
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// An answer that leaves once the records before it are durable.
 #[derive(Debug, Clone)]
@@ -476,10 +449,10 @@ impl World {
                     incarnation: c.disk.incarnation,
                     applied: c.applied(),
                     catching_up: c.catching_up(),
-                    registered_here: c.registration.epoch == epoch,
+                    registered_here: c.registration.epoch() == Some(epoch),
                     copy: None,
                 };
-                if epoch != c.registration.epoch {
+                if c.registration.epoch() != Some(epoch) {
                     self.register_again(i);
                 }
                 let body = Reply::Health(report);
@@ -491,8 +464,8 @@ impl World {
                 fence,
                 epoch,
             } => {
-                if let Err(e) = self.counters[i].registration.check(epoch, true) {
-                    let body = Reply::Count(Err(e));
+                if let Err(e) = self.counters[i].registration.check_fenced_read(epoch) {
+                    let body = Reply::Count(Err(e.to_string()));
                     self.send(Node::Counter(i), from, Msg::Reply { call, body });
                     return;
                 }
@@ -513,6 +486,7 @@ impl World {
                     until: request.until,
                     peers: request.peers,
                     epoch: 0,
+                    registration: request.registration,
                 },
             ),
             Msg::Export { call, since, until } => {
@@ -583,8 +557,8 @@ impl World {
         items: Vec<Item>,
         commits: Vec<CommitRequest>,
     ) {
-        if let Err(e) = self.counters[i].registration.check(txn.epoch(), false) {
-            let body = Reply::Vote(Err(e));
+        if let Err(e) = self.counters[i].registration.check_vote(txn.epoch()) {
+            let body = Reply::Vote(Err(e.to_string()));
             self.send(
                 Node::Counter(i),
                 Node::Coordinator,
@@ -819,6 +793,7 @@ impl World {
                 c.joined = true;
                 c.register_backoff = 100;
                 c.registration.registered(plan.epoch, plan.in_sync);
+                c.registration.named(plan.registration);
                 self.trace(|| format!("c{i} registered: {plan:?}"));
                 self.start_catchup(i, plan);
             }
@@ -883,6 +858,7 @@ impl World {
         };
         if applied >= cu.until || cu.next_peer >= cu.peers.len() {
             let incarnation = self.counters[i].disk.incarnation;
+            let registration = self.counters[i].registration.number();
             self.counter_call(
                 i,
                 Node::Coordinator,
@@ -890,6 +866,7 @@ impl World {
                 |call| Msg::CaughtUp {
                     call,
                     incarnation,
+                    registration,
                     applied,
                 },
                 CALL_TIMEOUT_MS,

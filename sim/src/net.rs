@@ -61,6 +61,7 @@ pub enum Msg {
     CaughtUp {
         call: u64,
         incarnation: Incarnation,
+        registration: u64,
         applied: CommitIndex,
     },
     AskOutcome {

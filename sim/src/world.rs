@@ -706,8 +706,8 @@ impl World {
         let epoch = core.config().epoch;
         (0..self.counters.len()).all(|i| {
             let c = &self.counters[i];
-            c.up && c.registration.epoch == epoch
-                && c.registration.in_sync
+            c.up && c.registration.epoch() == Some(epoch)
+                && c.registration.told_in_sync()
                 && core
                     .cluster()
                     .member(&counter_id(i))
@@ -794,8 +794,8 @@ impl World {
                 c.disk.incarnation,
                 c.applied(),
                 c.disk.prepared.len(),
-                c.registration.epoch,
-                c.registration.in_sync,
+                c.registration.epoch().unwrap_or(0),
+                c.registration.told_in_sync(),
                 c.catching_up()
             );
         }

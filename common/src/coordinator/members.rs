@@ -121,6 +121,7 @@ impl CoordinatorCore {
         request: RequestId,
         id: CounterId,
         incarnation: Incarnation,
+        registration: u64,
         applied: CommitIndex,
         out: &mut Vec<Action>,
     ) {
@@ -128,7 +129,10 @@ impl CoordinatorCore {
             return;
         }
         let now = self.wall_ms();
-        match self.cluster.caught_up(&id, incarnation, applied, now) {
+        match self
+            .cluster
+            .caught_up(&id, incarnation, registration, applied, now)
+        {
             None => out.push(Action::Joined {
                 request,
                 result: Err(JoinRefused::NotRegistered),

@@ -220,11 +220,13 @@ pub enum Event {
         applied: CommitIndex,
         holds: Holdings,
     },
-    /// A joining counter says it fetched everything it was told to.
+    /// A joining counter says it fetched everything it was told to, since
+    /// the registration named.
     CaughtUp {
         request: RequestId,
         id: CounterId,
         incarnation: Incarnation,
+        registration: u64,
         applied: CommitIndex,
     },
     /// A counter asks how `txn` ended.
@@ -377,6 +379,7 @@ impl CoordinatorCore {
             restored.members.clone(),
             restored.decided,
         );
+        cluster.number_registrations_from(config.epoch << 32);
         // Every index below the oldest decision still logged was trimmed,
         // so every counter in sync then had applied it.
         cluster.note_trimmed(
@@ -442,8 +445,9 @@ impl CoordinatorCore {
                 request,
                 id,
                 incarnation,
+                registration,
                 applied,
-            } => self.on_caught_up(request, id, incarnation, applied, &mut out),
+            } => self.on_caught_up(request, id, incarnation, registration, applied, &mut out),
             Event::AskOutcome { request, txn } => out.push(Action::Outcome {
                 request,
                 outcome: self.outcome(txn),

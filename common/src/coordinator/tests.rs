@@ -27,9 +27,11 @@ fn cluster_of(n: usize) -> (CoordinatorCore, Millis) {
             },
         );
         now = now.plus(1);
+        let mut actions = actions;
         if actions.iter().any(|a| matches!(a, Action::WriteLog(_))) {
-            core.step(now, Event::LogWritten);
+            actions.extend(core.step(now, Event::LogWritten));
         }
+        let registration = joined_plan(&actions).registration;
         // Nothing was decided yet, so it holds everything: in sync.
         let actions = core.step(
             now,
@@ -37,6 +39,7 @@ fn cluster_of(n: usize) -> (CoordinatorCore, Millis) {
                 request: RequestId(2000 + i as u64),
                 id: id(&name),
                 incarnation: Incarnation(i as u64),
+                registration,
                 applied: CommitIndex::ZERO,
             },
         );
@@ -473,5 +476,70 @@ fn a_commit_answer_from_another_data_directory_acknowledges_nothing() {
     assert_eq!(
         core.cluster().member(&id("c1")).unwrap().applied,
         CommitIndex::ZERO
+    );
+}
+
+fn joined_plan(actions: &[Action]) -> JoinPlan {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Joined {
+                result: Ok(plan), ..
+            } => Some(plan.clone()),
+            _ => None,
+        })
+        .expect("a join plan")
+}
+
+/// A catch-up report speaks for the registration it followed. One sent
+/// before the counter registered again (its disk was restored from an
+/// older copy meanwhile, same incarnation) says nothing about the disk it
+/// has now, however late it arrives.
+#[test]
+fn a_catch_up_report_from_an_earlier_registration_promotes_nobody() {
+    let (mut core, now) = cluster_of(1);
+    let txn = prepared_txn(&core.step(
+        now,
+        Event::Write {
+            request: RequestId(1),
+            items: vec![],
+        },
+    ));
+    core.step(
+        now,
+        Event::Voted {
+            txn,
+            counter: id("c1"),
+            vote: vote(1),
+        },
+    );
+    core.step(now, Event::LogWritten);
+    let register = |request: u64| Event::Register {
+        request: RequestId(request),
+        id: id("c2"),
+        url: "http://c2".into(),
+        incarnation: Incarnation(2),
+        applied: CommitIndex::ZERO,
+        holds: Holdings::default(),
+    };
+    let mut first = core.step(now, register(10));
+    first.extend(core.step(now, Event::LogWritten));
+    let first = joined_plan(&first);
+    let mut again = core.step(now, register(11));
+    again.extend(core.step(now, Event::LogWritten));
+    let again = joined_plan(&again);
+    assert_ne!(first.registration, again.registration);
+    let stale = Event::CaughtUp {
+        request: RequestId(12),
+        id: id("c2"),
+        incarnation: Incarnation(2),
+        registration: first.registration,
+        applied: CommitIndex(1),
+    };
+    let mut actions = core.step(now, stale);
+    actions.extend(core.step(now, Event::LogWritten));
+    assert!(
+        !core.cluster().member(&id("c2")).unwrap().in_sync,
+        "{actions:?}"
     );
 }

@@ -8,10 +8,9 @@
 //! design and its reasons.
 //!
 //! A coordinator started with `--presence-frontend-of URL` is a frontend
-//! only ([`serve_only`]): it serves these endpoints and follows the
+//! only (`serve_presence_only` in lib.rs): it serves these endpoints and follows the
 //! membership of the coordinator at URL.
 
-pub mod config;
 pub(crate) mod http;
 mod hub;
 mod link;
@@ -76,7 +75,7 @@ impl Started {
 /// Starts the frontend: the owner-following task and, through it, one
 /// link per owning counter.
 pub fn start(
-    args: &config::PresenceArgs,
+    args: &crate::config::PresenceArgs,
     source: OwnerSource,
     token: Option<String>,
     client_idle: Duration,
@@ -167,45 +166,4 @@ fn reconcile(
             links.insert(owner.id.clone(), (owner.url.clone(), task));
         }
     }
-}
-
-/// A presence-only frontend: serves the presence endpoints (and
-/// `GET /health`) on `listener`, following the membership of the
-/// coordinator at `primary`, until `shutdown` resolves.
-pub async fn serve_only(
-    args: crate::config::Args,
-    primary: String,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    let token = tally_server::ClusterToken::new(args.cluster_token.as_deref());
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .map_err(|e| Error::Io(format!("the HTTP client: {e}")))?;
-    let source = OwnerSource::Remote {
-        cluster_url: format!("{}/cluster", primary.trim_end_matches('/')),
-        http,
-    };
-    let started = start(
-        &args.presence,
-        source,
-        token.get().map(str::to_string),
-        args.serve.client_idle_timeout(),
-        args.settings().item_limits,
-    )?;
-    tally_server::raise_open_file_limit(args.serve.max_connections + args.presence.max_sockets);
-    let app = router(started.frontend.clone())
-        .route(
-            "/health",
-            get(|| async { axum::Json(tally_common::api::Message::new("presence frontend")) }),
-        )
-        .method_not_allowed_fallback(tally_server::method_not_allowed)
-        .fallback(|| async { Error::NotFound("no such path".into()) })
-        .layer(axum::middleware::from_fn(tally_server::track_requests));
-    tracing::info!(listen = ?listener.local_addr().ok(), %primary, "presence-only frontend serving");
-    let shutdown = started.then_stop(shutdown);
-    let served = tally_server::serve(listener, app, &args.serve, shutdown).await;
-    started.stop().await;
-    served.map_err(|e| Error::Io(e.to_string()))
 }
