@@ -51,6 +51,26 @@ fn cluster_of(n: usize) -> (CoordinatorCore, Millis) {
     (core, now)
 }
 
+/// A client's write of no items; returns the transaction it started.
+fn write(core: &mut CoordinatorCore, now: Millis, request: u64) -> TxnId {
+    prepared_txn(&core.step(
+        now,
+        Event::Write {
+            request: RequestId(request),
+            items: vec![],
+        },
+    ))
+}
+
+/// A yes vote on `txn` from `name`'s disk `incarnation`.
+fn voted(txn: TxnId, name: &str, incarnation: u64) -> Event {
+    Event::Voted {
+        txn,
+        counter: id(name),
+        vote: vote(incarnation),
+    }
+}
+
 fn vote(i: u64) -> Result<Vote, String> {
     Ok(Vote {
         incarnation: Incarnation(i),
@@ -87,22 +107,8 @@ fn a_write_is_answered_only_once_its_decision_is_durable() {
         },
     );
     let txn = prepared_txn(&actions);
-    core.step(
-        now,
-        Event::Voted {
-            txn,
-            counter: id("c1"),
-            vote: vote(1),
-        },
-    );
-    let actions = core.step(
-        now,
-        Event::Voted {
-            txn,
-            counter: id("c2"),
-            vote: vote(2),
-        },
-    );
+    core.step(now, voted(txn, "c1", 1));
+    let actions = core.step(now, voted(txn, "c2", 2));
     assert!(answered(&actions, 1).is_none(), "not before the log write");
     let write = actions.iter().find_map(|a| match a {
         Action::WriteLog(w) => Some(w.clone()),
@@ -133,14 +139,7 @@ fn an_in_sync_counter_that_does_not_vote_leaves_the_set_with_the_decision() {
         },
     );
     let txn = prepared_txn(&actions);
-    core.step(
-        now,
-        Event::Voted {
-            txn,
-            counter: id("c1"),
-            vote: vote(1),
-        },
-    );
+    core.step(now, voted(txn, "c1", 1));
     let later = now.plus(core.config().prepare_timeout_ms);
     let actions = core.step(later, Event::Tick);
     let Some(Action::WriteLog(write)) = actions.iter().find(|a| matches!(a, Action::WriteLog(_)))
@@ -157,21 +156,8 @@ fn an_in_sync_counter_that_does_not_vote_leaves_the_set_with_the_decision() {
 #[test]
 fn a_commit_rides_on_the_next_prepare_when_one_follows_within_the_linger() {
     let (mut core, now) = cluster_of(1);
-    let txn = prepared_txn(&core.step(
-        now,
-        Event::Write {
-            request: RequestId(1),
-            items: vec![],
-        },
-    ));
-    core.step(
-        now,
-        Event::Voted {
-            txn,
-            counter: id("c1"),
-            vote: vote(1),
-        },
-    );
+    let txn = write(&mut core, now, 1);
+    core.step(now, voted(txn, "c1", 1));
     core.step(now, Event::LogWritten);
     let actions = core.step(
         now,
@@ -202,21 +188,8 @@ fn a_commit_rides_on_the_next_prepare_when_one_follows_within_the_linger() {
 #[test]
 fn a_commit_with_no_prepare_to_ride_on_goes_out_alone() {
     let (mut core, now) = cluster_of(1);
-    let txn = prepared_txn(&core.step(
-        now,
-        Event::Write {
-            request: RequestId(1),
-            items: vec![],
-        },
-    ));
-    core.step(
-        now,
-        Event::Voted {
-            txn,
-            counter: id("c1"),
-            vote: vote(1),
-        },
-    );
+    let txn = write(&mut core, now, 1);
+    core.step(now, voted(txn, "c1", 1));
     core.step(now, Event::LogWritten);
     let actions = core.step(now.plus(core.config().commit_linger_ms), Event::Tick);
     assert!(actions.iter().any(|a| matches!(a,
@@ -239,22 +212,9 @@ fn a_commit_with_no_prepare_to_ride_on_goes_out_alone() {
 #[test]
 fn a_vote_from_another_data_directory_is_no_vote() {
     let (mut core, now) = cluster_of(1);
-    let txn = prepared_txn(&core.step(
-        now,
-        Event::Write {
-            request: RequestId(1),
-            items: vec![],
-        },
-    ));
+    let txn = write(&mut core, now, 1);
     // An abort needs nothing durable: it is answered at once.
-    let actions = core.step(
-        now,
-        Event::Voted {
-            txn,
-            counter: id("c1"),
-            vote: vote(99),
-        },
-    );
+    let actions = core.step(now, voted(txn, "c1", 99));
     assert!(
         matches!(answered(&actions, 1), Some(Err(WriteRefused::Aborted(_)))),
         "{actions:?}"
@@ -331,39 +291,13 @@ fn a_full_queue_answers_busy_at_once() {
 #[test]
 fn a_late_vote_from_another_data_directory_acknowledges_nothing() {
     let (mut core, now) = cluster_of(2);
-    let first = prepared_txn(&core.step(
-        now,
-        Event::Write {
-            request: RequestId(1),
-            items: vec![],
-        },
-    ));
-    core.step(
-        now,
-        Event::Voted {
-            txn: first,
-            counter: id("c1"),
-            vote: vote(1),
-        },
-    );
-    core.step(
-        now,
-        Event::Voted {
-            txn: first,
-            counter: id("c2"),
-            vote: vote(2),
-        },
-    );
+    let first = write(&mut core, now, 1);
+    core.step(now, voted(first, "c1", 1));
+    core.step(now, voted(first, "c2", 2));
     core.step(now, Event::LogWritten);
     // The next prepare carries commit 1; c1 votes, so its vote is over
     // only once c2's arrives, and c2's comes from another disk.
-    let second = prepared_txn(&core.step(
-        now,
-        Event::Write {
-            request: RequestId(2),
-            items: vec![],
-        },
-    ));
+    let second = write(&mut core, now, 2);
     let applied = |i: u64| Vote {
         incarnation: Incarnation(i),
         applied: CommitIndex(1),
@@ -444,21 +378,8 @@ fn an_in_sync_counter_back_on_an_older_copy_of_its_disk_loses_its_place_after_a_
 #[test]
 fn a_commit_answer_from_another_data_directory_acknowledges_nothing() {
     let (mut core, now) = cluster_of(1);
-    let txn = prepared_txn(&core.step(
-        now,
-        Event::Write {
-            request: RequestId(1),
-            items: vec![],
-        },
-    ));
-    core.step(
-        now,
-        Event::Voted {
-            txn,
-            counter: id("c1"),
-            vote: vote(1),
-        },
-    );
+    let txn = write(&mut core, now, 1);
+    core.step(now, voted(txn, "c1", 1));
     core.step(now, Event::LogWritten);
     core.step(now.plus(core.config().commit_linger_ms), Event::Tick);
     core.step(
@@ -498,21 +419,8 @@ fn joined_plan(actions: &[Action]) -> JoinPlan {
 #[test]
 fn a_catch_up_report_from_an_earlier_registration_promotes_nobody() {
     let (mut core, now) = cluster_of(1);
-    let txn = prepared_txn(&core.step(
-        now,
-        Event::Write {
-            request: RequestId(1),
-            items: vec![],
-        },
-    ));
-    core.step(
-        now,
-        Event::Voted {
-            txn,
-            counter: id("c1"),
-            vote: vote(1),
-        },
-    );
+    let txn = write(&mut core, now, 1);
+    core.step(now, voted(txn, "c1", 1));
     core.step(now, Event::LogWritten);
     let register = |request: u64| Event::Register {
         request: RequestId(request),
