@@ -238,9 +238,12 @@ async fn a_commit_every_counter_died_before_applying_survives_a_restart_of_all()
         "{} is missing: `make build` builds it",
         failpoint_bin.display()
     );
-    let mut cluster = LocalCluster::start(ClusterOptions::new(dir.path(), 3))
-        .await
-        .unwrap();
+    let mut options = ClusterOptions::new(dir.path(), 3);
+    // Stopping three counters one after another can take longer than the
+    // 1 s (five 200 ms checks) after which a dead counter leaves the view,
+    // and the waits below need to see each one dead: keep them in it.
+    options.coordinator_args = vec!["--remove-after".into(), "100000".into()];
+    let mut cluster = LocalCluster::start(options).await.unwrap();
     let api = cluster.api().clone();
     let before: Vec<Item> = (0..5)
         .map(|k| Item::new(format!("b{k}"), "worst"))
