@@ -313,20 +313,21 @@ impl Replica {
     /// Ticks the participant's in-doubt clock: the prepared transactions
     /// to ask the coordinator about now, in id order.
     pub async fn in_doubt(&self) -> Result<Vec<TxnId>, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .writer
-            .send(Job::Tick(tx))
-            .map_err(|_| Error::WriterGone)?;
-        rx.await.map_err(|_| Error::WriterGone)
+        self.ask_writer(Job::Tick).await
     }
 
     /// What the participant durably holds, as one snapshot.
     pub async fn held(&self) -> Result<Held, Error> {
+        self.ask_writer(Job::Holdings).await
+    }
+
+    /// A question the writer answers between batches, from the
+    /// participant's durable state.
+    async fn ask_writer<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .writer
-            .send(Job::Holdings(tx))
+            .send(job(tx))
             .map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)
     }
