@@ -94,12 +94,41 @@ pub struct Args {
     /// Write requests that may wait for a transaction; beyond, 503.
     #[arg(long, env = "TALLY_MAX_QUEUED_WRITES", default_value_t = 20_000, value_parser = at_least_one)]
     pub max_queued_writes: usize,
+    /// This coordinator's URL as the other coordinators and the counters
+    /// reach it; needed with --peers.
+    #[arg(long, env = "TALLY_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Every coordinator's --advertise URL, this one's included, comma
+    /// separated: with more than one they replicate the decision log with
+    /// Raft (docs/consensus.md). Without it, one coordinator works alone.
+    #[arg(long, env = "TALLY_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
     #[command(flatten)]
     pub presence: PresenceArgs,
     #[command(flatten)]
     pub serve: tally_server::ServeLimits,
     #[command(flatten)]
     pub process: tally_server::ProcessArgs,
+}
+
+/// The coordinators, as `--peers` and `--advertise` name them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers {
+    pub urls: Vec<String>,
+    /// 1-based: this coordinator is `urls[me - 1]`.
+    pub me: u64,
+}
+
+impl Peers {
+    pub fn url_of(&self, id: u64) -> Option<&str> {
+        self.urls
+            .get((id as usize).checked_sub(1)?)
+            .map(String::as_str)
+    }
+
+    pub fn others(&self) -> usize {
+        self.urls.len() - 1
+    }
 }
 
 impl Args {
@@ -168,8 +197,54 @@ impl Args {
         }
     }
 
+    /// The coordinators of a replicated decision log, if `--peers` names
+    /// more than this one.
+    pub fn replication(&self) -> Result<Option<Peers>, String> {
+        if self.peers.len() <= 1 && self.advertise.is_none() {
+            return Ok(None);
+        }
+        let Some(me) = &self.advertise else {
+            return Err("--peers needs --advertise: this coordinator's own URL among them".into());
+        };
+        let urls: Vec<String> = self
+            .peers
+            .iter()
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .collect();
+        for url in &urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("--peers: {url:?} is not an http(s) URL"));
+            }
+        }
+        let mut sorted = urls.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != urls.len() {
+            return Err("--peers names a coordinator twice".into());
+        }
+        if urls.len() == 1 {
+            return Ok(None);
+        }
+        if urls.len().is_multiple_of(2) || urls.len() > 7 {
+            return Err(format!(
+                "--peers names {} coordinators: use 3, 5 or 7 (an even number tolerates no more \
+                 failures than one fewer, and needs a larger majority)",
+                urls.len()
+            ));
+        }
+        let me = me.trim_end_matches('/');
+        let Some(position) = urls.iter().position(|u| u == me) else {
+            return Err(format!("--advertise {me} is not among --peers"));
+        };
+        Ok(Some(Peers {
+            urls,
+            me: position as u64 + 1,
+        }))
+    }
+
     /// What no single flag's parser can see: how flags relate.
     fn check(&self) -> Result<(), String> {
+        self.replication()?;
         if self.remove_after < self.dead_after {
             return Err(format!(
                 "--remove-after ({}) must be at least --dead-after ({}): a counter leaves \

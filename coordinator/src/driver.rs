@@ -8,12 +8,21 @@
 //! One task and no locks: the core's state is touched by nothing else.
 //! Reads do not pass through the task; it publishes the read view (fence
 //! and readable counters) after every step that changes it.
+//!
+//! With peers (`--peers`), what the task steps is a replica
+//! (`replication::Replica`): the Raft node, with the core on the leader
+//! only. Its outputs add Raft messages to send and Raft writes to persist,
+//! and reads first confirm the leadership (a read index) before they take
+//! the view. Both kinds are one [`Brain`] to the loop below.
 
 use crate::client::{CallError, CounterClient};
 use crate::config::Settings;
 use crate::error::Stopped;
 use crate::log::DecisionLog;
 use crate::notices;
+use crate::replication::disk::RaftDisk;
+use crate::replication::transport::Outbox;
+use crate::replication::{Leadership, Replica};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +34,7 @@ use tally_common::coordinator::{
 };
 use tally_common::membership::HealthReport;
 use tally_common::{CommitIndex, CounterId, Item, TxnId};
+use tally_consensus::{Message, Output, PersistWrite};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most inputs stepped before the actions are carried out: under load many
@@ -34,31 +44,123 @@ const INPUTS_PER_TURN: usize = 512;
 
 type Inspect = Box<dyn FnOnce(&CoordinatorCore, Millis) + Send>;
 
+/// Where an answer goes: `Err` when this coordinator does not lead, or
+/// stopped leading with the request in hand.
+type Reply<T> = oneshot::Sender<Result<T, Stopped>>;
+
 enum Input {
     Write {
         items: Vec<Item>,
-        reply: oneshot::Sender<Result<(), WriteRefused>>,
+        reply: Reply<Result<(), WriteRefused>>,
     },
     Register {
         request: RegisterRequest,
-        reply: oneshot::Sender<Result<JoinPlan, JoinRefused>>,
+        reply: Reply<Result<JoinPlan, JoinRefused>>,
     },
     CaughtUp {
         request: CaughtUpRequest,
-        reply: oneshot::Sender<Result<JoinPlan, JoinRefused>>,
+        reply: Reply<Result<JoinPlan, JoinRefused>>,
     },
     AskOutcome {
         txn: TxnId,
-        reply: oneshot::Sender<Outcome>,
+        reply: Reply<Outcome>,
     },
     Promote {
         id: CounterId,
-        reply: oneshot::Sender<Result<CommitIndex, String>>,
+        reply: Reply<Result<CommitIndex, String>>,
+    },
+    /// A fenced read asks for the view to read at.
+    ReadView {
+        reply: Reply<ReadView>,
     },
     /// An answer from a counter or the log.
     Event(Event),
+    /// Raft messages from a peer coordinator.
+    Raft(Vec<Message>),
+    /// The Raft write with this number is durable.
+    Persisted(u64),
+    /// A batch to this peer was not delivered.
+    Unreachable(u64),
+    /// A peer's term, asked while this coordinator starts on an empty disk.
+    PeerTerm {
+        peer: u64,
+        term: u64,
+    },
     Inspect(Inspect),
     Stop,
+}
+
+/// What the driver steps: a single coordinator's core and its decision
+/// log, or a replica of several coordinators and its Raft log.
+pub enum Brain {
+    Single {
+        core: Box<CoordinatorCore>,
+        log: DecisionLog,
+    },
+    Replicated {
+        replica: Box<Replica>,
+        outputs: Vec<Output>,
+        disk: RaftDisk,
+    },
+}
+
+/// The state the loop steps; the logs have gone to their writers.
+enum Stepper {
+    Single(Box<CoordinatorCore>),
+    Replicated(Box<Replica>),
+}
+
+impl Stepper {
+    fn step(&mut self, now: Millis, input: tally_consensus::Input) -> Vec<Output> {
+        use tally_consensus::Input as I;
+        match self {
+            Stepper::Replicated(replica) => replica.step(now, input),
+            Stepper::Single(core) => match input {
+                I::Core(event) => core
+                    .step(now, event)
+                    .into_iter()
+                    .map(Output::Core)
+                    .collect(),
+                I::Tick => core
+                    .step(now, Event::Tick)
+                    .into_iter()
+                    .map(Output::Core)
+                    .collect(),
+                // One coordinator is the only one: its view needs no
+                // confirmation.
+                I::ReadIndex(request) => vec![Output::ReadReady {
+                    request,
+                    view: core.read_view(),
+                }],
+                I::Message(_) | I::Persisted(_) | I::Unreachable(_) => Vec::new(),
+            },
+        }
+    }
+
+    fn core(&self) -> Option<&CoordinatorCore> {
+        match self {
+            Stepper::Single(core) => Some(core),
+            Stepper::Replicated(replica) => replica.core(),
+        }
+    }
+
+    fn next_wakeup(&self, now: Millis) -> Millis {
+        match self {
+            Stepper::Single(core) => core.next_wakeup(),
+            Stepper::Replicated(replica) => replica.next_wakeup(now),
+        }
+    }
+
+    fn leadership(&self, single_url: &str) -> Leadership {
+        match self {
+            Stepper::Single(_) => Leadership::single(single_url.to_string()),
+            Stepper::Replicated(replica) => {
+                let mut leadership = replica.leadership();
+                leadership.term = replica.term();
+                leadership
+            }
+        }
+    }
 }
 
 /// The monotonic clock the core's [`Millis`] count on.
@@ -89,34 +191,86 @@ fn core_time(elapsed: Duration) -> Millis {
 pub struct Driver {
     inputs: mpsc::UnboundedSender<Input>,
     view: watch::Receiver<ReadView>,
+    leadership: watch::Receiver<Leadership>,
+}
+
+/// What the driver needs besides its brain.
+pub struct Start {
+    pub counters: CounterClient,
+    pub settings: Settings,
+    /// This coordinator's URL as others reach it.
+    pub advertise: String,
+    pub token: Option<String>,
 }
 
 impl Driver {
-    /// Starts the task that owns `core`; returns the handle and the task.
-    pub fn start(
-        core: CoordinatorCore,
-        log: DecisionLog,
-        counters: CounterClient,
-        settings: Settings,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the task that steps `brain`; returns the handle and the task.
+    pub fn start(brain: Brain, start: Start) -> (Self, tokio::task::JoinHandle<()>) {
         let (inputs, rx) = mpsc::unbounded_channel();
-        let (view_tx, view) = watch::channel(core.read_view());
-        let io = Io {
-            log: Arc::new(log),
-            counters,
-            settings,
-            inputs: inputs.clone(),
-            epoch: core.config().epoch,
+        let (stepper, log, raft, first) = match brain {
+            Brain::Single { core, log } => {
+                (Stepper::Single(core), Some(Arc::new(log)), None, vec![])
+            }
+            Brain::Replicated {
+                replica,
+                outputs,
+                disk,
+            } => {
+                let unreachable = {
+                    let inputs = inputs.clone();
+                    move |peer| {
+                        let _ = inputs.send(Input::Unreachable(peer));
+                    }
+                };
+                let outbox = Outbox::start(
+                    &replica.peers.urls,
+                    replica.peers.me,
+                    start.token.clone(),
+                    unreachable,
+                );
+                let raft = RaftIo {
+                    outbox,
+                    persist: start_persisting(disk, inputs.clone()),
+                    peers: replica.peers.clone(),
+                    asked: None,
+                    http: reqwest::Client::new(),
+                    token: start.token.clone(),
+                };
+                (Stepper::Replicated(replica), None, Some(raft), outputs)
+            }
         };
-        let task = tokio::spawn(run(core, rx, io, view_tx));
-        (Driver { inputs, view }, task)
+        let initial = stepper.core().map(|c| c.read_view()).unwrap_or(ReadView {
+            fence: CommitIndex(0),
+            readable: Vec::new(),
+            epoch: 0,
+        });
+        let (view_tx, view) = watch::channel(initial);
+        let (lead_tx, leadership) = watch::channel(stepper.leadership(&start.advertise));
+        let io = Io {
+            log,
+            raft,
+            counters: start.counters,
+            settings: start.settings,
+            inputs: inputs.clone(),
+            epoch: stepper.core().map_or(0, |c| c.config().epoch),
+            advertise: start.advertise,
+        };
+        let task = tokio::spawn(run(stepper, first, rx, io, view_tx, lead_tx));
+        (
+            Driver {
+                inputs,
+                view,
+                leadership,
+            },
+            task,
+        )
     }
 
     /// Adds `items` to the next transaction and waits for its outcome.
     pub async fn write(&self, items: Vec<Item>) -> Result<Result<(), WriteRefused>, Stopped> {
         let (reply, rx) = oneshot::channel();
         self.send(Input::Write { items, reply })?;
-        rx.await.map_err(|_| Stopped)
+        answer(rx).await
     }
 
     pub async fn register(
@@ -125,7 +279,7 @@ impl Driver {
     ) -> Result<Result<JoinPlan, JoinRefused>, Stopped> {
         let (reply, rx) = oneshot::channel();
         self.send(Input::Register { request, reply })?;
-        rx.await.map_err(|_| Stopped)
+        answer(rx).await
     }
 
     pub async fn caught_up(
@@ -134,23 +288,24 @@ impl Driver {
     ) -> Result<Result<JoinPlan, JoinRefused>, Stopped> {
         let (reply, rx) = oneshot::channel();
         self.send(Input::CaughtUp { request, reply })?;
-        rx.await.map_err(|_| Stopped)
+        answer(rx).await
     }
 
     pub async fn outcome(&self, txn: TxnId) -> Result<Outcome, Stopped> {
         let (reply, rx) = oneshot::channel();
         self.send(Input::AskOutcome { txn, reply })?;
-        rx.await.map_err(|_| Stopped)
+        answer(rx).await
     }
 
     pub async fn promote(&self, id: CounterId) -> Result<Result<CommitIndex, String>, Stopped> {
         let (reply, rx) = oneshot::channel();
         self.send(Input::Promote { id, reply })?;
-        rx.await.map_err(|_| Stopped)
+        answer(rx).await
     }
 
     /// Runs `f` on the core's state (for views: `/cluster`, `/health`,
-    /// metrics) and returns what it computed.
+    /// metrics) and returns what it computed; `NotLeader` on a coordinator
+    /// without a core (a follower).
     pub async fn inspect<T: Send + 'static>(
         &self,
         f: impl FnOnce(&CoordinatorCore, Millis) -> T + Send + 'static,
@@ -159,17 +314,41 @@ impl Driver {
         self.send(Input::Inspect(Box::new(move |core, now| {
             let _ = reply.send(f(core, now));
         })))?;
-        rx.await.map_err(|_| Stopped)
+        rx.await.map_err(|_| {
+            if self.inputs.is_closed() {
+                Stopped::Stopping
+            } else {
+                Stopped::NotLeader
+            }
+        })
     }
 
-    /// The fence and the counters a read starting now may ask.
-    pub fn read_view(&self) -> ReadView {
-        self.view.borrow().clone()
+    /// The view a fenced read starting now must read at: the fence and the
+    /// counters that may answer. With peers, it comes only after a majority
+    /// confirmed that this coordinator still leads.
+    pub async fn read_view(&self) -> Result<ReadView, Stopped> {
+        if self.leadership.borrow().term == 0 {
+            // One coordinator: the published view is current.
+            return Ok(self.view.borrow().clone());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::ReadView { reply })?;
+        answer(rx).await
     }
 
     /// Changes whenever the read view does (a new durable decision, say).
     pub fn watch_view(&self) -> watch::Receiver<ReadView> {
         self.view.clone()
+    }
+
+    /// Who leads, as of the driver's last turn.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.borrow().clone()
+    }
+
+    /// Raft messages from a peer.
+    pub fn raft(&self, messages: Vec<Message>) -> Result<(), Stopped> {
+        self.send(Input::Raft(messages))
     }
 
     /// Ends the task; answers still waiting are dropped (their requests
@@ -179,18 +358,57 @@ impl Driver {
     }
 
     fn send(&self, input: Input) -> Result<(), Stopped> {
-        self.inputs.send(input).map_err(|_| Stopped)
+        self.inputs.send(input).map_err(|_| Stopped::Stopping)
     }
+}
+
+async fn answer<T>(rx: oneshot::Receiver<Result<T, Stopped>>) -> Result<T, Stopped> {
+    rx.await.map_err(|_| Stopped::Stopping)?
+}
+
+/// Writes the Raft log on a thread of its own, in order: every write
+/// waiting is folded into one transaction (one fsync), and each is then
+/// reported persisted. A failed write exits the process: the node has
+/// acknowledged nothing it did not persist, and a restart recovers from
+/// what is on disk.
+fn start_persisting(
+    disk: RaftDisk,
+    inputs: mpsc::UnboundedSender<Input>,
+) -> std::sync::mpsc::Sender<PersistWrite> {
+    let (tx, rx) = std::sync::mpsc::channel::<PersistWrite>();
+    std::thread::Builder::new()
+        .name("raft-log".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut writes = vec![first];
+                writes.extend(rx.try_iter());
+                let writing = Instant::now();
+                if let Err(e) = disk.write(&writes) {
+                    tracing::error!(error = %e, "cannot write the raft log; exiting");
+                    std::process::exit(1);
+                }
+                metrics::histogram!("tally_raft_log_write_seconds")
+                    .record(writing.elapsed().as_secs_f64());
+                for w in writes {
+                    if inputs.send(Input::Persisted(w.number)).is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .expect("a thread starts");
+    tx
 }
 
 /// Requests waiting for the core's answer, by the id the driver gave them.
 #[derive(Default)]
 struct Waiting {
     next: u64,
-    writes: HashMap<RequestId, oneshot::Sender<Result<(), WriteRefused>>>,
-    joins: HashMap<RequestId, oneshot::Sender<Result<JoinPlan, JoinRefused>>>,
-    outcomes: HashMap<RequestId, oneshot::Sender<Outcome>>,
-    promotions: HashMap<RequestId, oneshot::Sender<Result<CommitIndex, String>>>,
+    writes: HashMap<RequestId, Reply<Result<(), WriteRefused>>>,
+    joins: HashMap<RequestId, Reply<Result<JoinPlan, JoinRefused>>>,
+    outcomes: HashMap<RequestId, Reply<Outcome>>,
+    promotions: HashMap<RequestId, Reply<Result<CommitIndex, String>>>,
+    reads: HashMap<RequestId, Reply<ReadView>>,
 }
 
 impl Waiting {
@@ -198,19 +416,75 @@ impl Waiting {
         self.next += 1;
         RequestId(self.next)
     }
+
+    /// Answers `request` with `why`, whatever kind it is.
+    fn fail(&mut self, request: RequestId, why: fn() -> Stopped) {
+        if let Some(r) = self.writes.remove(&request) {
+            let _ = r.send(Err(why()));
+        } else if let Some(r) = self.joins.remove(&request) {
+            let _ = r.send(Err(why()));
+        } else if let Some(r) = self.outcomes.remove(&request) {
+            let _ = r.send(Err(why()));
+        } else if let Some(r) = self.promotions.remove(&request) {
+            let _ = r.send(Err(why()));
+        } else if let Some(r) = self.reads.remove(&request) {
+            let _ = r.send(Err(why()));
+        }
+    }
+
+    /// Leadership ended: nothing in hand will be answered by this core.
+    /// Writes may have been decided by it and committed by the next leader,
+    /// so they are told "may or may not"; the rest did nothing durable.
+    fn fail_all(&mut self) {
+        for (_, r) in self.writes.drain() {
+            let _ = r.send(Err(Stopped::LeadershipLost));
+        }
+        for (_, r) in self.joins.drain() {
+            let _ = r.send(Err(Stopped::LeadershipLost));
+        }
+        for (_, r) in self.outcomes.drain() {
+            let _ = r.send(Err(Stopped::NotLeader));
+        }
+        for (_, r) in self.promotions.drain() {
+            let _ = r.send(Err(Stopped::LeadershipLost));
+        }
+        for (_, r) in self.reads.drain() {
+            let _ = r.send(Err(Stopped::NotLeader));
+        }
+    }
 }
 
 async fn run(
-    mut core: CoordinatorCore,
+    mut stepper: Stepper,
+    first_outputs: Vec<Output>,
     mut rx: mpsc::UnboundedReceiver<Input>,
-    io: Io,
+    mut io: Io,
     view: watch::Sender<ReadView>,
+    leadership: watch::Sender<Leadership>,
 ) {
     let clock = Clock(Instant::now());
     let mut waiting = Waiting::default();
-    let mut actions = Vec::new();
+    let mut outputs = first_outputs;
     loop {
-        let wake = clock.instant(core.next_wakeup());
+        for output in outputs.drain(..) {
+            io.carry_out(output, &mut waiting);
+        }
+        if let Some(core) = stepper.core() {
+            view.send_if_modified(|published| {
+                let fresh = core.read_view();
+                let changed = *published != fresh;
+                *published = fresh;
+                changed
+            });
+        }
+        leadership.send_if_modified(|published| {
+            let fresh = stepper.leadership(&io.advertise);
+            let changed = *published != fresh;
+            *published = fresh;
+            changed
+        });
+        io.ask_peer_terms(&stepper, clock.now());
+        let wake = clock.instant(stepper.next_wakeup(clock.now()));
         let first = tokio::select! {
             input = rx.recv() => match input {
                 Some(input) => Some(input),
@@ -221,25 +495,19 @@ async fn run(
         let now = clock.now();
         let mut stop = false;
         match first {
-            None => actions.extend(core.step(now, Event::Tick)),
-            Some(input) => stop |= take(&mut core, now, input, &mut waiting, &mut actions),
+            None => outputs.extend(stepper.step(now, tally_consensus::Input::Tick)),
+            Some(input) => stop |= take(&mut stepper, now, input, &mut waiting, &mut outputs),
         }
         for _ in 0..INPUTS_PER_TURN {
             match rx.try_recv() {
-                Ok(input) => stop |= take(&mut core, now, input, &mut waiting, &mut actions),
+                Ok(input) => stop |= take(&mut stepper, now, input, &mut waiting, &mut outputs),
                 Err(_) => break,
             }
         }
-        for action in actions.drain(..) {
-            io.carry_out(action, &mut waiting);
-        }
-        view.send_if_modified(|published| {
-            let fresh = core.read_view();
-            let changed = *published != fresh;
-            *published = fresh;
-            changed
-        });
         if stop {
+            for output in outputs.drain(..) {
+                io.carry_out(output, &mut waiting);
+            }
             break;
         }
     }
@@ -247,22 +515,23 @@ async fn run(
 
 /// Steps one input; true when it asks the task to stop.
 fn take(
-    core: &mut CoordinatorCore,
+    stepper: &mut Stepper,
     now: Millis,
     input: Input,
     waiting: &mut Waiting,
-    actions: &mut Vec<Action>,
+    outputs: &mut Vec<Output>,
 ) -> bool {
-    let event = match input {
+    use tally_consensus::Input as I;
+    let input = match input {
         Input::Write { items, reply } => {
             let request = waiting.id();
             waiting.writes.insert(request, reply);
-            Event::Write { request, items }
+            I::Core(Event::Write { request, items })
         }
         Input::Register { request: r, reply } => {
             let request = waiting.id();
             waiting.joins.insert(request, reply);
-            Event::Register {
+            I::Core(Event::Register {
                 request,
                 id: r.id,
                 url: r.url,
@@ -272,51 +541,157 @@ fn take(
                     prepared: r.prepared,
                     applied_above: r.applied_above,
                 },
-            }
+            })
         }
         Input::CaughtUp { request: r, reply } => {
             let request = waiting.id();
             waiting.joins.insert(request, reply);
-            Event::CaughtUp {
+            I::Core(Event::CaughtUp {
                 request,
                 id: r.id,
                 incarnation: r.incarnation,
                 registration: r.registration,
                 applied: r.applied_index,
-            }
+            })
         }
         Input::AskOutcome { txn, reply } => {
             let request = waiting.id();
             waiting.outcomes.insert(request, reply);
-            Event::AskOutcome { request, txn }
+            I::Core(Event::AskOutcome { request, txn })
         }
         Input::Promote { id, reply } => {
             let request = waiting.id();
             waiting.promotions.insert(request, reply);
-            Event::Promote { request, id }
+            I::Core(Event::Promote { request, id })
         }
-        Input::Event(event) => event,
+        Input::ReadView { reply } => {
+            let request = waiting.id();
+            waiting.reads.insert(request, reply);
+            I::ReadIndex(request)
+        }
+        Input::Event(event) => I::Core(event),
+        Input::Raft(messages) => {
+            for message in messages {
+                outputs.extend(stepper.step(now, I::Message(message)));
+            }
+            return false;
+        }
+        Input::Persisted(number) => I::Persisted(number),
+        Input::Unreachable(peer) => I::Unreachable(peer),
+        Input::PeerTerm { peer, term } => {
+            if let Stepper::Replicated(replica) = stepper {
+                match replica.peer_term(peer, term, now) {
+                    Ok(more) => outputs.extend(more),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the replica; exiting");
+                        std::process::exit(1);
+                    }
+                }
+            }
+            return false;
+        }
         Input::Inspect(f) => {
-            f(core, now);
+            if let Some(core) = stepper.core() {
+                f(core, now);
+            }
             return false;
         }
         Input::Stop => return true,
     };
-    actions.extend(core.step(now, event));
+    outputs.extend(stepper.step(now, input));
     false
 }
 
 /// What carries out the core's actions.
 struct Io {
-    log: Arc<DecisionLog>,
+    /// The single coordinator's decision log; with peers, the Raft log is
+    /// the decision log and `raft` writes it.
+    log: Option<Arc<DecisionLog>>,
+    raft: Option<RaftIo>,
     counters: CounterClient,
     settings: Settings,
     inputs: mpsc::UnboundedSender<Input>,
+    /// The epoch health checks name: the leader's term with peers.
     epoch: u64,
+    advertise: String,
+}
+
+/// The Raft side of a replica's I/O.
+struct RaftIo {
+    outbox: Outbox,
+    persist: std::sync::mpsc::Sender<PersistWrite>,
+    peers: crate::replication::Peers,
+    /// When the peers' terms were last asked (while starting).
+    asked: Option<Millis>,
+    http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Io {
-    fn carry_out(&self, action: Action, waiting: &mut Waiting) {
+    fn carry_out(&mut self, output: Output, waiting: &mut Waiting) {
+        match output {
+            Output::Core(action) => self.carry_out_action(action, waiting),
+            Output::Send(message) => {
+                if let Some(raft) = &self.raft {
+                    raft.outbox.send(message);
+                }
+            }
+            Output::Persist(write) => {
+                if let Some(raft) = &self.raft {
+                    let _ = raft.persist.send(write);
+                }
+            }
+            Output::NotLeader(request) => waiting.fail(request, || Stopped::NotLeader),
+            Output::ReadReady { request, view } => {
+                if let Some(reply) = waiting.reads.remove(&request) {
+                    let _ = reply.send(Ok(view));
+                }
+            }
+            Output::Leading { term } => {
+                self.epoch = term;
+                tracing::info!(term, "this coordinator leads");
+                metrics::counter!("tally_raft_leaderships_total").increment(1);
+            }
+            Output::Deposed => {
+                tracing::warn!(
+                    "this coordinator stopped leading; requests in hand are answered as undecided"
+                );
+                waiting.fail_all();
+            }
+        }
+    }
+
+    /// While starting on an empty disk, asks every peer for its term, at
+    /// most twice a second.
+    fn ask_peer_terms(&mut self, stepper: &Stepper, now: Millis) {
+        let Stepper::Replicated(replica) = stepper else {
+            return;
+        };
+        let Some(raft) = self.raft.as_mut() else {
+            return;
+        };
+        if !replica.starting() || raft.asked.is_some_and(|at| now.0 < at.0 + 500) {
+            return;
+        }
+        raft.asked = Some(now);
+        for (i, url) in raft.peers.urls.iter().enumerate() {
+            let peer = i as u64 + 1;
+            if peer == raft.peers.me {
+                continue;
+            }
+            let (http, token, inputs) =
+                (raft.http.clone(), raft.token.clone(), self.inputs.clone());
+            let url = url.clone();
+            tokio::spawn(async move {
+                if let Ok(term) = crate::replication::transport::peer_term(&http, &url, token).await
+                {
+                    let _ = inputs.send(Input::PeerTerm { peer, term });
+                }
+            });
+        }
+    }
+
+    fn carry_out_action(&self, action: Action, waiting: &mut Waiting) {
         match action {
             Action::Prepare {
                 txn,
@@ -395,7 +770,10 @@ impl Io {
                 }
             }
             Action::WriteLog(write) => {
-                let (log, inputs) = (self.log.clone(), self.inputs.clone());
+                let Some(log) = self.log.clone() else {
+                    unreachable!("a replica's core writes through Raft, never here");
+                };
+                let inputs = self.inputs.clone();
                 tokio::spawn(async move {
                     let writing = Instant::now();
                     let done = tokio::task::spawn_blocking(move || {
@@ -429,22 +807,22 @@ impl Io {
             }
             Action::WriteDone { request, result } => {
                 if let Some(reply) = waiting.writes.remove(&request) {
-                    let _ = reply.send(result);
+                    let _ = reply.send(Ok(result));
                 }
             }
             Action::Joined { request, result } => {
                 if let Some(reply) = waiting.joins.remove(&request) {
-                    let _ = reply.send(result);
+                    let _ = reply.send(Ok(result));
                 }
             }
             Action::Outcome { request, outcome } => {
                 if let Some(reply) = waiting.outcomes.remove(&request) {
-                    let _ = reply.send(outcome);
+                    let _ = reply.send(Ok(outcome));
                 }
             }
             Action::Promoted { request, result } => {
                 if let Some(reply) = waiting.promotions.remove(&request) {
-                    let _ = reply.send(result);
+                    let _ = reply.send(Ok(result));
                 }
             }
             Action::CheckHealth { to } => {

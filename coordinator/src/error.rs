@@ -34,6 +34,10 @@ pub enum Error {
     Aborted(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The request may or may not have been carried out (a leader lost its
+    /// leadership while deciding it, or stopped answering a forwarded one).
+    #[error("{0}")]
+    Indeterminate(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -48,13 +52,32 @@ pub enum Error {
     Io(String),
 }
 
-/// The driver stopped: the process is shutting down.
+/// Why the driver gave no answer.
 #[derive(Debug)]
-pub struct Stopped;
+pub enum Stopped {
+    /// The process is shutting down.
+    Stopping,
+    /// This coordinator does not lead (any more, or yet): nothing of the
+    /// request was done.
+    NotLeader,
+    /// It stopped leading while the request was in hand: it may or may not
+    /// have been carried out.
+    LeadershipLost,
+}
 
 impl From<Stopped> for Error {
-    fn from(_: Stopped) -> Self {
-        Error::Unavailable("the coordinator is stopping; retry".into())
+    fn from(stopped: Stopped) -> Self {
+        match stopped {
+            Stopped::Stopping => Error::Unavailable("the coordinator is stopping; retry".into()),
+            Stopped::NotLeader => {
+                Error::Unavailable("this coordinator does not lead right now; retry".into())
+            }
+            Stopped::LeadershipLost => Error::Indeterminate(
+                "the coordinator stopped leading while deciding this request: it may or may not \
+                 have been carried out, and retrying is safe"
+                    .into(),
+            ),
+        }
     }
 }
 
@@ -122,9 +145,11 @@ impl IntoResponse for Error {
             Error::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Storage(_) | Error::Corrupt(_) | Error::Metrics(_) | Error::Io(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::Storage(_)
+            | Error::Corrupt(_)
+            | Error::Metrics(_)
+            | Error::Io(_)
+            | Error::Indeterminate(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");

@@ -63,33 +63,73 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    // Counters' calls, which only the leader can answer.
     let internal = Router::new()
         .route("/internal/register", post(register))
         .route("/internal/caught-up", post(caught_up))
         .route("/internal/outcome/{txn}", get(outcome))
         .route("/internal/promote", post(promote))
         .route_layer(middleware::from_fn_with_state(
+            state.shared.clone(),
+            crate::forward::to_leader,
+        ))
+        .route_layer(middleware::from_fn_with_state(
             state.token.clone(),
             require_token,
         ));
-    Router::new()
+    // Between coordinators, answered by each itself.
+    let raft = Router::new()
+        .route("/internal/raft", post(raft_messages))
+        .route("/internal/raft/status", get(raft_status))
+        .route_layer(middleware::from_fn_with_state(
+            state.token.clone(),
+            require_token,
+        ));
+    // The public requests a follower passes to the leader.
+    let leader_only = Router::new()
         .route("/items", post(add_items))
         .route("/items/{tenant}/count", get(count))
         .route("/items/{tenant}/count/stream", get(count_stream))
         .route("/cluster", get(cluster))
+        .route("/stats", get(stats))
+        .route_layer(middleware::from_fn_with_state(
+            state.shared.clone(),
+            crate::forward::to_leader,
+        ));
+    Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .route("/stats", get(stats))
         .route("/openapi.json", get(openapi_json))
         .route("/", get(dashboard::page))
         .route("/assets/dashboard.css", get(dashboard::style))
         .route("/assets/dashboard.js", get(dashboard::script))
+        .merge(leader_only)
         .merge(internal)
+        .merge(raft)
         .merge(crate::presence::router(state.presence.clone()))
         .method_not_allowed_fallback(tally_server::method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn(tally_server::track_requests))
         .with_state(state)
+}
+
+/// Raft messages from a peer coordinator (`replication/transport.rs`).
+async fn raft_messages(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<axum::http::StatusCode, Error> {
+    let messages = crate::replication::transport::decode_batch(&body).map_err(Error::BadBody)?;
+    state.shared.driver.raft(messages)?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// This coordinator's term, for a peer starting on an empty disk.
+async fn raft_status(
+    State(state): State<AppState>,
+) -> Json<crate::replication::transport::RaftStatus> {
+    Json(crate::replication::transport::RaftStatus {
+        term: state.shared.driver.leadership().term,
+    })
 }
 
 async fn not_found() -> Error {

@@ -12,6 +12,7 @@ pub mod config;
 mod dashboard;
 mod driver;
 mod error;
+mod forward;
 mod http;
 mod log;
 mod metrics;
@@ -19,6 +20,7 @@ mod notices;
 mod openapi;
 mod presence;
 mod reads;
+mod replication;
 mod schema;
 mod state;
 mod stream;
@@ -40,12 +42,6 @@ pub async fn run(
         return serve_presence_only(args, primary, listener, shutdown).await;
     }
     let metrics = metrics::install()?;
-    let (log, restored) = log::DecisionLog::open(&args.data_dir)?;
-    tracing::info!(
-        epoch = restored.epoch, decided = %restored.decided, counters = restored.members.len(),
-        pending_commits = restored.decisions.len(), "coordinator starting"
-    );
-    let core = CoordinatorCore::recover(args.core(restored.epoch), restored, Millis(0));
     let token = tally_server::ClusterToken::new(args.cluster_token.as_deref());
     if token.get().is_none() {
         tracing::warn!(
@@ -56,8 +52,49 @@ pub async fn run(
     }
     let settings = args.settings();
     let counters = client::CounterClient::new(token.get().map(str::to_string), &settings);
-    let (driver, driver_task) =
-        driver::Driver::start(core, log, counters.clone(), settings.clone());
+    let advertise = args.advertise.clone().unwrap_or_else(|| {
+        let addr = listener.local_addr().map_or(args.listen, |a| a);
+        format!("http://{addr}")
+    });
+    let brain = match args.replication().map_err(Error::Io)? {
+        None => {
+            let (log, restored) = log::DecisionLog::open(&args.data_dir)?;
+            tracing::info!(
+                epoch = restored.epoch, decided = %restored.decided,
+                counters = restored.members.len(),
+                pending_commits = restored.decisions.len(), "coordinator starting"
+            );
+            let core = CoordinatorCore::recover(args.core(restored.epoch), restored, Millis(0));
+            driver::Brain::Single {
+                core: Box::new(core),
+                log,
+            }
+        }
+        Some(peers) => {
+            let (disk, restored) = replication::disk::RaftDisk::open(&args.data_dir)?;
+            tracing::info!(
+                me = %advertise, coordinators = peers.urls.len(),
+                term = restored.hard_state.term, entries = restored.entries.len(),
+                "coordinator starting as one of several (Raft)"
+            );
+            let (replica, outputs) =
+                replication::Replica::new(peers, args.core(0), restored, Millis(0))?;
+            driver::Brain::Replicated {
+                replica: Box::new(replica),
+                outputs,
+                disk,
+            }
+        }
+    };
+    let (driver, driver_task) = driver::Driver::start(
+        brain,
+        driver::Start {
+            counters: counters.clone(),
+            settings: settings.clone(),
+            advertise: advertise.clone(),
+            token: token.get().map(str::to_string),
+        },
+    );
     let presence = presence::start(
         &args.presence,
         presence::OwnerSource::Driver(driver.clone()),
@@ -71,6 +108,12 @@ pub async fn run(
         driver: driver.clone(),
         counters,
         reads: Default::default(),
+        advertise: Some(advertise),
+        forwarder: reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::Io(format!("the HTTP client: {e}")))?,
     });
     tracing::info!(listen = ?listener.local_addr().ok(), "coordinator serving");
     let openapi = Arc::new(openapi::document(shared.settings.item_limits));

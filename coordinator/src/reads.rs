@@ -86,7 +86,7 @@ pub async fn count(
     timeout: Duration,
     tenant: &str,
 ) -> Result<u64, Error> {
-    let view = driver.read_view();
+    let view = driver.read_view().await?;
     if let Some(answer) = reads.join(tenant, view.fence).await {
         return answer.map_err(Error::Unavailable);
     }

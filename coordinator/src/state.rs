@@ -11,6 +11,11 @@ pub struct Shared {
     pub driver: Driver,
     pub counters: CounterClient,
     pub reads: ReadsInFlight,
+    /// This coordinator's URL as its peers name it.
+    pub advertise: Option<String>,
+    /// Passes requests to the leader when this coordinator follows
+    /// (`replication/forward.rs`).
+    pub forwarder: reqwest::Client,
 }
 
 impl Shared {

@@ -1,0 +1,226 @@
+//! Three (or five) coordinators with one decision log: the binary's side of
+//! `tally_consensus`. The consensus itself — Raft, the replicated state, the
+//! core on the leader — is plain code in that crate, stepped by the driver
+//! like the single coordinator's core; this module holds what touches the
+//! world: the Raft log on disk ([`disk`]), the messages between
+//! coordinators ([`transport`]). Requests a follower passes to the leader
+//! are `forward.rs`'s.
+//!
+//! A coordinator with peers starts in [`Phase::Starting`] when its disk is
+//! empty: it cannot tell a new cluster from having lost its data until its
+//! peers say what they hold (`GET /internal/raft/status`), and guessing
+//! wrong could elect a leader without a committed decision.
+
+pub mod disk;
+pub mod transport;
+
+use std::collections::BTreeMap;
+use tally_common::coordinator::{CoordinatorCore, CoreConfig, Millis};
+use tally_consensus::{
+    Input, NodeConfig, Output, ReplicatedConfig, ReplicatedCoordinator, RestoredRaft, Role, Start,
+};
+
+/// One Raft tick. Heartbeats go every 2 ticks (100 ms); a follower that
+/// hears nothing for 6 to 12 ticks (300 to 600 ms) starts an election.
+/// Failover is about one election timeout plus a round trip and the new
+/// leader's first health round (docs/benchmarks.md measures it); shorter
+/// timeouts made elections start during fsync stalls on a loaded machine.
+pub const TICK_MS: u64 = 50;
+const HEARTBEAT_TICKS: usize = 2;
+const ELECTION_TICKS: (usize, usize) = (6, 12);
+/// Entries applied between snapshots: a snapshot is the decision state
+/// (small: decisions are trimmed once every in-sync counter has them), so
+/// taking one is cheap and keeps a restart's replay short.
+const SNAPSHOT_EVERY: u64 = 1024;
+
+pub use crate::config::Peers;
+
+/// Who leads, as a request arriving here needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    pub role: &'static str,
+    pub term: u64,
+    /// The leader's URL, if one is known (this coordinator's own when it
+    /// leads).
+    pub leader: Option<String>,
+    /// This coordinator leads and its core is serving.
+    pub serving: bool,
+}
+
+impl Leadership {
+    pub fn single(url: String) -> Self {
+        Leadership {
+            role: "leader",
+            term: 0,
+            leader: Some(url),
+            serving: true,
+        }
+    }
+}
+
+pub enum Phase {
+    /// Empty disk: waiting to hear every peer's term.
+    Starting {
+        restored: Box<RestoredRaft>,
+        terms: BTreeMap<u64, u64>,
+        core: Box<CoreConfig>,
+    },
+    Running(Box<ReplicatedCoordinator>),
+}
+
+pub struct Replica {
+    pub peers: Peers,
+    pub phase: Phase,
+}
+
+impl Replica {
+    pub fn new(
+        peers: Peers,
+        core: CoreConfig,
+        restored: RestoredRaft,
+        now: Millis,
+    ) -> Result<(Self, Vec<Output>), crate::Error> {
+        let mut replica = Replica {
+            phase: Phase::Starting {
+                restored: Box::new(restored),
+                terms: BTreeMap::new(),
+                core: Box::new(core),
+            },
+            peers,
+        };
+        let out = replica.try_start(now)?;
+        Ok((replica, out))
+    }
+
+    /// A peer's answer to the status question, while starting.
+    pub fn peer_term(
+        &mut self,
+        peer: u64,
+        term: u64,
+        now: Millis,
+    ) -> Result<Vec<Output>, crate::Error> {
+        if let Phase::Starting { terms, .. } = &mut self.phase {
+            terms.insert(peer, term);
+        }
+        self.try_start(now)
+    }
+
+    fn try_start(&mut self, now: Millis) -> Result<Vec<Output>, crate::Error> {
+        let Phase::Starting {
+            restored,
+            terms,
+            core,
+        } = &self.phase
+        else {
+            return Ok(Vec::new());
+        };
+        let heard: Vec<u64> = terms.values().copied().collect();
+        let rejoin_at = match tally_consensus::start(restored, &heard, self.peers.others()) {
+            Start::Wait => return Ok(Vec::new()),
+            Start::Restart | Start::Fresh => None,
+            Start::Rejoin { term } => {
+                tracing::warn!(
+                    term,
+                    "this coordinator's data directory is empty but its peers' are not: \
+                     rejoining (it votes again once it holds what the leader has committed)"
+                );
+                Some(term)
+            }
+        };
+        let config = ReplicatedConfig {
+            node: NodeConfig {
+                id: self.peers.me,
+                voters: (1..=self.peers.urls.len() as u64).collect(),
+                heartbeat_ticks: HEARTBEAT_TICKS,
+                election_ticks: ELECTION_TICKS,
+                seed: seed(),
+            },
+            core: (**core).clone(),
+            tick_ms: TICK_MS,
+            snapshot_every: SNAPSHOT_EVERY,
+        };
+        let (node, out) = ReplicatedCoordinator::new(config, (**restored).clone(), rejoin_at, now)
+            .map_err(|e| crate::Error::Io(format!("cannot start the raft node: {e}")))?;
+        self.phase = Phase::Running(Box::new(node));
+        Ok(out)
+    }
+
+    pub fn starting(&self) -> bool {
+        matches!(self.phase, Phase::Starting { .. })
+    }
+
+    pub fn step(&mut self, now: Millis, input: Input) -> Vec<Output> {
+        match &mut self.phase {
+            Phase::Running(node) => node.step(now, input),
+            Phase::Starting { .. } => refuse(input),
+        }
+    }
+
+    pub fn next_wakeup(&self, now: Millis) -> Millis {
+        match &self.phase {
+            Phase::Running(node) => node.next_wakeup(),
+            Phase::Starting { .. } => Millis(now.0 + 200),
+        }
+    }
+
+    pub fn core(&self) -> Option<&CoordinatorCore> {
+        match &self.phase {
+            Phase::Running(node) => node.core(),
+            Phase::Starting { .. } => None,
+        }
+    }
+
+    /// What `GET /internal/raft/status` tells a starting peer: 0 while this
+    /// coordinator holds nothing.
+    pub fn term(&self) -> u64 {
+        match &self.phase {
+            Phase::Running(node) => node.term(),
+            Phase::Starting { restored, .. } => restored.hard_state.term,
+        }
+    }
+
+    pub fn leadership(&self) -> Leadership {
+        let Phase::Running(node) = &self.phase else {
+            return Leadership {
+                role: "starting",
+                term: 0,
+                leader: None,
+                serving: false,
+            };
+        };
+        Leadership {
+            role: node.role().as_str(),
+            term: node.term(),
+            leader: node
+                .leader()
+                .and_then(|id| self.peers.url_of(id))
+                .map(str::to_string),
+            serving: node.role() == Role::Leader && node.core().is_some(),
+        }
+    }
+}
+
+/// While starting, every request is refused as "not leader".
+fn refuse(input: Input) -> Vec<Output> {
+    use tally_common::coordinator::Event;
+    match input {
+        Input::ReadIndex(request) => vec![Output::NotLeader(request)],
+        Input::Core(
+            Event::Write { request, .. }
+            | Event::Register { request, .. }
+            | Event::CaughtUp { request, .. }
+            | Event::AskOutcome { request, .. }
+            | Event::Promote { request, .. },
+        ) => vec![Output::NotLeader(request)],
+        _ => Vec::new(),
+    }
+}
+
+/// Election timeouts only need to differ between coordinators; the
+/// process id and the clock are different enough.
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
