@@ -9,7 +9,7 @@
 use crate::error::{Error, Stopped};
 use crate::schema::{CountEvent, ItemList};
 use crate::state::Shared;
-use crate::{dashboard, stream};
+use crate::{dashboard, group, stream};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -316,12 +316,17 @@ pub(crate) async fn cluster(State(state): State<AppState>) -> Result<Json<Cluste
     Ok(Json(cluster_view(&state.shared).await?))
 }
 
-/// The cluster as the core sees it now, "last seen" ages on its clock.
+/// The cluster as the core sees it now, "last seen" ages on its clock,
+/// with the group of coordinators around it.
 async fn cluster_view(shared: &Shared) -> Result<ClusterView, Stopped> {
-    shared
+    let mut view = shared
         .driver
         .inspect(|core, now| core.cluster().view(now.0))
-        .await
+        .await?;
+    let group = group::status(&shared.settings.peers, view.decided_index);
+    view.leader = group.leader;
+    view.coordinators = group.coordinators;
+    Ok(view)
 }
 
 /// Liveness of the coordinator, and whether the cluster can serve
@@ -336,15 +341,20 @@ async fn cluster_view(shared: &Shared) -> Result<ClusterView, Stopped> {
     responses((status = 200, description = "The coordinator is up; `status` tells whether the cluster serves.", body = Health)),
 )]
 pub(crate) async fn health(State(state): State<AppState>) -> Result<Json<Health>, Error> {
-    let health = state
+    let (in_sync, availability, decided) = state
         .shared
         .driver
         .inspect(|core, _| {
             let cluster = core.cluster();
-            Health::new(cluster.in_sync_count(), cluster.availability())
+            (
+                cluster.in_sync_count(),
+                cluster.availability(),
+                cluster.decided(),
+            )
         })
         .await?;
-    Ok(Json(health))
+    let role = group::status(&state.shared.settings.peers, decided).role;
+    Ok(Json(Health::new(in_sync, availability, role)))
 }
 
 /// This document

@@ -12,6 +12,7 @@ pub mod config;
 mod dashboard;
 mod driver;
 mod error;
+mod group;
 mod http;
 mod log;
 mod metrics;
