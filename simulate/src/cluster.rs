@@ -552,7 +552,7 @@ impl LocalCluster {
             .options
             .cluster_token
             .iter()
-            .map(|t| ("CLUSTER_TOKEN".to_string(), t.clone()))
+            .map(|t| ("TALLY_CLUSTER_TOKEN".to_string(), t.clone()))
             .chain(self.options.counter_env.iter().cloned())
             .collect();
         proc.env = base.into_iter().chain(env).collect();
