@@ -286,7 +286,7 @@ impl Args {
             ));
         }
         let n = peers.len();
-        if n > MAX_COORDINATORS || (n > 1 && n % 2 == 0) {
+        if n > MAX_COORDINATORS || (n > 1 && n.is_multiple_of(2)) {
             return Err(format!(
                 "--peers lists {n} coordinators: give 1, 3, 5 or 7. A decision needs a \
                  majority, so an even number survives no more failures than one fewer, and \
