@@ -11,6 +11,7 @@ ifneq ($(wildcard .env),)
 include .env
 endif
 COUNTERS             ?= 3
+COORDINATORS         ?= 1
 HTTP_PORT            ?= 8080
 DOCKERFILE           ?= Dockerfile.dev
 COMPOSE_PROJECT_NAME ?= tally
@@ -22,11 +23,18 @@ IMAGE          ?= tally:latest
 BUILD_CONTEXT ?= .
 endif
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# With COORDINATORS above 1, make up writes the compose file of the extra
+# coordinators here (scripts/compose-coordinators.sh), and every compose
+# command uses it for as long as it exists: make stop, log and clean then
+# reach the coordinators the last make up started, whatever COORDINATORS
+# says now.
+COMPOSE_COORDINATORS := target/compose/coordinators.yml
 COMPOSE_RUN = IMAGE=$(IMAGE) DOCKERFILE=$(DOCKERFILE) BUILD_CONTEXT=$(BUILD_CONTEXT) \
-	HTTP_PORT=$(HTTP_PORT) $(COMPOSE) -p $(COMPOSE_PROJECT_NAME)
+	HTTP_PORT=$(HTTP_PORT) $(COMPOSE) -p $(COMPOSE_PROJECT_NAME) -f docker-compose.yml \
+	$$(test -f $(COMPOSE_COORDINATORS) && echo "-f $(COMPOSE_COORDINATORS)")
 
 .PHONY: chaos-long all build run test fmt-check clippy unit-and-integration schemathesis bench bench-engines simulate status clean-data help \
-	up dev log stop clean cluster-token image docker-images docker-images-if-engine docker-images-from-binaries test-deps \
+	up dev log stop clean cluster-token compose-coordinators image docker-images docker-images-if-engine docker-images-from-binaries test-deps \
 	fuzz fuzz-smoke deploy-check sim sim-mutations
 
 # `make` alone prints this list. Every target has a `## ` line after its
@@ -55,11 +63,13 @@ build: ## release binaries, and coordinator- and counter-failpoints for the test
 	cp $(BIN)/counter $(BIN)/counter-failpoints
 	$(CARGO) build --release --workspace --all-targets
 
-# The coordinator takes HTTP_PORT and the counters the ports after it; a
-# port in use stops it at once with the name of the holder when known.
-run: ## build and start a coordinator on :$(HTTP_PORT) and $(COUNTERS) counters (Ctrl-C stops)
+# The coordinator takes HTTP_PORT, any other coordinators (COORDINATORS)
+# the ports after it, and the counters the ports after those; a port in
+# use stops it at once with the name of the holder when known.
+run: ## build and start $(COORDINATORS) coordinator(s) from :$(HTTP_PORT) and $(COUNTERS) counters (Ctrl-C stops)
 	$(CARGO) build --release --workspace --bins
-	$(BIN)/simulate cluster --counters $(COUNTERS) --base-port $(HTTP_PORT) --data-dir data
+	$(BIN)/simulate cluster --counters $(COUNTERS) --base-port $(HTTP_PORT) \
+	  --coordinators $(COORDINATORS) --data-dir data
 
 test: fmt-check clippy build docker-images-if-engine test-deps unit-and-integration sim-mutations schemathesis deploy-check fuzz-smoke ## everything CI runs (.ci/run)
 
@@ -210,13 +220,28 @@ else
 	$(COMPOSE_RUN) build
 endif
 
-up: .env cluster-token image ## the cluster in containers ($(COUNTERS) counters), image from $(DOCKERFILE)
+# COORDINATORS=1 removes the file, so docker-compose.yml alone is used.
+compose-coordinators: ## write (or, for COORDINATORS=1, remove) the compose file of the extra coordinators
+	@if [ "$(COORDINATORS)" = 1 ]; then \
+	  rm -f $(COMPOSE_COORDINATORS); \
+	else \
+	  mkdir -p $(dir $(COMPOSE_COORDINATORS)) && \
+	  scripts/compose-coordinators.sh $(COORDINATORS) $(HTTP_PORT) > $(COMPOSE_COORDINATORS).tmp && \
+	  mv $(COMPOSE_COORDINATORS).tmp $(COMPOSE_COORDINATORS); \
+	fi
+
+up: .env cluster-token image compose-coordinators ## the cluster in containers ($(COORDINATORS) coordinator(s), $(COUNTERS) counters), image from $(DOCKERFILE)
 	$(COMPOSE_RUN) up -d --no-build --scale counter=$(COUNTERS)
 	$(COMPOSE_RUN) exec -T coordinator /usr/local/bin/simulate status \
 	  --coordinator http://127.0.0.1:8080 --wait-counters $(COUNTERS)
 	@echo
 	@echo "tally is up: $(COUNTERS) counters (make log, make stop, make clean)"
 	@echo "  coordinator  http://localhost:$(HTTP_PORT)"
+	@if [ "$(COORDINATORS)" != 1 ]; then \
+	  for i in $$(seq 2 $(COORDINATORS)); do \
+	    echo "  coordinator-$$i  http://localhost:$$(($(HTTP_PORT) + i - 1))"; \
+	  done; \
+	fi
 	@echo "  dashboard    http://localhost:$(HTTP_PORT)/"
 
 dev: ## make up with the development image (Dockerfile.dev)
@@ -230,4 +255,4 @@ stop: .env ## stop the containers (their data stays)
 
 clean: .env ## remove the containers, their network and volumes (data)
 	$(COMPOSE_RUN) down -v --remove-orphans
-	rm -rf target/docker
+	rm -rf target/docker $(COMPOSE_COORDINATORS)

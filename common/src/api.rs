@@ -185,10 +185,60 @@ impl Availability {
     }
 }
 
+/// What a coordinator is in the group of coordinators that replicate the
+/// decision log. A single coordinator is always the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum CoordinatorRole {
+    /// Decides transactions and answers the counters; the others forward
+    /// to it.
+    Leader,
+    /// Holds a copy of the decision log and forwards to the leader.
+    Follower,
+    /// Standing for election: there is no leader it knows of.
+    Candidate,
+    /// The coordinator answering could not reach this one.
+    Unreachable,
+}
+
+impl CoordinatorRole {
+    /// The name on the wire, in metrics labels and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            CoordinatorRole::Leader => "leader",
+            CoordinatorRole::Follower => "follower",
+            CoordinatorRole::Candidate => "candidate",
+            CoordinatorRole::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// One coordinator in `GET /cluster`, as the answering coordinator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CoordinatorStatus {
+    /// The coordinator's `--advertise` URL (its listen address when it runs
+    /// alone without one).
+    pub url: String,
+    pub role: CoordinatorRole,
+    /// The last entry of the decision log this coordinator holds. A single
+    /// coordinator reports its decided index.
+    pub log_index: u64,
+    /// How many log entries it is behind the leader; 0 for the leader.
+    pub lag: u64,
+}
+
 /// `GET /cluster`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterView {
+    /// The URL of the coordinator that leads, if one does right now.
+    #[serde(default)]
+    pub leader: Option<String>,
+    /// Every coordinator, in `--peers` order (one entry when it runs alone).
+    #[serde(default)]
+    pub coordinators: Vec<CoordinatorStatus>,
     pub counters: Vec<CounterView>,
     /// The highest commit index the coordinator has durably decided.
     pub decided_index: CommitIndex,
@@ -216,14 +266,18 @@ pub struct Health {
     /// Why the cluster cannot serve, naming counters and indexes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// This coordinator's role: a follower forwards writes and counters'
+    /// calls to the leader.
+    pub role: CoordinatorRole,
 }
 
 impl Health {
-    pub fn new(in_sync: usize, availability: Availability) -> Self {
+    pub fn new(in_sync: usize, availability: Availability, role: CoordinatorRole) -> Self {
         Health {
             status: availability.status,
             in_sync,
             problem: availability.problem,
+            role,
         }
     }
 }

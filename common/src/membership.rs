@@ -880,9 +880,12 @@ impl Cluster {
         ))
     }
 
-    /// The `GET /cluster` answer.
+    /// The `GET /cluster` answer, about the counters: the coordinator fills
+    /// in `leader` and `coordinators`, which the membership does not know.
     pub fn view(&self, now_ms: u64) -> ClusterView {
         ClusterView {
+            leader: None,
+            coordinators: Vec::new(),
             counters: self
                 .members
                 .values()

@@ -11,7 +11,7 @@ use tally_common::coordinator::CoreConfig;
 use tally_common::items::ItemLimits;
 use tally_common::limits::MAX_TXN_ITEMS;
 use tally_common::membership::MembershipConfig;
-use tally_server::flags::{at_least_one, at_least_one_u32, positive_duration};
+use tally_server::flags::{at_least_one, at_least_one_u32, base_url, positive_duration};
 
 /// How long a transaction waits for joiners once every in-sync vote is in
 /// (`CoreConfig::joiner_grace_ms` says why it is short).
@@ -19,6 +19,11 @@ const JOINER_GRACE_MS: u64 = 5;
 
 /// How long a decided commit waits for the next prepare to carry it.
 const COMMIT_LINGER_MS: u64 = 1;
+
+/// Most coordinators in one group: every decision waits for a majority of
+/// them, so more only slows each write, and seven already survive three
+/// failures.
+pub const MAX_COORDINATORS: usize = 7;
 
 /// Timeouts and limits the driver and the HTTP handlers read.
 #[derive(Debug, Clone)]
@@ -35,6 +40,64 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
     pub item_limits: ItemLimits,
+    /// The coordinators of the group and which one this is (one, alone,
+    /// without `--peers`).
+    pub peers: ClusterPeers,
+}
+
+/// The coordinators that replicate the decision log, from `--peers`, and
+/// which of them this one is. A coordinator started without `--peers` is
+/// a group of one whose only member is itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterPeers {
+    /// Every coordinator's advertise URL, in the order `--peers` gives
+    /// them, without trailing slashes. The order is the same on every
+    /// coordinator when they share one `--peers` value.
+    pub peers: Vec<String>,
+    /// This coordinator's place in `peers`.
+    pub me: usize,
+}
+
+impl ClusterPeers {
+    /// A coordinator on its own, reached at `url`.
+    pub fn single(url: String) -> Self {
+        ClusterPeers {
+            peers: vec![url],
+            me: 0,
+        }
+    }
+
+    /// Whether this coordinator runs alone, as before replication: it
+    /// decides by itself and needs no election.
+    pub fn is_single(&self) -> bool {
+        self.peers.len() == 1
+    }
+
+    /// This coordinator's id in Raft: its place in `peers`, counted from 1
+    /// (raft-rs reserves 0 for "nobody").
+    pub fn raft_id(&self) -> u64 {
+        self.me as u64 + 1
+    }
+
+    /// The URL of the coordinator with this Raft id.
+    pub fn url_of(&self, raft_id: u64) -> Option<&str> {
+        let at = (raft_id as usize).checked_sub(1)?;
+        self.peers.get(at).map(String::as_str)
+    }
+
+    /// This coordinator's own advertise URL.
+    pub fn my_url(&self) -> &str {
+        &self.peers[self.me]
+    }
+
+    /// The other coordinators, each with its place in `peers`.
+    pub fn others(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.peers
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| *i != self.me)
+            .map(|(i, url)| (i, url.as_str()))
+    }
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -94,14 +157,14 @@ pub struct Args {
     /// Write requests that may wait for a transaction; beyond, 503.
     #[arg(long, env = "TALLY_MAX_QUEUED_WRITES", default_value_t = 20_000, value_parser = at_least_one)]
     pub max_queued_writes: usize,
-    /// This coordinator's URL as the other coordinators and the counters
-    /// reach it; needed with --peers.
-    #[arg(long, env = "TALLY_ADVERTISE")]
+    /// URL the other coordinators and the counters reach this coordinator
+    /// at; required with `--peers` [default: http://<--listen>].
+    #[arg(long, env = "TALLY_ADVERTISE", value_parser = base_url)]
     pub advertise: Option<String>,
-    /// Every coordinator's --advertise URL, this one's included, comma
-    /// separated: with more than one they replicate the decision log with
-    /// Raft (docs/consensus.md). Without it, one coordinator works alone.
-    #[arg(long, env = "TALLY_PEERS", value_delimiter = ',')]
+    /// Every coordinator's `--advertise` URL, this one's included, separated
+    /// by commas: 1, 3, 5 or 7 of them, in the same order on each. Without
+    /// it, this coordinator runs alone.
+    #[arg(long, env = "TALLY_PEERS", value_delimiter = ',', value_parser = base_url)]
     pub peers: Vec<String>,
     #[command(flatten)]
     pub presence: PresenceArgs,
@@ -109,26 +172,6 @@ pub struct Args {
     pub serve: tally_server::ServeLimits,
     #[command(flatten)]
     pub process: tally_server::ProcessArgs,
-}
-
-/// The coordinators, as `--peers` and `--advertise` name them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peers {
-    pub urls: Vec<String>,
-    /// 1-based: this coordinator is `urls[me - 1]`.
-    pub me: u64,
-}
-
-impl Peers {
-    pub fn url_of(&self, id: u64) -> Option<&str> {
-        self.urls
-            .get((id as usize).checked_sub(1)?)
-            .map(String::as_str)
-    }
-
-    pub fn others(&self) -> usize {
-        self.urls.len() - 1
-    }
 }
 
 impl Args {
@@ -169,6 +212,24 @@ impl Args {
                 max_items: self.max_items,
                 ..ItemLimits::default()
             },
+            peers: self.cluster_peers(),
+        }
+    }
+
+    /// The group of coordinators from `--peers` and `--advertise`, as
+    /// [`Args::check`] accepted them; without `--peers`, this one alone at
+    /// its advertise URL, or at its listen address when it has none.
+    pub fn cluster_peers(&self) -> ClusterPeers {
+        let me = self
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen));
+        match self.peers.iter().position(|p| *p == me) {
+            Some(at) if !self.peers.is_empty() => ClusterPeers {
+                peers: self.peers.clone(),
+                me: at,
+            },
+            _ => ClusterPeers::single(me),
         }
     }
 
@@ -197,59 +258,51 @@ impl Args {
         }
     }
 
-    /// The coordinators of a replicated decision log, if `--peers` names
-    /// more than this one.
-    pub fn replication(&self) -> Result<Option<Peers>, String> {
-        if self.peers.len() <= 1 && self.advertise.is_none() {
-            return Ok(None);
-        }
-        let Some(me) = &self.advertise else {
-            return Err("--peers needs --advertise: this coordinator's own URL among them".into());
-        };
-        let urls: Vec<String> = self
-            .peers
-            .iter()
-            .map(|u| u.trim().trim_end_matches('/').to_string())
-            .collect();
-        for url in &urls {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!("--peers: {url:?} is not an http(s) URL"));
-            }
-        }
-        let mut sorted = urls.clone();
-        sorted.sort();
-        sorted.dedup();
-        if sorted.len() != urls.len() {
-            return Err("--peers names a coordinator twice".into());
-        }
-        if urls.len() == 1 {
-            return Ok(None);
-        }
-        if urls.len().is_multiple_of(2) || urls.len() > 7 {
-            return Err(format!(
-                "--peers names {} coordinators: use 3, 5 or 7 (an even number tolerates no more \
-                 failures than one fewer, and needs a larger majority)",
-                urls.len()
-            ));
-        }
-        let me = me.trim_end_matches('/');
-        let Some(position) = urls.iter().position(|u| u == me) else {
-            return Err(format!("--advertise {me} is not among --peers"));
-        };
-        Ok(Some(Peers {
-            urls,
-            me: position as u64 + 1,
-        }))
-    }
-
     /// What no single flag's parser can see: how flags relate.
     fn check(&self) -> Result<(), String> {
-        self.replication()?;
         if self.remove_after < self.dead_after {
             return Err(format!(
                 "--remove-after ({}) must be at least --dead-after ({}): a counter leaves \
                  the view only after it has been declared dead",
                 self.remove_after, self.dead_after
+            ));
+        }
+        self.check_peers()
+    }
+
+    /// `--peers` and `--advertise` together name a group this coordinator
+    /// belongs to, of a size that has a majority to lose.
+    fn check_peers(&self) -> Result<(), String> {
+        let peers = &self.peers;
+        if peers.is_empty() {
+            return Ok(());
+        }
+        let Some(me) = &self.advertise else {
+            return Err(
+                "--peers needs --advertise: this coordinator's own URL, as it appears in --peers"
+                    .into(),
+            );
+        };
+        for (i, peer) in peers.iter().enumerate() {
+            if peers[..i].contains(peer) {
+                return Err(format!(
+                    "--peers names {peer} twice: list each coordinator once"
+                ));
+            }
+        }
+        if !peers.contains(me) {
+            return Err(format!(
+                "--advertise {me} is not among --peers ({}): list every coordinator, this one \
+                 included, with the URL it advertises",
+                peers.join(",")
+            ));
+        }
+        let n = peers.len();
+        if n > MAX_COORDINATORS || (n > 1 && n.is_multiple_of(2)) {
+            return Err(format!(
+                "--peers lists {n} coordinators: give 1, 3, 5 or 7. A decision needs a \
+                 majority, so an even number survives no more failures than one fewer, and \
+                 more than {MAX_COORDINATORS} only slows every write"
             ));
         }
         Ok(())
@@ -294,6 +347,91 @@ mod tests {
         ])
         .expect("valid flags");
         assert_eq!(ok.process.log_format, tally_server::LogFormat::Json);
+    }
+
+    const A: &str = "http://c1:8080";
+    const B: &str = "http://c2:8080";
+    const C: &str = "http://c3:8080";
+
+    #[test]
+    fn peers_that_make_no_group_are_refused_each_with_its_reason() {
+        let five = format!("{A},{B},{C},http://c4:8080,http://c5:8080");
+        let eight = (1..=8)
+            .map(|i| format!("http://c{i}:8080"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let abc = format!("{A},{B},{C}");
+        for (flags, said) in [
+            (vec!["--peers", &abc], "--peers needs --advertise"),
+            (
+                vec!["--advertise", "http://c9:8080", "--peers", &abc],
+                "--advertise http://c9:8080 is not among --peers",
+            ),
+            (
+                vec!["--advertise", A, "--peers", &format!("{A},{B},{A}")],
+                "--peers names http://c1:8080 twice",
+            ),
+            (
+                vec!["--advertise", A, "--peers", &format!("{A},{B},{B}/")],
+                "--peers names http://c2:8080 twice",
+            ),
+            (
+                vec!["--advertise", A, "--peers", &format!("{A},{B}")],
+                "--peers lists 2 coordinators: give 1, 3, 5 or 7",
+            ),
+            (
+                vec!["--advertise", A, "--peers", &eight],
+                "--peers lists 8 coordinators",
+            ),
+            (
+                vec!["--advertise", A, "--peers", &format!("{A},{B},c3:8080")],
+                "is not an http:// or https:// URL",
+            ),
+            (
+                vec!["--advertise", A, "--peers", &format!("{A},,{B}")],
+                "an empty URL",
+            ),
+            (vec!["--advertise", "ftp://c1", "--peers", A], "--advertise"),
+            (
+                vec!["--advertise", A, "--peers", &format!("{A},{B},{C}/x")],
+                "has a path",
+            ),
+        ] {
+            let err = parse(&flags).expect_err(&format!("{flags:?} was accepted"));
+            assert!(err.contains(said), "{flags:?}: {err}");
+        }
+        let nine = (1..=9)
+            .map(|i| format!("http://c{i}:8080"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let err = parse(&["--advertise", A, "--peers", &nine]).unwrap_err();
+        assert!(err.contains("lists 9 coordinators"), "{err}");
+        assert!(parse(&["--advertise", A, "--peers", &five]).is_ok());
+    }
+
+    #[test]
+    fn peers_name_the_group_and_this_coordinators_place_in_it() {
+        let args = parse(&["--advertise", B, "--peers", &format!("{A}/,{B},{C}")]).unwrap();
+        let peers = args.settings().peers;
+        assert_eq!(peers.peers, [A, B, C]);
+        assert_eq!((peers.me, peers.my_url()), (1, B));
+        assert!(!peers.is_single());
+        assert_eq!(peers.others().collect::<Vec<_>>(), [(0, A), (2, C)]);
+
+        // One peer, itself: a group of one, as without --peers.
+        let one = parse(&["--advertise", A, "--peers", A]).unwrap();
+        assert_eq!(one.cluster_peers(), ClusterPeers::single(A.into()));
+    }
+
+    #[test]
+    fn without_peers_a_coordinator_is_alone_at_its_advertise_or_listen_url() {
+        let alone = parse(&["--listen", "127.0.0.1:9000"]).unwrap();
+        let peers = alone.cluster_peers();
+        assert_eq!(peers, ClusterPeers::single("http://127.0.0.1:9000".into()));
+        assert!(peers.is_single());
+        assert_eq!(peers.others().count(), 0);
+        let advertised = parse(&["--advertise", "http://tally:8080/"]).unwrap();
+        assert_eq!(advertised.cluster_peers().my_url(), "http://tally:8080");
     }
 }
 

@@ -16,7 +16,7 @@
 //! the view. Both kinds are one [`Brain`] to the loop below.
 
 use crate::client::{CallError, CounterClient};
-use crate::config::Settings;
+use crate::config::{ClusterPeers, Settings};
 use crate::error::Stopped;
 use crate::log::DecisionLog;
 use crate::notices;
@@ -151,14 +151,10 @@ impl Stepper {
         }
     }
 
-    fn leadership(&self, single_url: &str) -> Leadership {
+    fn leadership(&self, peers: &ClusterPeers) -> Leadership {
         match self {
-            Stepper::Single(_) => Leadership::single(single_url.to_string()),
-            Stepper::Replicated(replica) => {
-                let mut leadership = replica.leadership();
-                leadership.term = replica.term();
-                leadership
-            }
+            Stepper::Single(core) => Leadership::single(peers, core.fence()),
+            Stepper::Replicated(replica) => replica.leadership(),
         }
     }
 }
@@ -198,8 +194,8 @@ pub struct Driver {
 pub struct Start {
     pub counters: CounterClient,
     pub settings: Settings,
-    /// This coordinator's URL as others reach it.
-    pub advertise: String,
+    /// Every coordinator, this one's place among them.
+    pub peers: ClusterPeers,
     pub token: Option<String>,
 }
 
@@ -223,8 +219,8 @@ impl Driver {
                     }
                 };
                 let outbox = Outbox::start(
-                    &replica.peers.urls,
-                    replica.peers.me,
+                    &replica.peers.peers,
+                    replica.peers.raft_id(),
                     start.token.clone(),
                     unreachable,
                 );
@@ -245,7 +241,7 @@ impl Driver {
             epoch: 0,
         });
         let (view_tx, view) = watch::channel(initial);
-        let (lead_tx, leadership) = watch::channel(stepper.leadership(&start.advertise));
+        let (lead_tx, leadership) = watch::channel(stepper.leadership(&start.peers));
         let io = Io {
             log,
             raft,
@@ -253,7 +249,7 @@ impl Driver {
             settings: start.settings,
             inputs: inputs.clone(),
             epoch: stepper.core().map_or(0, |c| c.config().epoch),
-            advertise: start.advertise,
+            peers: start.peers,
         };
         let task = tokio::spawn(run(stepper, first, rx, io, view_tx, lead_tx));
         (
@@ -478,7 +474,7 @@ async fn run(
             });
         }
         leadership.send_if_modified(|published| {
-            let fresh = stepper.leadership(&io.advertise);
+            let fresh = stepper.leadership(&io.peers);
             let changed = *published != fresh;
             *published = fresh;
             changed
@@ -613,7 +609,7 @@ struct Io {
     inputs: mpsc::UnboundedSender<Input>,
     /// The epoch health checks name: the leader's term with peers.
     epoch: u64,
-    advertise: String,
+    peers: ClusterPeers,
 }
 
 /// The Raft side of a replica's I/O.
@@ -674,14 +670,11 @@ impl Io {
             return;
         }
         raft.asked = Some(now);
-        for (i, url) in raft.peers.urls.iter().enumerate() {
+        for (i, url) in raft.peers.others() {
             let peer = i as u64 + 1;
-            if peer == raft.peers.me {
-                continue;
-            }
             let (http, token, inputs) =
                 (raft.http.clone(), raft.token.clone(), self.inputs.clone());
-            let url = url.clone();
+            let url = url.to_string();
             tokio::spawn(async move {
                 if let Ok(term) = crate::replication::transport::peer_term(&http, &url, token).await
                 {

@@ -52,7 +52,7 @@ pub async fn to_leader(
         }
         _ => Error::Unavailable(format!(
             "no coordinator leads right now ({}); retry",
-            leadership.role
+            leadership.role.name()
         ))
         .into_response(),
     }

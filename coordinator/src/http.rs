@@ -9,7 +9,7 @@
 use crate::error::{Error, Stopped};
 use crate::schema::{CountEvent, ItemList};
 use crate::state::Shared;
-use crate::{dashboard, stream};
+use crate::{dashboard, group, stream};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -356,12 +356,17 @@ pub(crate) async fn cluster(State(state): State<AppState>) -> Result<Json<Cluste
     Ok(Json(cluster_view(&state.shared).await?))
 }
 
-/// The cluster as the core sees it now, "last seen" ages on its clock.
+/// The cluster as the core sees it now, "last seen" ages on its clock,
+/// with the group of coordinators around it.
 async fn cluster_view(shared: &Shared) -> Result<ClusterView, Stopped> {
-    shared
+    let mut view = shared
         .driver
         .inspect(|core, now| core.cluster().view(now.0))
-        .await
+        .await?;
+    let group = shared.driver.leadership();
+    view.leader = group.leader;
+    view.coordinators = group.coordinators;
+    Ok(view)
 }
 
 /// Liveness of the coordinator, and whether the cluster can serve
@@ -376,15 +381,36 @@ async fn cluster_view(shared: &Shared) -> Result<ClusterView, Stopped> {
     responses((status = 200, description = "The coordinator is up; `status` tells whether the cluster serves.", body = Health)),
 )]
 pub(crate) async fn health(State(state): State<AppState>) -> Result<Json<Health>, Error> {
-    let health = state
+    let leadership = state.shared.driver.leadership();
+    let role = leadership.role;
+    let answer = state
         .shared
         .driver
         .inspect(|core, _| {
             let cluster = core.cluster();
-            Health::new(cluster.in_sync_count(), cluster.availability())
+            (cluster.in_sync_count(), cluster.availability())
         })
-        .await?;
-    Ok(Json(health))
+        .await;
+    match answer {
+        Ok((in_sync, availability)) => Ok(Json(Health::new(in_sync, availability, role))),
+        // A follower has no view of the counters of its own: it serves by
+        // passing requests to the leader, when there is one.
+        Err(Stopped::NotLeader) => {
+            let availability = match &leadership.leader {
+                Some(_) => tally_common::api::Availability::ok(),
+                None => tally_common::api::Availability {
+                    status: "stalled".into(),
+                    problem: Some(format!(
+                        "no coordinator leads (this one is a {}): a majority of the \
+                         coordinators must be up and reach each other",
+                        role.name()
+                    )),
+                },
+            };
+            Ok(Json(Health::new(0, availability, role)))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// This document

@@ -13,6 +13,7 @@ mod dashboard;
 mod driver;
 mod error;
 mod forward;
+mod group;
 mod http;
 mod log;
 mod metrics;
@@ -52,12 +53,10 @@ pub async fn run(
     }
     let settings = args.settings();
     let counters = client::CounterClient::new(token.get().map(str::to_string), &settings);
-    let advertise = args.advertise.clone().unwrap_or_else(|| {
-        let addr = listener.local_addr().map_or(args.listen, |a| a);
-        format!("http://{addr}")
-    });
-    let brain = match args.replication().map_err(Error::Io)? {
-        None => {
+    let peers = args.cluster_peers();
+    let advertise = peers.my_url().to_string();
+    let brain = if peers.is_single() {
+        {
             let (log, restored) = log::DecisionLog::open(&args.data_dir)?;
             tracing::info!(
                 epoch = restored.epoch, decided = %restored.decided,
@@ -70,10 +69,11 @@ pub async fn run(
                 log,
             }
         }
-        Some(peers) => {
+    } else {
+        {
             let (disk, restored) = replication::disk::RaftDisk::open(&args.data_dir)?;
             tracing::info!(
-                me = %advertise, coordinators = peers.urls.len(),
+                me = %advertise, coordinators = peers.peers.len(),
                 term = restored.hard_state.term, entries = restored.entries.len(),
                 "coordinator starting as one of several (Raft)"
             );
@@ -91,7 +91,7 @@ pub async fn run(
         driver::Start {
             counters: counters.clone(),
             settings: settings.clone(),
-            advertise: advertise.clone(),
+            peers: args.cluster_peers(),
             token: token.get().map(str::to_string),
         },
     );

@@ -11,7 +11,10 @@
 use crate::http;
 use crate::schema::{CountEvent, ItemList};
 use serde_json::{json, Value};
-use tally_common::api::{ClusterView, Count, CounterState, CounterView, Health, Message};
+use tally_common::api::{
+    ClusterView, CoordinatorRole, CoordinatorStatus, Count, CounterState, CounterView, Health,
+    Message,
+};
 use tally_common::items::ItemLimits;
 use tally_common::{CommitIndex, CounterId, Item};
 use utoipa::{OpenApi, ToSchema};
@@ -45,6 +48,8 @@ use utoipa::{OpenApi, ToSchema};
         ClusterView,
         CounterView,
         CounterState,
+        CoordinatorStatus,
+        CoordinatorRole,
         CounterId,
         CommitIndex,
         Health,
@@ -133,6 +138,48 @@ mod tests {
             .unwrap();
         let name = target.strip_prefix("#/components/schemas/").unwrap();
         assert!(schemas[name].is_object(), "{target}");
+    }
+
+    /// `GET /cluster` names the leader and every coordinator's role, and
+    /// `GET /health` this one's role, with the four roles spelled out.
+    #[test]
+    fn cluster_and_health_document_the_coordinators_roles() {
+        let doc = document(ItemLimits::default());
+        let schemas = &doc["components"]["schemas"];
+        let cluster = &schemas["ClusterView"]["properties"];
+        assert!(cluster["leader"].is_object(), "{cluster}");
+        assert_eq!(
+            cluster["coordinators"]["items"]["$ref"],
+            "#/components/schemas/CoordinatorStatus"
+        );
+        let status = &schemas["CoordinatorStatus"];
+        for field in ["url", "role", "log_index", "lag"] {
+            assert!(
+                status["required"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f == field),
+                "{field}: {status}"
+            );
+        }
+        assert_eq!(
+            schemas["CoordinatorRole"]["enum"],
+            json!(["leader", "follower", "candidate", "unreachable"])
+        );
+        let health = &schemas["Health"];
+        assert_eq!(
+            health["properties"]["role"]["$ref"],
+            "#/components/schemas/CoordinatorRole"
+        );
+        assert!(
+            health["required"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "role"),
+            "{health}"
+        );
     }
 
     #[test]

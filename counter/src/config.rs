@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tally_common::participant;
-use tally_server::flags::{at_least_one, positive_duration};
+use tally_server::flags::{at_least_one, base_url, positive_duration};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "counter", version, about = "One replica of tally's data set")]
@@ -18,13 +18,17 @@ pub struct Args {
     /// Directory of the replica's database; keep it across restarts.
     #[arg(long, env = "TALLY_DATA_DIR", default_value = "data/counter")]
     pub data_dir: PathBuf,
-    /// Base URL of the coordinator to register with.
+    /// Base URL of the coordinator to register with; with several
+    /// coordinators, every one's URL, separated by commas (calls go to
+    /// whichever leads).
     #[arg(
         long,
         env = "TALLY_COORDINATOR",
-        default_value = "http://127.0.0.1:8080"
+        default_value = "http://127.0.0.1:8080",
+        value_delimiter = ',',
+        value_parser = base_url
     )]
-    pub coordinator: String,
+    pub coordinator: Vec<String>,
     /// URL the coordinator and peers reach this counter at
     /// [default: http://<host name>:<port>].
     #[arg(long, env = "TALLY_ADVERTISE")]
@@ -81,8 +85,9 @@ pub fn host_name() -> String {
 /// protocol. Built once at start-up ([`Settings::from_args`]).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Base URL of the coordinator, without a trailing slash.
-    pub coordinator: String,
+    /// Base URL of every coordinator, without a trailing slash, each
+    /// once, in the order given.
+    pub coordinators: Vec<String>,
     /// How long a read waits for this replica to apply up to its fence; the
     /// export stream waits as long for the range it must serve.
     pub fence_timeout: Duration,
@@ -123,7 +128,12 @@ impl Settings {
     pub fn from_args(args: &Args) -> Self {
         let catch_up_rate = args.catch_up_rate;
         Settings {
-            coordinator: args.coordinator.trim_end_matches('/').to_string(),
+            coordinators: args.coordinator.iter().fold(Vec::new(), |mut urls, url| {
+                if !urls.contains(url) {
+                    urls.push(url.clone());
+                }
+                urls
+            }),
             fence_timeout: args.fence_timeout,
             rejoin_after: args.rejoin_after,
             catch_up_rate,
@@ -169,6 +179,36 @@ mod tests {
     #[test]
     fn the_coordinator_url_loses_its_trailing_slash() {
         let s = settings(&["--coordinator", "http://c:8080/"]);
-        assert_eq!(s.coordinator, "http://c:8080");
+        assert_eq!(s.coordinators, ["http://c:8080"]);
+        assert_eq!(settings(&[]).coordinators, ["http://127.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn several_coordinators_are_listed_once_each_in_order() {
+        let s = settings(&[
+            "--coordinator",
+            "http://c1:8080,http://c2:8080/,http://c3:8080,http://c2:8080",
+        ]);
+        assert_eq!(
+            s.coordinators,
+            ["http://c1:8080", "http://c2:8080", "http://c3:8080"]
+        );
+    }
+
+    #[test]
+    fn a_coordinator_list_with_a_bad_url_is_refused_naming_the_flag() {
+        for (list, said) in [
+            ("http://c1:8080,,http://c2:8080", "an empty URL"),
+            ("http://c1:8080,c2:8080", "http://"),
+            ("http://c1:8080/api", "has a path"),
+        ] {
+            let err = Args::try_parse_from(["counter", "--coordinator", list])
+                .expect_err(list)
+                .to_string();
+            assert!(
+                err.contains("--coordinator") && err.contains(said),
+                "{list}: {err}"
+            );
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! The counter's calls to the coordinator: register, report that it caught
 //! up, and ask for the outcome of a transaction in doubt. Each has its own
 //! timeout ([`Settings::call_timeout`](crate::config::Settings)) and
-//! carries the cluster token.
+//! carries the cluster token. With several coordinators each call goes to
+//! whichever answered last, and on to the next when that one cannot
+//! answer (`coordinators.rs`).
 
 use crate::state::AppState;
 use std::time::Duration;
@@ -28,17 +30,13 @@ pub async fn caught_up(
 /// `GET /internal/outcome/{txn}`: committed (at an index), aborted, or
 /// still pending.
 pub async fn outcome(state: &AppState, txn: TxnId) -> Result<Outcome, reqwest::Error> {
-    let mut request = state
-        .http
-        .get(format!(
-            "{}/internal/outcome/{}",
-            state.settings.coordinator, txn.0
-        ))
-        .timeout(state.settings.call_timeout);
-    if let Some(token) = state.token.get() {
-        request = request.header(TOKEN_HEADER, token);
-    }
-    request.send().await?.error_for_status()?.json().await
+    let path = format!("/internal/outcome/{}", txn.0);
+    state
+        .coordinators
+        .send(|base| with_token(state, state.http.get(format!("{base}{path}"))))
+        .await?
+        .json()
+        .await
 }
 
 async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -46,15 +44,22 @@ async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
     path: &str,
     body: &B,
 ) -> Result<R, reqwest::Error> {
-    let mut request = state
-        .http
-        .post(format!("{}{path}", state.settings.coordinator))
-        .timeout(state.settings.call_timeout)
-        .json(body);
-    if let Some(token) = state.token.get() {
-        request = request.header(TOKEN_HEADER, token);
+    state
+        .coordinators
+        .send(|base| with_token(state, state.http.post(format!("{base}{path}")).json(body)))
+        .await?
+        .json()
+        .await
+}
+
+/// The call's timeout, which holds for each coordinator tried, and the
+/// cluster token.
+fn with_token(state: &AppState, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    let request = request.timeout(state.settings.call_timeout);
+    match state.token.get() {
+        Some(token) => request.header(TOKEN_HEADER, token),
+        None => request,
     }
-    request.send().await?.error_for_status()?.json().await
 }
 
 /// Exponential backoff from 100 ms to 2 s between retries.

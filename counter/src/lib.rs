@@ -6,7 +6,7 @@
 //! cluster and back after the coordinator restarts, `in_doubt` settles
 //! prepared transactions whose outcome never came, `catch_up` copies what
 //! it missed from peers, all calling the coordinator through
-//! `coordinator_client`. `presence` sums the coordinators' presence
+//! `coordinator_client` (to whichever of several answers, `coordinators`). `presence` sums the coordinators' presence
 //! sockets for the keys this counter owns (nothing durable, nothing of the
 //! replica). `state` is what they share, including the
 //! background tasks, which [`run`] stops and joins before it returns.
@@ -17,6 +17,7 @@
 mod catch_up;
 pub mod config;
 mod coordinator_client;
+mod coordinators;
 mod error;
 mod http;
 mod import_queue;
@@ -87,6 +88,7 @@ pub async fn run(
         token: tally_server::ClusterToken::new(args.cluster_token.as_deref()),
         advertise,
         http,
+        coordinators: coordinators::Coordinators::new(settings.coordinators.clone()),
         last_contact: Mutex::new(Instant::now()),
         register_again: tokio::sync::Notify::new(),
         metrics: metrics::install().map_err(|e| Error::process("the metrics recorder", e))?,

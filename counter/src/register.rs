@@ -59,7 +59,7 @@ pub async fn register(state: &AppState) -> JoinPlan {
                 return plan;
             }
             Err(e) => {
-                tracing::warn!(error = %e, coordinator = %state.settings.coordinator, "registration failed, retrying");
+                tracing::warn!(error = %e, coordinator = %state.coordinators.current(), "registration failed, retrying");
                 backoff.wait().await;
             }
         }

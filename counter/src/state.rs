@@ -3,6 +3,7 @@
 //! set of background tasks that shutdown stops and joins.
 
 use crate::config::Settings;
+use crate::coordinators::Coordinators;
 use crate::error::lock;
 use crate::replica::Replica;
 use std::future::Future;
@@ -20,6 +21,8 @@ pub struct AppState {
     /// The URL the coordinator and peers reach this counter at.
     pub advertise: String,
     pub http: reqwest::Client,
+    /// The coordinators to call, and which one answered last.
+    pub coordinators: Coordinators,
     /// When the coordinator last reached us: a counter it forgot re-registers.
     pub last_contact: Mutex<Instant>,
     /// Woken when this counter must register again now: a coordinator of

@@ -33,9 +33,64 @@ pub fn positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The base URL of a tally process (`--advertise`, `--peers`,
+/// `--coordinator`): `http://` or `https://`, a host, maybe a port, and
+/// nothing after it. Returned without a trailing slash, so two spellings of
+/// one URL compare equal.
+pub fn base_url(s: &str) -> Result<String, String> {
+    let trimmed = s.trim();
+    if trimmed.is_empty() {
+        return Err("an empty URL".into());
+    }
+    let uri: axum::http::Uri = trimmed
+        .parse()
+        .map_err(|e| format!("{trimmed:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(format!(
+                "{trimmed:?} is not an http:// or https:// URL (write it as http://host:port)"
+            ))
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{trimmed:?} names no host"));
+    }
+    if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+        return Err(format!(
+            "{trimmed:?} has a path: give the base URL only (http://host:port)"
+        ));
+    }
+    Ok(trimmed.trim_end_matches('/').to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_urls_are_http_with_a_host_and_no_path() {
+        for (given, want) in [
+            ("http://c1:8080", "http://c1:8080"),
+            ("http://c1:8080/", "http://c1:8080"),
+            (" https://tally.example ", "https://tally.example"),
+            ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+        ] {
+            assert_eq!(base_url(given).as_deref(), Ok(want), "{given}");
+        }
+        for (given, said) in [
+            ("", "empty"),
+            ("c1:8080", "http://"),
+            ("ftp://c1", "http://"),
+            ("http://", "not a URL"),
+            ("http://c1:8080/api", "has a path"),
+            ("http://c1:8080/?x=1", "has a path"),
+            ("http://c 1:8080", "not a URL"),
+        ] {
+            let err = base_url(given).expect_err(given);
+            assert!(err.contains(said), "{given}: {err}");
+        }
+    }
 
     #[test]
     fn zero_and_garbage_are_refused_and_the_rest_pass() {

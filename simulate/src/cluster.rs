@@ -3,6 +3,12 @@
 //! a file in the cluster's directory (read it when a test fails), keeps its
 //! port and data directory across restarts, and is killed when the
 //! `LocalCluster` is dropped.
+//!
+//! One coordinator by default. With several (`ClusterOptions::coordinators`)
+//! each gets its own port and data directory, `--advertise` and `--peers`
+//! naming all of them, and every counter gets all their URLs; the methods
+//! without an index (`kill_coordinator`, `coordinator_url`, ...) mean the
+//! first one.
 
 use crate::api::Api;
 use crate::wait;
@@ -18,7 +24,11 @@ use tally_common::api::CounterState;
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub counters: usize,
-    /// Coordinator port; counters take the next ones. `None`: free ports.
+    /// Coordinators that replicate the decision log; 1 (the default) runs
+    /// one on its own, without `--peers`.
+    pub coordinators: usize,
+    /// The first coordinator's port; the other coordinators, then the
+    /// counters, take the next ones. `None`: free ports.
     pub base_port: Option<u16>,
     /// Where data directories and logs go.
     pub dir: PathBuf,
@@ -37,12 +47,17 @@ pub struct ClusterOptions {
     pub counter_env: Vec<(String, String)>,
     /// Extra `--flag value` arguments for every counter.
     pub counter_args: Vec<String>,
+    /// URLs put before the coordinators' own in every counter's
+    /// `--coordinator` list: addresses where no coordinator answers, which
+    /// a counter must pass over.
+    pub unreachable_coordinators: Vec<String>,
 }
 
 impl ClusterOptions {
     pub fn new(dir: impl Into<PathBuf>, counters: usize) -> Self {
         ClusterOptions {
             counters,
+            coordinators: 1,
             base_port: None,
             dir: dir.into(),
             health_interval: Duration::from_millis(200),
@@ -53,7 +68,81 @@ impl ClusterOptions {
             cluster_token: None,
             counter_env: Vec::new(),
             counter_args: Vec::new(),
+            unreachable_coordinators: Vec::new(),
         }
+    }
+
+    /// The name of coordinator `i` (from 0), which also names its data
+    /// directory and log: `coordinator` when it is the only one, else
+    /// `coordinator-1`, `coordinator-2`, ...
+    pub fn coordinator_name(&self, i: usize) -> String {
+        if self.coordinators == 1 {
+            "coordinator".to_string()
+        } else {
+            format!("coordinator-{}", i + 1)
+        }
+    }
+
+    /// The command line of each coordinator, given their ports in order.
+    /// With one, what it has always been; with several, each also gets
+    /// its own `--advertise` URL and the `--peers` list of all of them.
+    pub fn coordinator_command_lines(&self, ports: &[u16]) -> Vec<Vec<String>> {
+        let urls: Vec<String> = ports.iter().map(|p| loopback_url(*p)).collect();
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let mut args = vec![
+                    "--listen".to_string(),
+                    format!("127.0.0.1:{port}"),
+                    "--data-dir".to_string(),
+                    path_arg(&self.dir.join(self.coordinator_name(i))),
+                    "--health-interval".to_string(),
+                    humantime::format_duration(self.health_interval).to_string(),
+                ];
+                if ports.len() > 1 {
+                    args.extend([
+                        "--advertise".to_string(),
+                        urls[i].clone(),
+                        "--peers".to_string(),
+                        urls.join(","),
+                    ]);
+                }
+                args.extend(self.coordinator_args.iter().cloned());
+                args
+            })
+            .collect()
+    }
+
+    /// Counter `info`'s command line, listening on `port`, given the
+    /// coordinators' URLs.
+    pub fn counter_command_line(
+        &self,
+        info: &CounterInfo,
+        port: u16,
+        coordinator_urls: &[String],
+    ) -> Vec<String> {
+        let coordinators: Vec<&str> = self
+            .unreachable_coordinators
+            .iter()
+            .chain(coordinator_urls)
+            .map(String::as_str)
+            .collect();
+        vec![
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            path_arg(&info.data_dir),
+            "--coordinator".into(),
+            coordinators.join(","),
+            "--advertise".into(),
+            info.url.clone(),
+            "--id".into(),
+            info.id.clone(),
+        ]
+        .into_iter()
+        .chain(self.counter_args.iter().cloned())
+        .collect()
     }
 }
 
@@ -182,8 +271,9 @@ pub struct CounterInfo {
 
 pub struct LocalCluster {
     options: ClusterOptions,
-    coordinator: Proc,
-    coordinator_url: String,
+    /// In `--peers` order; the first is "the coordinator".
+    coordinators: Vec<Proc>,
+    coordinator_urls: Vec<String>,
     counters: Vec<Proc>,
     infos: Vec<CounterInfo>,
     api: Api,
@@ -257,8 +347,11 @@ impl LocalCluster {
     /// could register with whatever else answers on the coordinator's port.
     pub fn spawn(options: ClusterOptions) -> anyhow::Result<Self> {
         let bins = bin_dir()?;
+        if options.coordinators == 0 {
+            bail!("a cluster needs at least one coordinator");
+        }
         if let Some(base) = options.base_port {
-            check_ports_free(base, options.counters)?;
+            check_ports_free(base, options.coordinators, options.counters)?;
         }
         std::fs::create_dir_all(&options.dir)?;
         let port = |i: usize| -> anyhow::Result<u16> {
@@ -272,63 +365,52 @@ impl LocalCluster {
             .iter()
             .map(|t| ("TALLY_CLUSTER_TOKEN".to_string(), t.clone()))
             .collect();
-        let coordinator_port = port(0)?;
-        let coordinator_url = format!("http://127.0.0.1:{coordinator_port}");
         let log =
             |name: &str| (!options.inherit_output).then(|| options.dir.join(format!("{name}.log")));
-        let mut coordinator_args = vec![
-            "--listen".to_string(),
-            format!("127.0.0.1:{coordinator_port}"),
-            "--data-dir".to_string(),
-            path_arg(&options.dir.join("coordinator")),
-            "--health-interval".to_string(),
-            humantime::format_duration(options.health_interval).to_string(),
-        ];
-        coordinator_args.extend(options.coordinator_args.iter().cloned());
-        let mut coordinator = Proc {
-            name: "coordinator".into(),
-            program: options
-                .coordinator_bin
-                .clone()
-                .unwrap_or_else(|| bins.join("coordinator")),
-            args: coordinator_args,
-            env: token_env
-                .iter()
-                .cloned()
-                .chain(options.coordinator_env.iter().cloned())
-                .collect(),
-            log: log("coordinator"),
-            child: None,
-        };
-        coordinator.start()?;
+        let coordinator_ports = (0..options.coordinators)
+            .map(port)
+            .collect::<anyhow::Result<Vec<u16>>>()?;
+        let coordinator_urls: Vec<String> =
+            coordinator_ports.iter().map(|p| loopback_url(*p)).collect();
+        let mut coordinators = Vec::new();
+        for (i, args) in options
+            .coordinator_command_lines(&coordinator_ports)
+            .into_iter()
+            .enumerate()
+        {
+            let name = options.coordinator_name(i);
+            let mut coordinator = Proc {
+                program: options
+                    .coordinator_bin
+                    .clone()
+                    .unwrap_or_else(|| bins.join("coordinator")),
+                args,
+                env: token_env
+                    .iter()
+                    .cloned()
+                    .chain(options.coordinator_env.iter().cloned())
+                    .collect(),
+                log: log(&name),
+                name,
+                child: None,
+            };
+            coordinator.start()?;
+            coordinators.push(coordinator);
+        }
 
         let mut counters = Vec::new();
         let mut infos = Vec::new();
         for i in 1..=options.counters {
-            let port = port(i)?;
+            let port = port(options.coordinators - 1 + i)?;
             let info = CounterInfo {
                 id: format!("counter-{i}"),
-                url: format!("http://127.0.0.1:{port}"),
+                url: loopback_url(port),
                 data_dir: options.dir.join(format!("counter-{i}")),
             };
             let mut proc = Proc {
                 name: info.id.clone(),
                 program: bins.join("counter"),
-                args: vec![
-                    "--listen".into(),
-                    format!("127.0.0.1:{port}"),
-                    "--data-dir".into(),
-                    path_arg(&info.data_dir),
-                    "--coordinator".into(),
-                    coordinator_url.clone(),
-                    "--advertise".into(),
-                    info.url.clone(),
-                    "--id".into(),
-                    info.id.clone(),
-                ]
-                .into_iter()
-                .chain(options.counter_args.iter().cloned())
-                .collect(),
+                args: options.counter_command_line(&info, port, &coordinator_urls),
                 env: token_env
                     .iter()
                     .chain(&options.counter_env)
@@ -342,10 +424,10 @@ impl LocalCluster {
             infos.push(info);
         }
         Ok(LocalCluster {
-            api: Api::new(coordinator_url.clone()),
+            api: Api::new(coordinator_urls[0].clone()),
             options,
-            coordinator,
-            coordinator_url,
+            coordinators,
+            coordinator_urls,
             counters,
             infos,
         })
@@ -355,8 +437,14 @@ impl LocalCluster {
         &self.api
     }
 
+    /// The first coordinator's URL.
     pub fn coordinator_url(&self) -> &str {
-        &self.coordinator_url
+        &self.coordinator_urls[0]
+    }
+
+    /// Every coordinator's URL, in `--peers` order.
+    pub fn coordinator_urls(&self) -> &[String] {
+        &self.coordinator_urls
     }
 
     pub fn counters(&self) -> &[CounterInfo] {
@@ -367,9 +455,9 @@ impl LocalCluster {
         &self.options.dir
     }
 
-    /// Process id of the coordinator, if running.
+    /// Process id of the (first) coordinator, if running.
     pub fn coordinator_pid(&self) -> Option<u32> {
-        self.coordinator.child.as_ref().map(|c| c.id())
+        self.coordinators[0].child.as_ref().map(|c| c.id())
     }
 
     /// The first process that was started and has exited since, with how
@@ -382,11 +470,12 @@ impl LocalCluster {
                 .map(|l| format!(" (its log: {})", l.display()))
                 .unwrap_or_default()
         };
-        if let Some(status) = self.coordinator.exit_status() {
-            return Some(format!(
-                "the coordinator exited: {status}{}",
-                log(&self.coordinator)
-            ));
+        let single = self.coordinators.len() == 1;
+        for p in &mut self.coordinators {
+            if let Some(status) = p.exit_status() {
+                let who = if single { "the coordinator" } else { &p.name };
+                return Some(format!("{who} exited: {status}{}", log(p)));
+            }
         }
         self.counters.iter_mut().find_map(|p| {
             let status = p.exit_status()?;
@@ -399,7 +488,12 @@ impl LocalCluster {
     }
 
     pub fn coordinator_running(&self) -> bool {
-        self.coordinator.running()
+        self.coordinator_running_at(0)
+    }
+
+    /// Whether coordinator `i` (from 0, in `--peers` order) runs.
+    pub fn coordinator_running_at(&self, i: usize) -> bool {
+        self.coordinators[i].running()
     }
 
     pub fn kill_counter(&mut self, i: usize) -> anyhow::Result<()> {
@@ -424,11 +518,21 @@ impl LocalCluster {
     }
 
     pub fn freeze_coordinator(&self) -> anyhow::Result<()> {
-        self.coordinator.signal(libc::SIGSTOP)
+        self.freeze_coordinator_at(0)
     }
 
     pub fn thaw_coordinator(&self) -> anyhow::Result<()> {
-        self.coordinator.signal(libc::SIGCONT)
+        self.thaw_coordinator_at(0)
+    }
+
+    /// SIGSTOP of coordinator `i`: a leader that hangs with its sockets
+    /// open, so its followers must stop waiting for it.
+    pub fn freeze_coordinator_at(&self, i: usize) -> anyhow::Result<()> {
+        self.coordinators[i].signal(libc::SIGSTOP)
+    }
+
+    pub fn thaw_coordinator_at(&self, i: usize) -> anyhow::Result<()> {
+        self.coordinators[i].signal(libc::SIGCONT)
     }
 
     /// Replaces counter `i`'s program and extra environment for its next
@@ -448,7 +552,7 @@ impl LocalCluster {
             .options
             .cluster_token
             .iter()
-            .map(|t| ("CLUSTER_TOKEN".to_string(), t.clone()))
+            .map(|t| ("TALLY_CLUSTER_TOKEN".to_string(), t.clone()))
             .chain(self.options.counter_env.iter().cloned())
             .collect();
         proc.env = base.into_iter().chain(env).collect();
@@ -469,19 +573,19 @@ impl LocalCluster {
         &mut self,
         timeout: Duration,
     ) -> anyhow::Result<std::process::ExitStatus> {
-        self.coordinator.wait_exit(timeout)
+        self.coordinators[0].wait_exit(timeout)
     }
 
     /// kill -9 of every process at once (as close together as signals go),
     /// then reaps them all: a power cut.
     pub fn kill_all(&mut self) -> anyhow::Result<()> {
-        for proc in self.counters.iter_mut().chain([&mut self.coordinator]) {
+        for proc in self.counters.iter_mut().chain(&mut self.coordinators) {
             proc.check_alive()?;
         }
-        for proc in self.counters.iter().chain([&self.coordinator]) {
+        for proc in self.counters.iter().chain(&self.coordinators) {
             proc.signal(libc::SIGKILL)?;
         }
-        for proc in self.counters.iter_mut().chain([&mut self.coordinator]) {
+        for proc in self.counters.iter_mut().chain(&mut self.coordinators) {
             if let Some(mut child) = proc.child.take() {
                 child.wait()?;
             }
@@ -502,15 +606,54 @@ impl LocalCluster {
     }
 
     pub fn kill_coordinator(&mut self) -> anyhow::Result<()> {
-        self.coordinator.kill()
+        self.kill_coordinator_at(0)
     }
 
     pub fn stop_coordinator(&mut self) -> anyhow::Result<Option<i32>> {
-        self.coordinator.stop()
+        self.stop_coordinator_at(0)
     }
 
     pub fn start_coordinator(&mut self) -> anyhow::Result<()> {
-        self.coordinator.start()
+        self.start_coordinator_at(0)
+    }
+
+    /// kill -9 of coordinator `i` (from 0, in `--peers` order).
+    pub fn kill_coordinator_at(&mut self, i: usize) -> anyhow::Result<()> {
+        self.coordinators[i].kill()
+    }
+
+    /// SIGTERM to coordinator `i`, and its exit code once it stopped.
+    pub fn stop_coordinator_at(&mut self, i: usize) -> anyhow::Result<Option<i32>> {
+        self.coordinators[i].stop()
+    }
+
+    /// Starts coordinator `i` again, on its port and data directory.
+    pub fn start_coordinator_at(&mut self, i: usize) -> anyhow::Result<()> {
+        self.coordinators[i].start()
+    }
+
+    /// Deletes stopped coordinator `i`'s data directory: a lost disk.
+    pub fn wipe_coordinator_at(&self, i: usize) -> anyhow::Result<()> {
+        if self.coordinators[i].running() {
+            bail!("stop coordinator {i} before wiping it");
+        }
+        let dir = self.options.dir.join(self.options.coordinator_name(i));
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        Ok(())
+    }
+
+    /// The API of coordinator `i` alone (from 0, in `--peers` order).
+    pub fn coordinator_api(&self, i: usize) -> Api {
+        Api::new(self.coordinator_urls[i].clone())
+    }
+
+    /// kill -9 of coordinator `i`, then the same process started again on
+    /// its data directory: a crash and a supervisor's restart.
+    pub fn restart_coordinator_at(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill_coordinator_at(i)?;
+        self.start_coordinator_at(i)
     }
 
     /// Everything counter `i` has logged (its runs append to one file).
@@ -529,9 +672,11 @@ impl LocalCluster {
         }
     }
 
-    /// Replaces the coordinator's environment for its next start.
+    /// Replaces every coordinator's environment for its next start.
     pub fn set_coordinator_env(&mut self, env: Vec<(String, String)>) {
-        self.coordinator.env = env;
+        for coordinator in &mut self.coordinators {
+            coordinator.env = env.clone();
+        }
     }
 
     /// Waits until every counter has applied what was decided, then checks
@@ -562,7 +707,9 @@ impl LocalCluster {
         for counter in &mut self.counters {
             counter.stop()?;
         }
-        self.coordinator.stop()?;
+        for coordinator in &mut self.coordinators {
+            coordinator.stop()?;
+        }
         Ok(())
     }
 
@@ -657,7 +804,7 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for proc in self.counters.iter_mut().chain([&mut self.coordinator]) {
+        for proc in self.counters.iter_mut().chain(&mut self.coordinators) {
             if let Some(mut child) = proc.child.take() {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -667,24 +814,30 @@ impl Drop for LocalCluster {
 }
 
 /// Refuses at once, naming the port and who needed it, when a port of a
-/// cluster on `base` (the coordinator) and the `counters` ports after it is
-/// taken on 127.0.0.1 (a listener on 0.0.0.0 or [::] takes it too).
-pub fn check_ports_free(base: u16, counters: usize) -> anyhow::Result<()> {
-    for i in 0..=counters {
+/// cluster on `base` (the first coordinator), the other `coordinators`
+/// after it and the `counters` ports after those is taken on 127.0.0.1 (a
+/// listener on 0.0.0.0 or [::] takes it too).
+pub fn check_ports_free(base: u16, coordinators: usize, counters: usize) -> anyhow::Result<()> {
+    let processes = coordinators + counters;
+    for i in 0..processes {
         let Some(port) = base.checked_add(i as u16) else {
-            bail!("--base-port {base} leaves no room for {counters} counters below port 65536");
+            bail!(
+                "--base-port {base} leaves no room for {coordinators} coordinators and \
+                 {counters} counters below port 65536"
+            );
         };
         if let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
-            let who = if i == 0 {
-                "the coordinator".to_string()
-            } else {
-                format!("counter-{i}")
+            let who = match i {
+                0 if coordinators == 1 => "the coordinator".to_string(),
+                i if i < coordinators => format!("coordinator-{}", i + 1),
+                i => format!("counter-{}", i + 1 - coordinators),
             };
             bail!(
                 "port {port}, for {who}, is already in use ({e}). Another tally (make run, \
                  make up) or another program listens there: stop it, or choose other ports, \
-                 e.g. make run HTTP_PORT={} (the counters take the {counters} ports after it)",
-                base.saturating_add(1000)
+                 e.g. make run HTTP_PORT={} (the other processes take the {} ports after it)",
+                base.saturating_add(1000),
+                processes - 1
             );
         }
     }
@@ -707,4 +860,98 @@ fn signal_pid(name: &str, pid: u32, signal: i32) -> anyhow::Result<()> {
 
 fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
+}
+
+fn loopback_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+        let at = args.iter().position(|a| a == name)?;
+        args.get(at + 1).map(String::as_str)
+    }
+
+    #[test]
+    fn one_coordinator_runs_alone_with_the_command_line_it_always_had() {
+        let options = ClusterOptions::new("/tmp/c", 2);
+        let lines = options.coordinator_command_lines(&[8080]);
+        assert_eq!(
+            lines,
+            [[
+                "--listen",
+                "127.0.0.1:8080",
+                "--data-dir",
+                "/tmp/c/coordinator",
+                "--health-interval",
+                "200ms"
+            ]]
+        );
+        let info = CounterInfo {
+            id: "counter-1".into(),
+            url: "http://127.0.0.1:8081".into(),
+            data_dir: "/tmp/c/counter-1".into(),
+        };
+        let counter = options.counter_command_line(&info, 8081, &[loopback_url(8080)]);
+        assert_eq!(
+            flag(&counter, "--coordinator"),
+            Some("http://127.0.0.1:8080")
+        );
+    }
+
+    #[test]
+    fn three_coordinators_each_advertise_themselves_and_name_all_peers() {
+        let mut options = ClusterOptions::new("/tmp/c", 2);
+        options.coordinators = 3;
+        options.coordinator_args = vec!["--min-insync".into(), "2".into()];
+        let lines = options.coordinator_command_lines(&[9000, 9001, 9002]);
+        assert_eq!(lines.len(), 3);
+        let peers = "http://127.0.0.1:9000,http://127.0.0.1:9001,http://127.0.0.1:9002";
+        for (i, args) in lines.iter().enumerate() {
+            let port = 9000 + i;
+            assert_eq!(flag(args, "--listen"), Some(&*format!("127.0.0.1:{port}")));
+            assert_eq!(
+                flag(args, "--data-dir"),
+                Some(&*format!("/tmp/c/coordinator-{}", i + 1))
+            );
+            assert_eq!(
+                flag(args, "--advertise"),
+                Some(&*format!("http://127.0.0.1:{port}"))
+            );
+            assert_eq!(flag(args, "--peers"), Some(peers));
+            assert_eq!(
+                flag(args, "--min-insync"),
+                Some("2"),
+                "extra arguments kept"
+            );
+        }
+        let info = CounterInfo {
+            id: "counter-1".into(),
+            url: "http://127.0.0.1:9003".into(),
+            data_dir: "/tmp/c/counter-1".into(),
+        };
+        let urls: Vec<String> = [9000, 9001, 9002].map(loopback_url).into();
+        let counter = options.counter_command_line(&info, 9003, &urls);
+        assert_eq!(flag(&counter, "--coordinator"), Some(peers));
+        assert_eq!(flag(&counter, "--advertise"), Some("http://127.0.0.1:9003"));
+
+        options.unreachable_coordinators = vec!["http://127.0.0.1:1".into()];
+        let counter = options.counter_command_line(&info, 9003, &urls);
+        assert_eq!(
+            flag(&counter, "--coordinator"),
+            Some(&*format!("http://127.0.0.1:1,{peers}"))
+        );
+    }
+
+    #[test]
+    fn coordinators_are_named_by_their_place_when_there_are_several() {
+        let mut options = ClusterOptions::new("/tmp/c", 1);
+        assert_eq!(options.coordinator_name(0), "coordinator");
+        options.coordinators = 3;
+        assert_eq!(options.coordinator_name(0), "coordinator-1");
+        assert_eq!(options.coordinator_name(2), "coordinator-3");
+    }
 }

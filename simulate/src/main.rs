@@ -34,7 +34,13 @@ enum Command {
     Cluster {
         #[arg(long, default_value_t = 3)]
         counters: usize,
-        /// Coordinator port; counters listen on the following ports.
+        /// Coordinators that replicate the decision log (1, 3, 5 or 7); each
+        /// is given every coordinator's URL as --peers, and every counter
+        /// all of them.
+        #[arg(long, default_value_t = 1, value_parser = coordinator_count)]
+        coordinators: usize,
+        /// The first coordinator's port; the other coordinators, then the
+        /// counters, listen on the following ports.
         #[arg(long, default_value_t = 8080)]
         base_port: u16,
         #[arg(long, default_value = "data")]
@@ -152,10 +158,11 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Cluster {
             counters,
+            coordinators,
             base_port,
             data_dir,
             health_interval,
-        } => run_cluster(counters, base_port, data_dir, health_interval).await,
+        } => run_cluster(counters, coordinators, base_port, data_dir, health_interval).await,
         Command::Scenario {
             backend,
             data_dir,
@@ -294,13 +301,24 @@ async fn promote(
     Ok(())
 }
 
+/// A number of coordinators that has a majority to lose: 1, 3, 5 or 7 (the
+/// coordinator refuses any other `--peers`).
+fn coordinator_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse() {
+        Ok(n @ (1 | 3 | 5 | 7)) => Ok(n),
+        _ => Err(format!("{s:?}: give 1, 3, 5 or 7 coordinators")),
+    }
+}
+
 async fn run_cluster(
     counters: usize,
+    coordinators: usize,
     base_port: u16,
     data_dir: PathBuf,
     health_interval: Duration,
 ) -> anyhow::Result<()> {
     let mut options = ClusterOptions::new(&data_dir, counters);
+    options.coordinators = coordinators;
     options.base_port = Some(base_port);
     options.health_interval = health_interval;
     options.inherit_output = true;
@@ -352,7 +370,14 @@ async fn run_cluster(
         }
     }
     println!("\ntally is running (data in {}):", data_dir.display());
-    println!("  coordinator  {}", cluster.coordinator_url());
+    match cluster.coordinator_urls() {
+        [one] => println!("  coordinator  {one}"),
+        several => {
+            for (i, url) in several.iter().enumerate() {
+                println!("  {:<13}  {url}", format!("coordinator-{}", i + 1));
+            }
+        }
+    }
     for c in cluster.counters() {
         println!("  {:<11}  {}", c.id, c.url);
     }

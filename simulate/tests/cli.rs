@@ -193,6 +193,11 @@ fn make_run_and_status_use_http_port() {
         out.contains("simulate cluster --counters 2 --base-port 9123"),
         "{out}"
     );
+    assert!(out.contains("--coordinators 1"), "{out}");
+    let output = make(&["-n", "run", "HTTP_PORT=9123", "COORDINATORS=3"]);
+    let out = text(&output);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("--coordinators 3"), "{out}");
     // status builds simulate first, then asks the coordinator on HTTP_PORT.
     let output = make(&["-n", "status", "HTTP_PORT=9123"]);
     let out = text(&output);
@@ -308,6 +313,32 @@ fn unusable_settings_are_refused_at_start_up_naming_the_flag() {
             &["--max-connections", "0"][..],
             &[][..],
             "--max-connections",
+        ),
+        (
+            "coordinator",
+            &[][..],
+            &[(
+                "TALLY_PEERS",
+                "http://c1:8080,http://c2:8080,http://c3:8080",
+            )][..],
+            "--peers needs --advertise",
+        ),
+        (
+            "coordinator",
+            &[
+                "--advertise",
+                "http://c1:8080",
+                "--peers",
+                "http://c1:8080,http://c2:8080",
+            ][..],
+            &[][..],
+            "--peers lists 2 coordinators",
+        ),
+        (
+            "counter",
+            &["--coordinator", "http://c1:8080,c2:8080"][..],
+            &[][..],
+            "--coordinator",
         ),
     ] {
         let out = refused(binary, args, env);
@@ -426,9 +457,18 @@ async fn both_binaries_read_tally_prefixed_variables_and_warn_without_a_token() 
             ("TALLY_CLUSTER_TOKEN", "secret".into()),
         ],
     );
+    // The port accepts connections from the moment it is bound, a little
+    // before the start-up lines are written: wait for them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("coordinator serving") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let _ = coordinator.kill();
     let _ = coordinator.wait();
-    let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("coordinator serving"), "{text}");
     assert!(!text.contains("no cluster token"), "{text}");
 }
@@ -491,4 +531,84 @@ fn simulate_cluster_runs_with_a_token_and_stops_on_ctrl_c() {
         .unwrap_or_else(|| panic!("no token in the banner:\n{banner}"));
     assert_eq!(token.len(), 32, "{banner}");
     assert!(!text.contains("no cluster token"), "{text}");
+}
+
+#[test]
+fn simulate_cluster_refuses_a_coordinator_count_without_a_majority() {
+    for n in ["0", "2", "4", "9"] {
+        let output = simulate(&["cluster", "--coordinators", n]);
+        let out = text(&output);
+        assert!(!output.status.success(), "{n}: {out}");
+        assert!(out.contains("give 1, 3, 5 or 7 coordinators"), "{n}: {out}");
+    }
+}
+
+/// The compose file `make up COORDINATORS=3` writes is one compose accepts
+/// on top of docker-compose.yml: three coordinators, each advertising
+/// itself and naming all three, and counters given all three URLs. Checked
+/// with `config`, which starts and pulls nothing.
+#[test]
+fn the_compose_file_of_three_coordinators_is_valid_and_names_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let overlay = dir.path().join("coordinators.yml");
+    let output = Command::new(repo().join("scripts/compose-coordinators.sh"))
+        .args(["3", "9100"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    std::fs::write(&overlay, &output.stdout).unwrap();
+    for refused in [&["2"][..], &["1"], &["3", "65535"], &["3", "port"]] {
+        let output = Command::new(repo().join("scripts/compose-coordinators.sh"))
+            .args(refused)
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{refused:?}: {}",
+            text(&output)
+        );
+    }
+
+    // The tool the make targets use: the v2 plugin, else docker-compose.
+    let tools: [&[&str]; 2] = [&["docker", "compose"], &["docker-compose"]];
+    let Some(tool) = tools.into_iter().find(|tool| {
+        Command::new(tool[0])
+            .args(&tool[1..])
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        println!("SKIPPED the_compose_file_of_three_coordinators_is_valid: no compose tool");
+        return;
+    };
+    let mut compose = Command::new(tool[0]);
+    compose.args(&tool[1..]);
+    let output = compose
+        .current_dir(repo())
+        .env("ENV_FILE", repo().join(".env.dist"))
+        .args(["-p", "tallyconfigcheck", "-f", "docker-compose.yml", "-f"])
+        .arg(&overlay)
+        .args(["config"])
+        .output()
+        .unwrap();
+    let config = text(&output);
+    assert!(output.status.success(), "{config}");
+    let peers = "http://coordinator:8080,http://coordinator-2:8080,http://coordinator-3:8080";
+    for want in [
+        "TALLY_ADVERTISE: http://coordinator:8080",
+        "TALLY_ADVERTISE: http://coordinator-2:8080",
+        "TALLY_ADVERTISE: http://coordinator-3:8080",
+        &format!("TALLY_PEERS: {peers}"),
+        &format!("TALLY_COORDINATOR: {peers}"),
+        "coordinator-3-data:/data",
+        "published: 9102",
+    ] {
+        assert!(config.contains(want), "no {want:?} in:\n{config}");
+    }
+    assert_eq!(
+        config.matches(&format!("TALLY_PEERS: {peers}")).count(),
+        3,
+        "{config}"
+    );
 }

@@ -15,7 +15,9 @@ pub mod disk;
 pub mod transport;
 
 use std::collections::BTreeMap;
+use tally_common::api::{CoordinatorRole, CoordinatorStatus};
 use tally_common::coordinator::{CoordinatorCore, CoreConfig, Millis};
+use tally_common::CommitIndex;
 use tally_consensus::{
     Input, NodeConfig, Output, ReplicatedConfig, ReplicatedCoordinator, RestoredRaft, Role, Start,
 };
@@ -33,30 +35,41 @@ const ELECTION_TICKS: (usize, usize) = (6, 12);
 /// taking one is cheap and keeps a restart's replay short.
 const SNAPSHOT_EVERY: u64 = 1024;
 
-pub use crate::config::Peers;
+pub use crate::config::ClusterPeers as Peers;
 
-/// Who leads, as a request arriving here needs to know.
+/// Who leads, as a request arriving here and `GET /cluster` need to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leadership {
-    pub role: &'static str,
+    /// This coordinator's own role.
+    pub role: CoordinatorRole,
+    /// The Raft term; 0 for a coordinator alone.
     pub term: u64,
     /// The leader's URL, if one is known (this coordinator's own when it
     /// leads).
     pub leader: Option<String>,
     /// This coordinator leads and its core is serving.
     pub serving: bool,
+    /// Every coordinator as this one sees it, in `--peers` order.
+    pub coordinators: Vec<CoordinatorStatus>,
 }
 
 impl Leadership {
-    pub fn single(url: String) -> Self {
+    /// A coordinator alone: it leads, and its log is its decision log.
+    pub fn single(peers: &Peers, decided: CommitIndex) -> Self {
+        let group = crate::group::status(peers, decided);
         Leadership {
-            role: "leader",
+            role: group.role,
             term: 0,
-            leader: Some(url),
+            leader: group.leader,
             serving: true,
+            coordinators: group.coordinators,
         }
     }
 }
+
+/// A peer not heard from for this long is reported unreachable: ten
+/// heartbeats.
+const HEARD_WITHIN_MS: u64 = 1000;
 
 pub enum Phase {
     /// Empty disk: waiting to hear every peer's term.
@@ -71,6 +84,9 @@ pub enum Phase {
 pub struct Replica {
     pub peers: Peers,
     pub phase: Phase,
+    /// When each peer's last Raft message arrived, by Raft id.
+    heard: BTreeMap<u64, Millis>,
+    now: Millis,
 }
 
 impl Replica {
@@ -87,6 +103,8 @@ impl Replica {
                 core: Box::new(core),
             },
             peers,
+            heard: BTreeMap::new(),
+            now,
         };
         let out = replica.try_start(now)?;
         Ok((replica, out))
@@ -115,7 +133,7 @@ impl Replica {
             return Ok(Vec::new());
         };
         let heard: Vec<u64> = terms.values().copied().collect();
-        let rejoin_at = match tally_consensus::start(restored, &heard, self.peers.others()) {
+        let rejoin_at = match tally_consensus::start(restored, &heard, self.peers.peers.len() - 1) {
             Start::Wait => return Ok(Vec::new()),
             Start::Restart | Start::Fresh => None,
             Start::Rejoin { term } => {
@@ -129,8 +147,8 @@ impl Replica {
         };
         let config = ReplicatedConfig {
             node: NodeConfig {
-                id: self.peers.me,
-                voters: (1..=self.peers.urls.len() as u64).collect(),
+                id: self.peers.raft_id(),
+                voters: (1..=self.peers.peers.len() as u64).collect(),
                 heartbeat_ticks: HEARTBEAT_TICKS,
                 election_ticks: ELECTION_TICKS,
                 seed: seed(),
@@ -150,6 +168,10 @@ impl Replica {
     }
 
     pub fn step(&mut self, now: Millis, input: Input) -> Vec<Output> {
+        self.now = self.now.max(now);
+        if let Input::Message(m) = &input {
+            self.heard.insert(m.from, now);
+        }
         match &mut self.phase {
             Phase::Running(node) => node.step(now, input),
             Phase::Starting { .. } => refuse(input),
@@ -182,20 +204,81 @@ impl Replica {
     pub fn leadership(&self) -> Leadership {
         let Phase::Running(node) = &self.phase else {
             return Leadership {
-                role: "starting",
-                term: 0,
+                role: CoordinatorRole::Candidate,
+                term: self.term(),
                 leader: None,
                 serving: false,
+                coordinators: self
+                    .peers
+                    .peers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, url)| CoordinatorStatus {
+                        url: url.clone(),
+                        role: if i == self.peers.me {
+                            CoordinatorRole::Candidate
+                        } else {
+                            CoordinatorRole::Unreachable
+                        },
+                        log_index: 0,
+                        lag: 0,
+                    })
+                    .collect(),
             };
         };
+        let role = match node.role() {
+            Role::Leader => CoordinatorRole::Leader,
+            // A rejoining coordinator follows the leader; it only may not
+            // vote yet.
+            Role::Follower | Role::Rejoining => CoordinatorRole::Follower,
+            Role::Candidate => CoordinatorRole::Candidate,
+        };
+        let leader = node.leader();
+        let last = node.last_index();
+        let matched: BTreeMap<u64, u64> = node.matched().into_iter().collect();
+        let coordinators = self
+            .peers
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let id = i as u64 + 1;
+                if id == self.peers.raft_id() {
+                    return CoordinatorStatus {
+                        url: url.clone(),
+                        role,
+                        log_index: last,
+                        lag: 0,
+                    };
+                }
+                let heard = self
+                    .heard
+                    .get(&id)
+                    .is_some_and(|at| self.now.0 < at.0 + HEARD_WITHIN_MS);
+                let role = match (heard, leader == Some(id)) {
+                    (false, _) => CoordinatorRole::Unreachable,
+                    (true, true) => CoordinatorRole::Leader,
+                    (true, false) if role == CoordinatorRole::Leader => CoordinatorRole::Follower,
+                    // Only the leader knows how far the others are.
+                    (true, false) => CoordinatorRole::Follower,
+                };
+                let log_index = matched.get(&id).copied().unwrap_or(0);
+                CoordinatorStatus {
+                    url: url.clone(),
+                    role,
+                    log_index,
+                    lag: if matched.is_empty() { 0 } else { last.saturating_sub(log_index) },
+                }
+            })
+            .collect();
         Leadership {
-            role: node.role().as_str(),
+            role,
             term: node.term(),
-            leader: node
-                .leader()
+            leader: leader
                 .and_then(|id| self.peers.url_of(id))
                 .map(str::to_string),
             serving: node.role() == Role::Leader && node.core().is_some(),
+            coordinators,
         }
     }
 }
