@@ -98,6 +98,10 @@ pub struct RaftNode {
     rejoin: Option<Rejoin>,
     rng: u64,
     seen: (u64, StateRole, u64),
+    /// A snapshot received from the leader, by the number of the write
+    /// that persists it and its index: once that write is durable, raft-rs
+    /// must hear that the snapshot is applied (see [`Self::persisted`]).
+    snapshot_to_apply: Option<(u64, u64)>,
 }
 
 impl RaftNode {
@@ -155,6 +159,7 @@ impl RaftNode {
             unpersisted: u64::from(rejoin_at.is_some()),
             rejoin: restored.rejoining.then_some(Rejoin { target: None }),
             rng: config.seed | 1,
+            snapshot_to_apply: None,
             // Not a state raft-rs can be in, so the first timeout is ours too.
             seen: (u64::MAX, StateRole::Leader, u64::MAX),
             config,
@@ -300,6 +305,19 @@ impl RaftNode {
         if number > 0 {
             self.raw.on_persist_ready(number);
         }
+        // raft-rs counts a received snapshot as applied only when told. Left
+        // behind, its applied index points below the snapshot, at entries
+        // the log no longer has, and the next campaign (which reads the
+        // entries between applied and committed) panics. Only once the
+        // snapshot is durable: raft-rs refuses to apply past what is.
+        if let Some((n, index)) = self.snapshot_to_apply {
+            if n <= number {
+                self.snapshot_to_apply = None;
+                if index > self.raw.raft.raft_log.applied {
+                    self.raw.advance_apply_to(index);
+                }
+            }
+        }
         while self.held.front().is_some_and(|(n, _)| *n <= number) {
             let (_, messages) = self.held.pop_front().expect("checked");
             for m in messages {
@@ -344,6 +362,7 @@ impl RaftNode {
             };
             if !ready.snapshot().is_empty() {
                 let snapshot = ready.snapshot().clone();
+                self.snapshot_to_apply = Some((ready.number(), snapshot.get_metadata().index));
                 self.raw.mut_store().apply_snapshot(snapshot.clone());
                 out.push(NodeOutput::InstallSnapshot(snapshot.clone()));
                 write.snapshot = Some(snapshot);

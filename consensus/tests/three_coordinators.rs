@@ -262,3 +262,33 @@ fn an_empty_coordinator_waits_for_every_peer_before_calling_the_cluster_new() {
     assert_eq!(start(&empty, &[0, 4], 2), Start::Rejoin { term: 4 });
     assert_eq!(start(&empty, &[3], 2), Start::Rejoin { term: 3 });
 }
+
+#[test]
+fn a_follower_that_caught_up_from_a_snapshot_can_still_campaign() {
+    let mut c = Cluster::new();
+    c.run(1_000);
+    let leader = c.leader().unwrap();
+    let behind = (1..=3).find(|id| *id != leader).unwrap();
+    let other = (1..=3).find(|id| *id != leader && *id != behind).unwrap();
+    c.crash(behind);
+    // Snapshots are taken every 4 applied entries: with 8 in the log, the
+    // newest snapshot holds them all.
+    let mut i = 0;
+    while c.nodes[&leader].last_index() < 8 {
+        c.step(leader, Input::Core(register(&format!("c{i}"))));
+        c.run(50);
+        i += 1;
+    }
+    assert_eq!(c.nodes[&leader].last_index(), 8);
+    // Back on its own disk, behind a log the leader has compacted: it
+    // catches up from a snapshot, with no entry after it.
+    c.boot(behind, None);
+    c.run(200);
+    assert_eq!(c.nodes[&behind].state(), c.nodes[&leader].state());
+    // Alone now, it must campaign when its election timeout passes (raft-rs
+    // looks at the entries it has not applied first: none may be missing).
+    c.crash(leader);
+    c.crash(other);
+    c.run(1_000);
+    assert_eq!(c.nodes[&behind].role(), Role::Candidate);
+}
