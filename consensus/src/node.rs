@@ -23,7 +23,7 @@
 use crate::log_store::{LogStore, PersistWrite, RestoredRaft};
 use crate::Error;
 use raft::prelude::{Entry, HardState, Message, MessageType, Snapshot};
-use raft::{Config, RawNode, StateRole};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
 use std::collections::VecDeque;
 
 /// How a node is set up. Ticks are the caller's time unit (the
@@ -353,7 +353,11 @@ impl RaftNode {
     fn drain(&mut self, out: &mut Vec<NodeOutput>) {
         while self.raw.has_ready() {
             let mut ready = self.raw.ready();
+            let mut snapshots_to = Vec::new();
             for m in ready.take_messages() {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    snapshots_to.push(m.to);
+                }
                 out.push(self.outgoing(m));
             }
             let mut write = PersistWrite {
@@ -389,6 +393,16 @@ impl RaftNode {
                 write.hard_state.is_none() && write.entries.is_empty() && write.snapshot.is_none();
             let number = write.number;
             self.raw.advance_append_async(ready);
+            // raft-rs sends a peer nothing more after a snapshot until told
+            // how sending it went; the caller's network cannot tell (a
+            // message may be lost on the way). Told "sent" at once, raft-rs
+            // probes the peer at its next heartbeat answer: one that got
+            // the snapshot answers from beyond it, one that did not is sent
+            // another. Left untold, a lost snapshot stalled the peer for
+            // good.
+            for to in snapshots_to {
+                self.raw.report_snapshot(to, SnapshotStatus::Finish);
+            }
             if nothing_to_write && self.unpersisted == 0 && self.held.is_empty() {
                 self.raw.on_persist_ready(number);
                 for m in after {

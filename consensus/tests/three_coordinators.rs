@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, VecDeque};
 use tally_common::coordinator::{Action, CoreConfig, Event, Holdings, Millis, RequestId};
 use tally_common::{CommitIndex, CounterId, Incarnation};
 use tally_consensus::{
-    Input, Message, NodeConfig, Output, ReplicatedConfig, ReplicatedCoordinator, RestoredRaft, Role,
+    Input, Message, MessageType, NodeConfig, Output, ReplicatedConfig, ReplicatedCoordinator,
+    RestoredRaft, Role,
 };
 
 struct Cluster {
@@ -15,6 +16,8 @@ struct Cluster {
     disks: BTreeMap<u64, RestoredRaft>,
     down: Vec<u64>,
     net: VecDeque<Message>,
+    /// Messages the network will lose, once each: (to, type).
+    lost: Vec<(u64, MessageType)>,
     now: u64,
     answers: Vec<(u64, Output)>,
 }
@@ -41,6 +44,7 @@ impl Cluster {
             disks: BTreeMap::new(),
             down: Vec::new(),
             net: VecDeque::new(),
+            lost: Vec::new(),
             now: 0,
             answers: Vec::new(),
         };
@@ -97,6 +101,11 @@ impl Cluster {
         let end = self.now + ms;
         loop {
             while let Some(m) = self.net.pop_front() {
+                let kind = (m.to, m.get_msg_type());
+                if let Some(i) = self.lost.iter().position(|l| *l == kind) {
+                    self.lost.remove(i);
+                    continue;
+                }
                 if !self.down.contains(&m.to) {
                     self.step(m.to, Input::Message(m));
                 }
@@ -291,4 +300,28 @@ fn a_follower_that_caught_up_from_a_snapshot_can_still_campaign() {
     c.crash(other);
     c.run(1_000);
     assert_eq!(c.nodes[&behind].role(), Role::Candidate);
+}
+
+#[test]
+fn a_follower_whose_snapshot_was_lost_gets_another() {
+    let mut c = Cluster::new();
+    c.run(1_000);
+    let leader = c.leader().unwrap();
+    let behind = (1..=3).find(|id| *id != leader).unwrap();
+    c.crash(behind);
+    for i in 0..10 {
+        c.step(leader, Input::Core(register(&format!("c{i}"))));
+        c.run(50);
+    }
+    // Back behind a compacted log, it needs a snapshot; the first one sent
+    // is lost on the way.
+    c.lost.push((behind, MessageType::MsgSnapshot));
+    c.boot(behind, None);
+    c.run(2_000);
+    assert!(c.lost.is_empty(), "no snapshot was sent");
+    assert_eq!(
+        c.nodes[&behind].state(),
+        c.nodes[&leader].state(),
+        "still behind after its snapshot was lost"
+    );
 }
