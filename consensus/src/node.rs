@@ -21,7 +21,7 @@
 //!   entry). The mark survives a crash in the middle (docs/consensus.md).
 
 use crate::log_store::{LogStore, PersistWrite, RestoredRaft};
-use crate::Error;
+use crate::{Error, Start};
 use raft::prelude::{Entry, HardState, Message, MessageType, Snapshot};
 use raft::{Config, RawNode, SnapshotStatus, StateRole};
 use std::collections::VecDeque;
@@ -105,26 +105,35 @@ pub struct RaftNode {
 }
 
 impl RaftNode {
-    /// Starts from what the disk held. `rejoin_at` is set when the disk was
-    /// empty but a peer reported a term: this node lost its data.
+    /// Starts from what the disk held, as [`crate::start`] decided. An
+    /// empty disk starts at the highest term a peer reported, as having
+    /// voted for itself in it: if it lost its data it may have voted in
+    /// that term already, and voting twice could elect two leaders. It
+    /// rejoins (see the module doc) when a peer holds a log.
     pub fn new(
         config: NodeConfig,
         mut restored: RestoredRaft,
-        rejoin_at: Option<u64>,
+        start: Start,
         out: &mut Vec<NodeOutput>,
     ) -> Result<Self, Error> {
-        if let Some(term) = rejoin_at {
+        let pinned = match start {
+            Start::Restart | Start::Fresh { term: 0 } => None,
+            Start::Fresh { term } => Some((term, false)),
+            Start::Rejoin { term } => Some((term, true)),
+            Start::Wait => return Err(Error::NotStarted),
+        };
+        if let Some((term, rejoining)) = pinned {
             restored.hard_state = HardState {
                 term,
                 vote: config.id,
                 commit: 0,
                 ..Default::default()
             };
-            restored.rejoining = true;
+            restored.rejoining = rejoining;
             out.push(NodeOutput::Persist(PersistWrite {
                 number: 0,
                 hard_state: Some(restored.hard_state.clone()),
-                rejoining: Some(true),
+                rejoining: rejoining.then_some(true),
                 ..Default::default()
             }));
         }
@@ -156,7 +165,7 @@ impl RaftNode {
         let mut node = RaftNode {
             raw,
             held: VecDeque::new(),
-            unpersisted: u64::from(rejoin_at.is_some()),
+            unpersisted: u64::from(pinned.is_some()),
             rejoin: restored.rejoining.then_some(Rejoin { target: None }),
             rng: config.seed | 1,
             snapshot_to_apply: None,

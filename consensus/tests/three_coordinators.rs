@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, VecDeque};
 use tally_common::coordinator::{Action, CoreConfig, Event, Holdings, Millis, RequestId};
 use tally_common::{CommitIndex, CounterId, Incarnation};
 use tally_consensus::{
-    Input, Message, MessageType, NodeConfig, Output, ReplicatedConfig, ReplicatedCoordinator,
-    RestoredRaft, Role,
+    start, HardState, Input, Message, MessageType, NodeConfig, Output, PeerLog, ReplicatedConfig,
+    ReplicatedCoordinator, RestoredRaft, Role, Start,
 };
 
 struct Cluster {
@@ -50,15 +50,15 @@ impl Cluster {
         };
         for id in 1..=3 {
             c.disks.insert(id, RestoredRaft::default());
-            c.boot(id, None);
+            c.boot(id, Start::Fresh { term: 0 });
         }
         c
     }
 
-    fn boot(&mut self, id: u64, rejoin_at: Option<u64>) {
+    fn boot(&mut self, id: u64, start: Start) {
         let restored = self.disks[&id].clone();
         let (node, out) =
-            ReplicatedCoordinator::new(config(id), restored, rejoin_at, Millis(self.now)).unwrap();
+            ReplicatedCoordinator::new(config(id), restored, start, Millis(self.now)).unwrap();
         self.nodes.insert(id, node);
         self.down.retain(|d| *d != id);
         self.carry(id, out);
@@ -182,7 +182,7 @@ fn a_registration_is_answered_only_once_a_majority_holds_it_and_survives_the_lea
         c.answers
     );
     // One follower back: the entry commits and the counter is answered.
-    c.boot(others[0], None);
+    c.boot(others[0], Start::Restart);
     c.run(2_000);
     let joined = c
         .answers
@@ -246,9 +246,12 @@ fn a_wiped_coordinator_rejoins_from_a_snapshot_and_may_lead_again() {
     let victim = (1..=3).find(|id| *id != leader).unwrap();
     c.crash(victim);
     c.disks.insert(victim, RestoredRaft::default());
-    let term = c.nodes[&leader].term();
-    match tally_consensus::start(&c.disks[&victim], &[term, term], 2) {
-        tally_consensus::Start::Rejoin { term: t } => c.boot(victim, Some(t)),
+    let answers: Vec<PeerLog> = (1..=3)
+        .filter(|id| *id != victim)
+        .map(|id| c.nodes[&id].peer_log())
+        .collect();
+    match start(&c.disks[&victim], &answers, 2) {
+        start @ Start::Rejoin { .. } => c.boot(victim, start),
         other => panic!("an empty node beside a live cluster must rejoin, not {other:?}"),
     }
     assert_eq!(c.nodes[&victim].role(), Role::Rejoining);
@@ -264,12 +267,31 @@ fn a_wiped_coordinator_rejoins_from_a_snapshot_and_may_lead_again() {
 
 #[test]
 fn an_empty_coordinator_waits_for_every_peer_before_calling_the_cluster_new() {
-    use tally_consensus::{start, Start};
     let empty = RestoredRaft::default();
-    assert_eq!(start(&empty, &[0], 2), Start::Wait);
-    assert_eq!(start(&empty, &[0, 0], 2), Start::Fresh);
-    assert_eq!(start(&empty, &[0, 4], 2), Start::Rejoin { term: 4 });
-    assert_eq!(start(&empty, &[3], 2), Start::Rejoin { term: 3 });
+    let new = |term| PeerLog {
+        term,
+        has_log: false,
+    };
+    let holding = |term| PeerLog {
+        term,
+        has_log: true,
+    };
+    assert_eq!(start(&empty, &[new(0)], 2), Start::Wait);
+    assert_eq!(
+        start(&empty, &[new(0), new(0)], 2),
+        Start::Fresh { term: 0 }
+    );
+    assert_eq!(
+        start(&empty, &[new(0), holding(4)], 2),
+        Start::Rejoin { term: 4 }
+    );
+    assert_eq!(start(&empty, &[holding(3)], 2), Start::Rejoin { term: 3 });
+    // A term without a log is a campaign, not a lost disk.
+    assert_eq!(start(&empty, &[new(2)], 2), Start::Wait);
+    assert_eq!(
+        start(&empty, &[new(2), new(0)], 2),
+        Start::Fresh { term: 2 }
+    );
 }
 
 #[test]
@@ -291,7 +313,7 @@ fn a_follower_that_caught_up_from_a_snapshot_can_still_campaign() {
     assert_eq!(c.nodes[&leader].last_index(), 8);
     // Back on its own disk, behind a log the leader has compacted: it
     // catches up from a snapshot, with no entry after it.
-    c.boot(behind, None);
+    c.boot(behind, Start::Restart);
     c.run(200);
     assert_eq!(c.nodes[&behind].state(), c.nodes[&leader].state());
     // Alone now, it must campaign when its election timeout passes (raft-rs
@@ -316,12 +338,49 @@ fn a_follower_whose_snapshot_was_lost_gets_another() {
     // Back behind a compacted log, it needs a snapshot; the first one sent
     // is lost on the way.
     c.lost.push((behind, MessageType::MsgSnapshot));
-    c.boot(behind, None);
+    c.boot(behind, Start::Restart);
     c.run(2_000);
     assert!(c.lost.is_empty(), "no snapshot was sent");
     assert_eq!(
         c.nodes[&behind].state(),
         c.nodes[&leader].state(),
         "still behind after its snapshot was lost"
+    );
+}
+
+#[test]
+fn a_campaign_that_wrote_no_entry_leaves_the_cluster_new() {
+    let mut c = Cluster::new();
+    // The first candidate wrote its term and its vote for itself; its vote
+    // requests were lost and nobody else wrote anything. Then a power cut.
+    for id in 1..=3 {
+        c.crash(id);
+    }
+    c.disks.get_mut(&1).unwrap().hard_state = HardState {
+        term: 1,
+        vote: 1,
+        ..Default::default()
+    };
+    let answers = |c: &Cluster, asking: u64| -> Vec<PeerLog> {
+        (1..=3)
+            .filter(|id| *id != asking)
+            .map(|id| PeerLog::of(&c.disks[&id]))
+            .collect()
+    };
+    for id in 1..=3 {
+        let how = start(&c.disks[&id], &answers(&c, id), 2);
+        if id != 1 {
+            assert_eq!(how, Start::Fresh { term: 1 });
+        }
+        c.boot(id, how);
+    }
+    // An empty one starts in the highest term reported, as having voted in
+    // it: had it lost its disk after voting there, it cannot vote again.
+    assert_eq!(c.disks[&2].hard_state.term, 1);
+    assert_eq!(c.disks[&2].hard_state.vote, 2);
+    c.run(3_000);
+    assert!(
+        c.leader().is_some(),
+        "no leader: nothing but a term was ever written, yet two coordinators wait to rejoin"
     );
 }
