@@ -249,6 +249,14 @@ impl RaftNode {
                 }
                 _ => {}
             }
+        } else if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last_index
+        {
+            // Only a leader that took this node for its life before it lost
+            // its data sends that, and the message was on its way before
+            // the leader learnt otherwise (a duplicate, a slow connection):
+            // it arrives after the node rejoined. raft-rs would panic on
+            // it; the leader's next heartbeat tells the truth.
+            return;
         }
         // A message for another group or from a stale peer is raft-rs's to
         // judge; a malformed one is refused here and changes nothing.

@@ -18,6 +18,9 @@ struct Cluster {
     net: VecDeque<Message>,
     /// Messages the network will lose, once each: (to, type).
     lost: Vec<(u64, MessageType)>,
+    /// Messages to this node are kept in `tapped` instead of delivered.
+    tap: Option<u64>,
+    tapped: Vec<Message>,
     now: u64,
     answers: Vec<(u64, Output)>,
 }
@@ -45,6 +48,8 @@ impl Cluster {
             down: Vec::new(),
             net: VecDeque::new(),
             lost: Vec::new(),
+            tap: None,
+            tapped: Vec::new(),
             now: 0,
             answers: Vec::new(),
         };
@@ -98,6 +103,12 @@ impl Cluster {
 
     /// Delivers every message, then lets `ms` pass in ticks.
     fn run(&mut self, ms: u64) {
+        self.run_until(ms, |_| false);
+    }
+
+    /// As [`Cluster::run`], but stops as soon as `stop` holds after a
+    /// message was delivered; says whether it did.
+    fn run_until(&mut self, ms: u64, stop: impl Fn(&Cluster) -> bool) -> bool {
         let end = self.now + ms;
         loop {
             while let Some(m) = self.net.pop_front() {
@@ -106,12 +117,19 @@ impl Cluster {
                     self.lost.remove(i);
                     continue;
                 }
+                if self.tap == Some(m.to) {
+                    self.tapped.push(m);
+                    continue;
+                }
                 if !self.down.contains(&m.to) {
                     self.step(m.to, Input::Message(m));
+                    if stop(self) {
+                        return true;
+                    }
                 }
             }
             if self.now >= end {
-                break;
+                return false;
             }
             self.now += 5;
             for id in 1..=3 {
@@ -383,4 +401,50 @@ fn a_campaign_that_wrote_no_entry_leaves_the_cluster_new() {
         c.leader().is_some(),
         "no leader: nothing but a term was ever written, yet two coordinators wait to rejoin"
     );
+}
+
+#[test]
+fn a_heartbeat_sent_to_a_wiped_coordinators_earlier_life_is_ignored() {
+    let mut c = Cluster::new();
+    c.run(1_000);
+    let leader = c.leader().unwrap();
+    let victim = (1..=3).find(|id| *id != leader).unwrap();
+    // Ten entries, all held by the victim; snapshots every 4 leave two
+    // entries after the newest snapshot.
+    let mut i = 0;
+    while c.nodes[&leader].last_index() < 10 {
+        c.step(leader, Input::Core(register(&format!("c{i}"))));
+        c.run(50);
+        i += 1;
+    }
+    assert_eq!(c.nodes[&leader].last_index(), 10);
+    // The victim loses its disk. The leader, which still takes it to hold
+    // all ten, sends it a heartbeat committing 10, which the network holds
+    // back.
+    c.crash(victim);
+    c.disks.insert(victim, RestoredRaft::default());
+    c.tap = Some(victim);
+    c.run(50);
+    c.tap = None;
+    let stale = c
+        .tapped
+        .iter()
+        .find(|m| m.get_msg_type() == MessageType::MsgHeartbeat && m.commit == 10)
+        .cloned()
+        .expect("a heartbeat committing 10");
+    let answers: Vec<PeerLog> = (1..=3)
+        .filter(|id| *id != victim)
+        .map(|id| c.nodes[&id].peer_log())
+        .collect();
+    let how = start(&c.disks[&victim], &answers, 2);
+    assert!(matches!(how, Start::Rejoin { .. }));
+    c.boot(victim, how);
+    // It rejoins from the snapshot at 8...
+    assert!(c.run_until(1_000, |c| c.nodes[&victim].role() != Role::Rejoining));
+    assert_eq!(c.nodes[&victim].last_index(), 8);
+    // ...and only then does the stale heartbeat arrive: it commits an
+    // index the new disk does not hold.
+    c.net.push_front(stale);
+    c.run(1_000);
+    assert_eq!(c.nodes[&victim].state(), c.nodes[&leader].state());
 }
