@@ -11,7 +11,7 @@ fn assert_passes(seed: u64) {
             "seed {seed}: {} at {} ms; replay: {}\n{}",
             v.property,
             v.time,
-            tally_sim::replay_command(seed),
+            tally_sim::replay_command(seed, Default::default()),
             v.detail
         );
     }
