@@ -222,8 +222,12 @@ impl RaftNode {
 
     pub fn tick(&mut self, out: &mut Vec<NodeOutput>) {
         // A rejoining node must not campaign; followers only count towards
-        // an election on ticks, so it simply does not tick.
-        if self.rejoin.is_none() {
+        // an election on ticks, so it simply does not tick. Nor does one
+        // whose snapshot from the leader is not durable yet: raft-rs took
+        // the snapshot as written when it was handed out, but counts it as
+        // applied only once durable (see `persisted`), and a campaign in
+        // between reads the entries the snapshot replaced, and panics.
+        if self.rejoin.is_none() && self.snapshot_to_apply.is_none() {
             self.raw.tick();
         }
         self.drain(out);

@@ -20,6 +20,9 @@ struct Cluster {
     lost: Vec<(u64, MessageType)>,
     /// Messages to this node are kept in `tapped` instead of delivered.
     tap: Option<u64>,
+    /// Nodes whose writes wait in `unsynced` until `sync`.
+    slow: Vec<u64>,
+    unsynced: BTreeMap<u64, Vec<tally_consensus::PersistWrite>>,
     tapped: Vec<Message>,
     now: u64,
     answers: Vec<(u64, Output)>,
@@ -49,6 +52,8 @@ impl Cluster {
             net: VecDeque::new(),
             lost: Vec::new(),
             tap: None,
+            slow: Vec::new(),
+            unsynced: BTreeMap::new(),
             tapped: Vec::new(),
             now: 0,
             answers: Vec::new(),
@@ -78,8 +83,12 @@ impl Cluster {
         for o in out {
             match o {
                 Output::Send(m) => self.net.push_back(m),
+                Output::Persist(w) if self.slow.contains(&id) => {
+                    self.unsynced.entry(id).or_default().push(w)
+                }
                 Output::Persist(w) => {
-                    // Disks here are synchronous: durable at once.
+                    // Disks here are synchronous, but for slow ones: durable
+                    // at once.
                     self.disks.get_mut(&id).unwrap().apply(&w);
                     let more = self
                         .nodes
@@ -90,6 +99,15 @@ impl Cluster {
                 }
                 other => self.answers.push((id, other)),
             }
+        }
+    }
+
+    /// A slow disk's writes become durable now.
+    fn sync(&mut self, id: u64) {
+        self.slow.retain(|s| *s != id);
+        for w in self.unsynced.remove(&id).unwrap_or_default() {
+            self.disks.get_mut(&id).unwrap().apply(&w);
+            self.step(id, Input::Persisted(w.number));
         }
     }
 
@@ -447,4 +465,33 @@ fn a_heartbeat_sent_to_a_wiped_coordinators_earlier_life_is_ignored() {
     c.net.push_front(stale);
     c.run(1_000);
     assert_eq!(c.nodes[&victim].state(), c.nodes[&leader].state());
+}
+
+#[test]
+fn a_follower_whose_snapshot_is_not_yet_durable_waits_to_campaign() {
+    let mut c = Cluster::new();
+    c.run(1_000);
+    let leader = c.leader().unwrap();
+    let behind = (1..=3).find(|id| *id != leader).unwrap();
+    let other = (1..=3).find(|id| *id != leader && *id != behind).unwrap();
+    c.crash(behind);
+    let mut i = 0;
+    while c.nodes[&leader].last_index() < 8 {
+        c.step(leader, Input::Core(register(&format!("c{i}"))));
+        c.run(50);
+        i += 1;
+    }
+    // It catches up from a snapshot, on a disk slow to make it durable.
+    c.slow.push(behind);
+    c.boot(behind, Start::Restart);
+    assert!(c.run_until(1_000, |c| c.nodes[&behind].state()
+        == c.nodes[&leader].state()));
+    // Alone, its election timeout passes before the snapshot is durable:
+    // raft-rs must not campaign from a log the snapshot replaced.
+    c.crash(leader);
+    c.crash(other);
+    c.run(1_000);
+    c.sync(behind);
+    c.run(1_000);
+    assert_eq!(c.nodes[&behind].role(), Role::Candidate);
 }
