@@ -12,14 +12,25 @@
 //! * **one decision per index, gap-free**: every decision a coordinator
 //!   applies names the transaction any other applied at that index
 //!   (`History::logged`), and the decisions it holds follow each other
-//!   with no gap up to its decided index.
+//!   with no gap up to its decided index;
+//! * **no majority, no decision**: while two of three coordinators are
+//!   down, no new decision is applied anywhere (past the time a message
+//!   already on its way may take): writes stall, and what they stall on
+//!   is not lost (the checker's other properties).
 
 use crate::world::World;
 use std::collections::BTreeMap;
 
+/// How long after a majority went down a decision it had made may still
+/// be applied for the first time: the longest a message can be on its way
+/// (a stalled connection, a slow network, a retry).
+const IN_FLIGHT_MS: u64 = 1000;
+
 /// What the coordinators have shown so far.
 #[derive(Debug, Default)]
 pub struct Agreement {
+    /// Since when a majority of the coordinators has been down.
+    majority_down_since: Option<u64>,
     /// Term → the coordinator (and its life) that ran a core in it.
     leaders: BTreeMap<u64, (usize, u64)>,
     /// Applied index → a digest of the state there, and who showed it first.
@@ -35,6 +46,16 @@ fn digest(bytes: &[u8]) -> u64 {
 }
 
 impl World {
+    /// A coordinator went down or came back.
+    pub(crate) fn agreement_up_or_down(&mut self) {
+        let down = self.coordinators_down();
+        if down * 2 > self.coordinators.len() {
+            self.agreement.majority_down_since.get_or_insert(self.now);
+        } else {
+            self.agreement.majority_down_since = None;
+        }
+    }
+
     /// Coordinator `k`, in its life `life`, started a core in `term`.
     pub(crate) fn agreement_leading(&mut self, k: usize, life: u64, term: u64) {
         match self.agreement.leaders.get(&term) {
@@ -82,7 +103,19 @@ impl World {
             }
             previous = Some(*index);
             if *index > decided_seen {
+                let new = !self.history.decided.contains_key(index);
                 self.history.logged(*txn, *index, self.now);
+                if let Some(since) = self.agreement.majority_down_since {
+                    if new && self.now > since + IN_FLIGHT_MS {
+                        problems.push((
+                            "no majority, no decision",
+                            format!(
+                                "coordinator {k} applies a new decision at {index} ({txn}) \
+                                 while a majority of coordinators has been down since {since}"
+                            ),
+                        ));
+                    }
+                }
             }
         }
         if let Some(last) = previous {

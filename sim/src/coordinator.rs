@@ -192,6 +192,9 @@ impl World {
         c.tick_at = None;
         c.read_cursor = 0;
         self.trace(|| format!("coordinator {k} crashes"));
+        if self.replicated() {
+            self.agreement_up_or_down();
+        }
     }
 
     pub(crate) fn coordinator_life(&self, k: usize) -> Option<u64> {

@@ -4,9 +4,10 @@
 //! - **Its disk** holds what the Raft node asked to persist
 //!   (`RestoredRaft`, changed only by `RestoredRaft::apply`, as the
 //!   driver's store does). A `PersistWrite` goes to an unsynced buffer; a
-//!   simulated fsync makes the buffer durable, in order, and only then is
-//!   each write reported `Persisted(number)`, in order. A crash loses the
-//!   buffer; a restart rebuilds the node from the durable part.
+//!   simulated fsync (1–8 ms, now and then 30–200 ms) makes the buffer
+//!   durable, in order, and only then is each write reported
+//!   `Persisted(number)`, in order. A crash loses the buffer; a restart
+//!   rebuilds the node from the durable part.
 //! - **Starting.** A process with an empty disk asks the others for their
 //!   terms and whether they hold a log, and starts as
 //!   `tally_consensus::start` says: rejoining as soon as one holds a log (a
@@ -115,6 +116,8 @@ impl World {
         let r = self.replica_mut(k);
         r.crash();
         r.up = true;
+        self.agreement_up_or_down();
+        let r = self.replica_mut(k);
         if r.disk.is_empty() {
             self.trace(|| format!("coordinator {k} starts on an empty disk, asks the others"));
             self.ask_terms(k);
@@ -337,7 +340,13 @@ impl World {
             return;
         }
         r.fsync_scheduled = true;
-        let delay = self.rng.range(1, 8);
+        // Now and then a slow disk: a leader whose own fsync lags commits
+        // with its followers' copies (raft-rs persists asynchronously).
+        let delay = if self.rng.chance(0.05) {
+            self.rng.range(30, 200)
+        } else {
+            self.rng.range(1, 8)
+        };
         self.schedule(delay, Ev::CoordinatorFsync { k, life });
         // The worst moment for a leader to die: a decision proposed, not
         // yet (or only just) on its own disk, nobody told. Only when the

@@ -1174,8 +1174,23 @@ impl World {
     }
 
     /// Runs until the end state is checked, a liveness deadline passes, or
-    /// the queue empties.
+    /// the queue empties. A panic in the code under test ends the run as a
+    /// violation of its own, with the seed that replays it.
     pub fn run(mut self, seed: u64) -> RunReport {
+        let played = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.play()));
+        if let Err(payload) = played {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            self.history
+                .violation("no panic", format!("the run panicked: {message}"));
+        }
+        self.report(seed)
+    }
+
+    fn play(&mut self) {
         self.start();
         while let Some(next) = self.queue.pop() {
             self.now = next.at;
@@ -1193,6 +1208,9 @@ impl World {
                 break;
             }
         }
+    }
+
+    fn report(self, seed: u64) -> RunReport {
         let mut violation = self
             .history
             .violations
