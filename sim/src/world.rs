@@ -148,7 +148,8 @@ pub(crate) enum Ev {
         from: Node,
         to: Node,
         life: u64,
-        msg: Msg,
+        /// Boxed: the queue moves events around, and messages are large.
+        msg: Box<Msg>,
     },
     CoordinatorTick {
         k: usize,
@@ -405,7 +406,7 @@ impl World {
                     from,
                     to,
                     life,
-                    msg: msg.clone(),
+                    msg: Box::new(msg.clone()),
                 },
             );
         }
@@ -459,9 +460,9 @@ impl World {
                     return;
                 }
                 match to {
-                    Node::Coordinator(k) => self.coordinator_receive(k, from, msg),
-                    Node::Counter(i) => self.counter_receive(i, from, msg),
-                    Node::Client(c) => self.client_receive(c, msg),
+                    Node::Coordinator(k) => self.coordinator_receive(k, from, *msg),
+                    Node::Counter(i) => self.counter_receive(i, from, *msg),
+                    Node::Client(c) => self.client_receive(c, *msg),
                 }
             }
             Ev::CoordinatorTick { k, life } => self.coordinator_tick(k, life),
