@@ -114,19 +114,23 @@ chaos-long: build ## the chaos tests over CHAOS_SEEDS seeds of CHAOS_DURATION ea
 
 # The deterministic simulation (docs/testing.md, "Deterministic
 # simulation"): SEEDS seeds from a random start it prints, or SEED=S to
-# replay one seed step by step. make test runs seeds 1-2000 through
-# cargo test, and sim-mutations.
-SEEDS ?= 2000
-SEED  ?=
+# replay one seed step by step. Each seed draws one coordinator or three;
+# COORDINATORS=1 or 3 makes every world so. make test runs seeds 1-2000
+# (and 1-500 with three coordinators) through cargo test, and
+# sim-mutations.
+SEEDS        ?= 2000
+SEED         ?=
+COORDINATORS ?=
+SIM_SHAPE    := $(if $(COORDINATORS),--coordinators $(COORDINATORS))
 
 sim: ## the deterministic simulation: SEEDS ($(SEEDS)) seeds from a random start, or SEED=S traced
 	$(CARGO) build --release -p tally-sim
 	@if [ -n "$(SEED)" ]; then \
-	  $(BIN)/sim --seed $(SEED) --trace; \
+	  $(BIN)/sim --seed $(SEED) $(SIM_SHAPE) --trace; \
 	else \
 	  start=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); \
-	  echo "sim: $(SEEDS) seeds from $$start"; \
-	  $(BIN)/sim --seeds $(SEEDS) --start $$start; \
+	  echo "sim: $(SEEDS) seeds from $$start $(SIM_SHAPE)"; \
+	  $(BIN)/sim --seeds $(SEEDS) --start $$start $(SIM_SHAPE); \
 	fi
 
 sim-mutations: ## each mutate-* build of tally-common must fail the simulation (scripts/check-mutations.sh)

@@ -41,38 +41,63 @@ pub enum Error {
     Corrupt(postcard::Error),
     #[error("a raft message does not decode: {0}")]
     BadMessage(protobuf::ProtobufError),
+    #[error("an empty coordinator must wait for its peers before it starts")]
+    NotStarted,
 }
 
 /// How a coordinator with peers starts, from its own disk and what its
 /// peers say of theirs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
-    /// It has a log: go on from it.
+    /// Its disk holds something: go on from it.
     Restart,
-    /// Every coordinator is empty: a new cluster.
-    Fresh,
-    /// Its disk is empty but a peer's is not: it lost its data and must
+    /// No coordinator holds a log: a new cluster. It starts at the highest
+    /// term a peer reported (a campaign may have written one), as having
+    /// voted for itself in it (see [`node`]).
+    Fresh { term: u64 },
+    /// Its disk is empty but a peer holds a log: it lost its data and must
     /// rejoin at this term (see [`node`]).
     Rejoin { term: u64 },
     /// Its disk is empty and not every peer has answered yet.
     Wait,
 }
 
-/// Decides how to start. `peer_terms` holds the answers so far of the
-/// other coordinators (their current term, 0 if their log is empty).
+/// What another coordinator answers an empty one that asks how to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLog {
+    /// Its current term.
+    pub term: u64,
+    /// It holds log entries or a snapshot.
+    pub has_log: bool,
+}
+
+impl PeerLog {
+    pub fn of(restored: &RestoredRaft) -> Self {
+        PeerLog {
+            term: restored.hard_state.term,
+            has_log: restored.snapshot.is_some() || !restored.entries.is_empty(),
+        }
+    }
+}
+
+/// Decides how to start. `peers` holds the answers so far of the other
+/// coordinators.
 ///
 /// A new cluster needs every coordinator to answer once: an empty node
 /// cannot tell "all new" from "I lost my data and the others are slow"
 /// otherwise, and guessing "new" there is what could lose a decision.
-pub fn start(own: &RestoredRaft, peer_terms: &[u64], other_peers: usize) -> Start {
+/// Only a peer's log says that something was replicated: a peer with a
+/// term and no log only campaigned, and taking that for a lost disk left
+/// every empty node waiting to rejoin a cluster no one could lead.
+pub fn start(own: &RestoredRaft, peers: &[PeerLog], other_peers: usize) -> Start {
     if !own.is_empty() {
         return Start::Restart;
     }
-    let highest = peer_terms.iter().copied().max().unwrap_or(0);
-    if highest > 0 {
-        Start::Rejoin { term: highest }
-    } else if peer_terms.len() >= other_peers {
-        Start::Fresh
+    let term = peers.iter().map(|p| p.term).max().unwrap_or(0);
+    if peers.iter().any(|p| p.has_log) {
+        Start::Rejoin { term }
+    } else if peers.len() >= other_peers {
+        Start::Fresh { term }
     } else {
         Start::Wait
     }

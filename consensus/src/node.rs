@@ -21,9 +21,9 @@
 //!   entry). The mark survives a crash in the middle (docs/consensus.md).
 
 use crate::log_store::{LogStore, PersistWrite, RestoredRaft};
-use crate::Error;
+use crate::{Error, Start};
 use raft::prelude::{Entry, HardState, Message, MessageType, Snapshot};
-use raft::{Config, RawNode, StateRole};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
 use std::collections::VecDeque;
 
 /// How a node is set up. Ticks are the caller's time unit (the
@@ -98,29 +98,42 @@ pub struct RaftNode {
     rejoin: Option<Rejoin>,
     rng: u64,
     seen: (u64, StateRole, u64),
+    /// A snapshot received from the leader, by the number of the write
+    /// that persists it and its index: once that write is durable, raft-rs
+    /// must hear that the snapshot is applied (see [`Self::persisted`]).
+    snapshot_to_apply: Option<(u64, u64)>,
 }
 
 impl RaftNode {
-    /// Starts from what the disk held. `rejoin_at` is set when the disk was
-    /// empty but a peer reported a term: this node lost its data.
+    /// Starts from what the disk held, as [`crate::start`] decided. An
+    /// empty disk starts at the highest term a peer reported, as having
+    /// voted for itself in it: if it lost its data it may have voted in
+    /// that term already, and voting twice could elect two leaders. It
+    /// rejoins (see the module doc) when a peer holds a log.
     pub fn new(
         config: NodeConfig,
         mut restored: RestoredRaft,
-        rejoin_at: Option<u64>,
+        start: Start,
         out: &mut Vec<NodeOutput>,
     ) -> Result<Self, Error> {
-        if let Some(term) = rejoin_at {
+        let pinned = match start {
+            Start::Restart | Start::Fresh { term: 0 } => None,
+            Start::Fresh { term } => Some((term, false)),
+            Start::Rejoin { term } => Some((term, true)),
+            Start::Wait => return Err(Error::NotStarted),
+        };
+        if let Some((term, rejoining)) = pinned {
             restored.hard_state = HardState {
                 term,
                 vote: config.id,
                 commit: 0,
                 ..Default::default()
             };
-            restored.rejoining = true;
+            restored.rejoining = rejoining;
             out.push(NodeOutput::Persist(PersistWrite {
                 number: 0,
                 hard_state: Some(restored.hard_state.clone()),
-                rejoining: Some(true),
+                rejoining: rejoining.then_some(true),
                 ..Default::default()
             }));
         }
@@ -152,9 +165,10 @@ impl RaftNode {
         let mut node = RaftNode {
             raw,
             held: VecDeque::new(),
-            unpersisted: u64::from(rejoin_at.is_some()),
+            unpersisted: u64::from(pinned.is_some()),
             rejoin: restored.rejoining.then_some(Rejoin { target: None }),
             rng: config.seed | 1,
+            snapshot_to_apply: None,
             // Not a state raft-rs can be in, so the first timeout is ours too.
             seen: (u64::MAX, StateRole::Leader, u64::MAX),
             config,
@@ -208,8 +222,12 @@ impl RaftNode {
 
     pub fn tick(&mut self, out: &mut Vec<NodeOutput>) {
         // A rejoining node must not campaign; followers only count towards
-        // an election on ticks, so it simply does not tick.
-        if self.rejoin.is_none() {
+        // an election on ticks, so it simply does not tick. Nor does one
+        // whose snapshot from the leader is not durable yet: raft-rs took
+        // the snapshot as written when it was handed out, but counts it as
+        // applied only once durable (see `persisted`), and a campaign in
+        // between reads the entries the snapshot replaced, and panics.
+        if self.rejoin.is_none() && self.snapshot_to_apply.is_none() {
             self.raw.tick();
         }
         self.drain(out);
@@ -235,6 +253,14 @@ impl RaftNode {
                 }
                 _ => {}
             }
+        } else if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last_index
+        {
+            // Only a leader that took this node for its life before it lost
+            // its data sends that, and the message was on its way before
+            // the leader learnt otherwise (a duplicate, a slow connection):
+            // it arrives after the node rejoined. raft-rs would panic on
+            // it; the leader's next heartbeat tells the truth.
+            return;
         }
         // A message for another group or from a stale peer is raft-rs's to
         // judge; a malformed one is refused here and changes nothing.
@@ -300,6 +326,19 @@ impl RaftNode {
         if number > 0 {
             self.raw.on_persist_ready(number);
         }
+        // raft-rs counts a received snapshot as applied only when told. Left
+        // behind, its applied index points below the snapshot, at entries
+        // the log no longer has, and the next campaign (which reads the
+        // entries between applied and committed) panics. Only once the
+        // snapshot is durable: raft-rs refuses to apply past what is.
+        if let Some((n, index)) = self.snapshot_to_apply {
+            if n <= number {
+                self.snapshot_to_apply = None;
+                if index > self.raw.raft.raft_log.applied {
+                    self.raw.advance_apply_to(index);
+                }
+            }
+        }
         while self.held.front().is_some_and(|(n, _)| *n <= number) {
             let (_, messages) = self.held.pop_front().expect("checked");
             for m in messages {
@@ -335,7 +374,11 @@ impl RaftNode {
     fn drain(&mut self, out: &mut Vec<NodeOutput>) {
         while self.raw.has_ready() {
             let mut ready = self.raw.ready();
+            let mut snapshots_to = Vec::new();
             for m in ready.take_messages() {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    snapshots_to.push(m.to);
+                }
                 out.push(self.outgoing(m));
             }
             let mut write = PersistWrite {
@@ -344,6 +387,7 @@ impl RaftNode {
             };
             if !ready.snapshot().is_empty() {
                 let snapshot = ready.snapshot().clone();
+                self.snapshot_to_apply = Some((ready.number(), snapshot.get_metadata().index));
                 self.raw.mut_store().apply_snapshot(snapshot.clone());
                 out.push(NodeOutput::InstallSnapshot(snapshot.clone()));
                 write.snapshot = Some(snapshot);
@@ -370,6 +414,16 @@ impl RaftNode {
                 write.hard_state.is_none() && write.entries.is_empty() && write.snapshot.is_none();
             let number = write.number;
             self.raw.advance_append_async(ready);
+            // raft-rs sends a peer nothing more after a snapshot until told
+            // how sending it went; the caller's network cannot tell (a
+            // message may be lost on the way). Told "sent" at once, raft-rs
+            // probes the peer at its next heartbeat answer: one that got
+            // the snapshot answers from beyond it, one that did not is sent
+            // another. Left untold, a lost snapshot stalled the peer for
+            // good.
+            for to in snapshots_to {
+                self.raw.report_snapshot(to, SnapshotStatus::Finish);
+            }
             if nothing_to_write && self.unpersisted == 0 && self.held.is_empty() {
                 self.raw.on_persist_ready(number);
                 for m in after {

@@ -28,7 +28,7 @@
 use crate::log_store::{PersistWrite, RestoredRaft};
 use crate::node::{NodeConfig, NodeOutput, RaftNode, Role};
 use crate::state::{decode_write, encode_write, DecisionState};
-use crate::Error;
+use crate::{Error, PeerLog, Start};
 use raft::prelude::{Entry, Message};
 use tally_common::coordinator::{
     Action, CoordinatorCore, CoreConfig, Event, Millis, ReadView, RequestId,
@@ -118,12 +118,11 @@ pub struct ReplicatedCoordinator {
 }
 
 impl ReplicatedCoordinator {
-    /// Starts from what the disk held; `rejoin_at` as [`crate::start`]
-    /// decided.
+    /// Starts from what the disk held, as [`crate::start`] decided.
     pub fn new(
         config: ReplicatedConfig,
         restored: RestoredRaft,
-        rejoin_at: Option<u64>,
+        start: Start,
         now: Millis,
     ) -> Result<(Self, Vec<Output>), Error> {
         let state = match &restored.snapshot {
@@ -135,7 +134,7 @@ impl ReplicatedCoordinator {
             .as_ref()
             .map_or(0, |s| s.get_metadata().index);
         let mut node_out = Vec::new();
-        let node = RaftNode::new(config.node.clone(), restored, rejoin_at, &mut node_out)?;
+        let node = RaftNode::new(config.node.clone(), restored, start, &mut node_out)?;
         let mut me = ReplicatedCoordinator {
             next_tick: Millis(now.0 + config.tick_ms),
             config,
@@ -215,6 +214,15 @@ impl ReplicatedCoordinator {
     /// Each peer's matched log index, as the leader knows it.
     pub fn matched(&self) -> Vec<(u64, u64)> {
         self.node.matched()
+    }
+
+    /// What this coordinator answers an empty one that asks how to start
+    /// ([`crate::start`]).
+    pub fn peer_log(&self) -> PeerLog {
+        PeerLog {
+            term: self.node.term(),
+            has_log: self.node.last_index() > 0,
+        }
     }
 
     /// The replicated decision state as applied here.

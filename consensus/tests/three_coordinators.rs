@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, VecDeque};
 use tally_common::coordinator::{Action, CoreConfig, Event, Holdings, Millis, RequestId};
 use tally_common::{CommitIndex, CounterId, Incarnation};
 use tally_consensus::{
-    Input, Message, NodeConfig, Output, ReplicatedConfig, ReplicatedCoordinator, RestoredRaft, Role,
+    start, HardState, Input, Message, MessageType, NodeConfig, Output, PeerLog, ReplicatedConfig,
+    ReplicatedCoordinator, RestoredRaft, Role, Start,
 };
 
 struct Cluster {
@@ -15,6 +16,14 @@ struct Cluster {
     disks: BTreeMap<u64, RestoredRaft>,
     down: Vec<u64>,
     net: VecDeque<Message>,
+    /// Messages the network will lose, once each: (to, type).
+    lost: Vec<(u64, MessageType)>,
+    /// Messages to this node are kept in `tapped` instead of delivered.
+    tap: Option<u64>,
+    /// Nodes whose writes wait in `unsynced` until `sync`.
+    slow: Vec<u64>,
+    unsynced: BTreeMap<u64, Vec<tally_consensus::PersistWrite>>,
+    tapped: Vec<Message>,
     now: u64,
     answers: Vec<(u64, Output)>,
 }
@@ -41,20 +50,25 @@ impl Cluster {
             disks: BTreeMap::new(),
             down: Vec::new(),
             net: VecDeque::new(),
+            lost: Vec::new(),
+            tap: None,
+            slow: Vec::new(),
+            unsynced: BTreeMap::new(),
+            tapped: Vec::new(),
             now: 0,
             answers: Vec::new(),
         };
         for id in 1..=3 {
             c.disks.insert(id, RestoredRaft::default());
-            c.boot(id, None);
+            c.boot(id, Start::Fresh { term: 0 });
         }
         c
     }
 
-    fn boot(&mut self, id: u64, rejoin_at: Option<u64>) {
+    fn boot(&mut self, id: u64, start: Start) {
         let restored = self.disks[&id].clone();
         let (node, out) =
-            ReplicatedCoordinator::new(config(id), restored, rejoin_at, Millis(self.now)).unwrap();
+            ReplicatedCoordinator::new(config(id), restored, start, Millis(self.now)).unwrap();
         self.nodes.insert(id, node);
         self.down.retain(|d| *d != id);
         self.carry(id, out);
@@ -69,8 +83,12 @@ impl Cluster {
         for o in out {
             match o {
                 Output::Send(m) => self.net.push_back(m),
+                Output::Persist(w) if self.slow.contains(&id) => {
+                    self.unsynced.entry(id).or_default().push(w)
+                }
                 Output::Persist(w) => {
-                    // Disks here are synchronous: durable at once.
+                    // Disks here are synchronous, but for slow ones: durable
+                    // at once.
                     self.disks.get_mut(&id).unwrap().apply(&w);
                     let more = self
                         .nodes
@@ -84,6 +102,15 @@ impl Cluster {
         }
     }
 
+    /// A slow disk's writes become durable now.
+    fn sync(&mut self, id: u64) {
+        self.slow.retain(|s| *s != id);
+        for w in self.unsynced.remove(&id).unwrap_or_default() {
+            self.disks.get_mut(&id).unwrap().apply(&w);
+            self.step(id, Input::Persisted(w.number));
+        }
+    }
+
     fn step(&mut self, id: u64, input: Input) {
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
@@ -94,15 +121,33 @@ impl Cluster {
 
     /// Delivers every message, then lets `ms` pass in ticks.
     fn run(&mut self, ms: u64) {
+        self.run_until(ms, |_| false);
+    }
+
+    /// As [`Cluster::run`], but stops as soon as `stop` holds after a
+    /// message was delivered; says whether it did.
+    fn run_until(&mut self, ms: u64, stop: impl Fn(&Cluster) -> bool) -> bool {
         let end = self.now + ms;
         loop {
             while let Some(m) = self.net.pop_front() {
+                let kind = (m.to, m.get_msg_type());
+                if let Some(i) = self.lost.iter().position(|l| *l == kind) {
+                    self.lost.remove(i);
+                    continue;
+                }
+                if self.tap == Some(m.to) {
+                    self.tapped.push(m);
+                    continue;
+                }
                 if !self.down.contains(&m.to) {
                     self.step(m.to, Input::Message(m));
+                    if stop(self) {
+                        return true;
+                    }
                 }
             }
             if self.now >= end {
-                break;
+                return false;
             }
             self.now += 5;
             for id in 1..=3 {
@@ -173,7 +218,7 @@ fn a_registration_is_answered_only_once_a_majority_holds_it_and_survives_the_lea
         c.answers
     );
     // One follower back: the entry commits and the counter is answered.
-    c.boot(others[0], None);
+    c.boot(others[0], Start::Restart);
     c.run(2_000);
     let joined = c
         .answers
@@ -237,9 +282,12 @@ fn a_wiped_coordinator_rejoins_from_a_snapshot_and_may_lead_again() {
     let victim = (1..=3).find(|id| *id != leader).unwrap();
     c.crash(victim);
     c.disks.insert(victim, RestoredRaft::default());
-    let term = c.nodes[&leader].term();
-    match tally_consensus::start(&c.disks[&victim], &[term, term], 2) {
-        tally_consensus::Start::Rejoin { term: t } => c.boot(victim, Some(t)),
+    let answers: Vec<PeerLog> = (1..=3)
+        .filter(|id| *id != victim)
+        .map(|id| c.nodes[&id].peer_log())
+        .collect();
+    match start(&c.disks[&victim], &answers, 2) {
+        start @ Start::Rejoin { .. } => c.boot(victim, start),
         other => panic!("an empty node beside a live cluster must rejoin, not {other:?}"),
     }
     assert_eq!(c.nodes[&victim].role(), Role::Rejoining);
@@ -255,10 +303,195 @@ fn a_wiped_coordinator_rejoins_from_a_snapshot_and_may_lead_again() {
 
 #[test]
 fn an_empty_coordinator_waits_for_every_peer_before_calling_the_cluster_new() {
-    use tally_consensus::{start, Start};
     let empty = RestoredRaft::default();
-    assert_eq!(start(&empty, &[0], 2), Start::Wait);
-    assert_eq!(start(&empty, &[0, 0], 2), Start::Fresh);
-    assert_eq!(start(&empty, &[0, 4], 2), Start::Rejoin { term: 4 });
-    assert_eq!(start(&empty, &[3], 2), Start::Rejoin { term: 3 });
+    let new = |term| PeerLog {
+        term,
+        has_log: false,
+    };
+    let holding = |term| PeerLog {
+        term,
+        has_log: true,
+    };
+    assert_eq!(start(&empty, &[new(0)], 2), Start::Wait);
+    assert_eq!(
+        start(&empty, &[new(0), new(0)], 2),
+        Start::Fresh { term: 0 }
+    );
+    assert_eq!(
+        start(&empty, &[new(0), holding(4)], 2),
+        Start::Rejoin { term: 4 }
+    );
+    assert_eq!(start(&empty, &[holding(3)], 2), Start::Rejoin { term: 3 });
+    // A term without a log is a campaign, not a lost disk.
+    assert_eq!(start(&empty, &[new(2)], 2), Start::Wait);
+    assert_eq!(
+        start(&empty, &[new(2), new(0)], 2),
+        Start::Fresh { term: 2 }
+    );
+}
+
+#[test]
+fn a_follower_that_caught_up_from_a_snapshot_can_still_campaign() {
+    let mut c = Cluster::new();
+    c.run(1_000);
+    let leader = c.leader().unwrap();
+    let behind = (1..=3).find(|id| *id != leader).unwrap();
+    let other = (1..=3).find(|id| *id != leader && *id != behind).unwrap();
+    c.crash(behind);
+    // Snapshots are taken every 4 applied entries: with 8 in the log, the
+    // newest snapshot holds them all.
+    let mut i = 0;
+    while c.nodes[&leader].last_index() < 8 {
+        c.step(leader, Input::Core(register(&format!("c{i}"))));
+        c.run(50);
+        i += 1;
+    }
+    assert_eq!(c.nodes[&leader].last_index(), 8);
+    // Back on its own disk, behind a log the leader has compacted: it
+    // catches up from a snapshot, with no entry after it.
+    c.boot(behind, Start::Restart);
+    c.run(200);
+    assert_eq!(c.nodes[&behind].state(), c.nodes[&leader].state());
+    // Alone now, it must campaign when its election timeout passes (raft-rs
+    // looks at the entries it has not applied first: none may be missing).
+    c.crash(leader);
+    c.crash(other);
+    c.run(1_000);
+    assert_eq!(c.nodes[&behind].role(), Role::Candidate);
+}
+
+#[test]
+fn a_follower_whose_snapshot_was_lost_gets_another() {
+    let mut c = Cluster::new();
+    c.run(1_000);
+    let leader = c.leader().unwrap();
+    let behind = (1..=3).find(|id| *id != leader).unwrap();
+    c.crash(behind);
+    for i in 0..10 {
+        c.step(leader, Input::Core(register(&format!("c{i}"))));
+        c.run(50);
+    }
+    // Back behind a compacted log, it needs a snapshot; the first one sent
+    // is lost on the way.
+    c.lost.push((behind, MessageType::MsgSnapshot));
+    c.boot(behind, Start::Restart);
+    c.run(2_000);
+    assert!(c.lost.is_empty(), "no snapshot was sent");
+    assert_eq!(
+        c.nodes[&behind].state(),
+        c.nodes[&leader].state(),
+        "still behind after its snapshot was lost"
+    );
+}
+
+#[test]
+fn a_campaign_that_wrote_no_entry_leaves_the_cluster_new() {
+    let mut c = Cluster::new();
+    // The first candidate wrote its term and its vote for itself; its vote
+    // requests were lost and nobody else wrote anything. Then a power cut.
+    for id in 1..=3 {
+        c.crash(id);
+    }
+    c.disks.get_mut(&1).unwrap().hard_state = HardState {
+        term: 1,
+        vote: 1,
+        ..Default::default()
+    };
+    let answers = |c: &Cluster, asking: u64| -> Vec<PeerLog> {
+        (1..=3)
+            .filter(|id| *id != asking)
+            .map(|id| PeerLog::of(&c.disks[&id]))
+            .collect()
+    };
+    for id in 1..=3 {
+        let how = start(&c.disks[&id], &answers(&c, id), 2);
+        if id != 1 {
+            assert_eq!(how, Start::Fresh { term: 1 });
+        }
+        c.boot(id, how);
+    }
+    // An empty one starts in the highest term reported, as having voted in
+    // it: had it lost its disk after voting there, it cannot vote again.
+    assert_eq!(c.disks[&2].hard_state.term, 1);
+    assert_eq!(c.disks[&2].hard_state.vote, 2);
+    c.run(3_000);
+    assert!(
+        c.leader().is_some(),
+        "no leader: nothing but a term was ever written, yet two coordinators wait to rejoin"
+    );
+}
+
+#[test]
+fn a_heartbeat_sent_to_a_wiped_coordinators_earlier_life_is_ignored() {
+    let mut c = Cluster::new();
+    c.run(1_000);
+    let leader = c.leader().unwrap();
+    let victim = (1..=3).find(|id| *id != leader).unwrap();
+    // Ten entries, all held by the victim; snapshots every 4 leave two
+    // entries after the newest snapshot.
+    let mut i = 0;
+    while c.nodes[&leader].last_index() < 10 {
+        c.step(leader, Input::Core(register(&format!("c{i}"))));
+        c.run(50);
+        i += 1;
+    }
+    assert_eq!(c.nodes[&leader].last_index(), 10);
+    // The victim loses its disk. The leader, which still takes it to hold
+    // all ten, sends it a heartbeat committing 10, which the network holds
+    // back.
+    c.crash(victim);
+    c.disks.insert(victim, RestoredRaft::default());
+    c.tap = Some(victim);
+    c.run(50);
+    c.tap = None;
+    let stale = c
+        .tapped
+        .iter()
+        .find(|m| m.get_msg_type() == MessageType::MsgHeartbeat && m.commit == 10)
+        .cloned()
+        .expect("a heartbeat committing 10");
+    let answers: Vec<PeerLog> = (1..=3)
+        .filter(|id| *id != victim)
+        .map(|id| c.nodes[&id].peer_log())
+        .collect();
+    let how = start(&c.disks[&victim], &answers, 2);
+    assert!(matches!(how, Start::Rejoin { .. }));
+    c.boot(victim, how);
+    // It rejoins from the snapshot at 8...
+    assert!(c.run_until(1_000, |c| c.nodes[&victim].role() != Role::Rejoining));
+    assert_eq!(c.nodes[&victim].last_index(), 8);
+    // ...and only then does the stale heartbeat arrive: it commits an
+    // index the new disk does not hold.
+    c.net.push_front(stale);
+    c.run(1_000);
+    assert_eq!(c.nodes[&victim].state(), c.nodes[&leader].state());
+}
+
+#[test]
+fn a_follower_whose_snapshot_is_not_yet_durable_waits_to_campaign() {
+    let mut c = Cluster::new();
+    c.run(1_000);
+    let leader = c.leader().unwrap();
+    let behind = (1..=3).find(|id| *id != leader).unwrap();
+    let other = (1..=3).find(|id| *id != leader && *id != behind).unwrap();
+    c.crash(behind);
+    let mut i = 0;
+    while c.nodes[&leader].last_index() < 8 {
+        c.step(leader, Input::Core(register(&format!("c{i}"))));
+        c.run(50);
+        i += 1;
+    }
+    // It catches up from a snapshot, on a disk slow to make it durable.
+    c.slow.push(behind);
+    c.boot(behind, Start::Restart);
+    assert!(c.run_until(1_000, |c| c.nodes[&behind].state()
+        == c.nodes[&leader].state()));
+    // Alone, its election timeout passes before the snapshot is durable:
+    // raft-rs must not campaign from a log the snapshot replaced.
+    c.crash(leader);
+    c.crash(other);
+    c.run(1_000);
+    c.sync(behind);
+    c.run(1_000);
+    assert_eq!(c.nodes[&behind].role(), Role::Candidate);
 }

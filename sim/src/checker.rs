@@ -5,7 +5,8 @@
 //!   sent after the acknowledgement arrived, and by every counter at the end;
 //! * **no phantom items**: an item is never counted if every attempt of its
 //!   request was answered "aborted" or "busy" (a request with an attempt
-//!   whose outcome the client never learned may go either way);
+//!   whose outcome the client never learned, or was told is unknown — "not
+//!   the leader", "deposed" — may go either way);
 //! * **atomic requests**: a read counts all of a request's items in that
 //!   tenant or none;
 //! * **fresh and monotonic reads**: a read sent after another was answered
@@ -15,10 +16,9 @@
 //!   its log entries, and at the end exactly the items of the decided
 //!   commits up to its applied index.
 
-use crate::net::ReadResult;
+use crate::net::{ReadResult, WriteError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use tally_common::coordinator::WriteRefused;
 use tally_common::{CommitIndex, Item, TxnId};
 
 /// A broken property, with the history that explains it.
@@ -34,7 +34,7 @@ pub struct Attempt {
     pub id: u64,
     pub sent: u64,
     /// Every answer that arrived, with its time (late ones too).
-    pub answers: Vec<(u64, Result<(), WriteRefused>)>,
+    pub answers: Vec<(u64, Result<(), WriteError>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,10 +58,12 @@ impl Request {
     /// Every attempt was refused for certain: none of it may be counted.
     pub fn refused(&self) -> bool {
         !self.attempts.is_empty()
-            && self
-                .attempts
-                .iter()
-                .all(|a| !a.answers.is_empty() && a.answers.iter().all(|(_, r)| r.is_err()))
+            && self.attempts.iter().all(|a| {
+                !a.answers.is_empty()
+                    && a.answers
+                        .iter()
+                        .all(|(_, r)| matches!(r, Err(WriteError::Refused(_))))
+            })
     }
 }
 
@@ -109,7 +111,7 @@ impl History {
         });
     }
 
-    pub fn answered(&mut self, attempt: u64, result: Result<(), WriteRefused>, now: u64) {
+    pub fn answered(&mut self, attempt: u64, result: Result<(), WriteError>, now: u64) {
         let Some(request) = self.attempts.get(&attempt) else {
             return;
         };

@@ -1,11 +1,14 @@
 //! Clients: each writes small requests of unique items over a few tenants,
 //! retries a request that failed or timed out (the same items again), and
-//! reads counts through the coordinator. Every answer, even one that comes
-//! after the client stopped waiting, goes to the history the checker reads.
+//! reads counts through the coordinator. With several coordinators, each
+//! attempt and each read goes to one picked at random; one that does not
+//! lead proxies it to the leader it knows, or answers "not leader", and the
+//! client tries again a little later, at another. Every answer, even one
+//! that comes after the client stopped waiting, goes to the history the
+//! checker reads.
 
-use crate::net::{Msg, Node};
+use crate::net::{Msg, Node, WriteError};
 use crate::world::{Ev, World};
-use tally_common::coordinator::WriteRefused;
 use tally_common::Item;
 
 /// How long a client waits for a write's answer before it calls the
@@ -14,6 +17,9 @@ const WRITE_TIMEOUT_MS: u64 = 1500;
 const READ_TIMEOUT_MS: u64 = 3000;
 /// Attempts per request before the client gives up on it.
 const ATTEMPTS: usize = 3;
+/// With several coordinators, where an attempt may meet one that does not
+/// lead, or an election.
+const ATTEMPTS_REPLICATED: usize = 6;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Busy {
@@ -72,11 +78,8 @@ impl World {
         let items = self.history.requests[request].items.clone();
         self.history.attempt(request, attempt, self.now);
         self.clients[c].busy = Busy::Writing { request, attempt };
-        self.send(
-            Node::Client(c),
-            Node::Coordinator,
-            Msg::Write { attempt, items },
-        );
+        let to = self.pick_coordinator();
+        self.send(Node::Client(c), to, Msg::Write { attempt, items });
         self.schedule(
             WRITE_TIMEOUT_MS,
             Ev::Timeout {
@@ -91,11 +94,8 @@ impl World {
         let read = self.new_id();
         self.history.read_sent(read, c, tenant.clone(), self.now);
         self.clients[c].busy = Busy::Reading { read };
-        self.send(
-            Node::Client(c),
-            Node::Coordinator,
-            Msg::Read { read, tenant },
-        );
+        let to = self.pick_coordinator();
+        self.send(Node::Client(c), to, Msg::Read { read, tenant });
         self.schedule(
             READ_TIMEOUT_MS,
             Ev::Timeout {
@@ -114,13 +114,35 @@ impl World {
         }
     }
 
+    /// Where a client's next call goes: the one coordinator, or one of
+    /// several at random.
+    fn pick_coordinator(&mut self) -> Node {
+        match self.coordinators.len() {
+            1 => Node::Coordinator(0),
+            n => Node::Coordinator(self.rng.pick(n)),
+        }
+    }
+
     /// A write failed or timed out: retry it, or give up on it.
     fn write_failed(&mut self, c: usize, request: usize) {
         let tried = self.history.requests[request].attempts.len();
-        if tried < ATTEMPTS && !self.clients[c].probe {
+        let attempts = if self.coordinators.len() > 1 {
+            ATTEMPTS_REPLICATED
+        } else {
+            ATTEMPTS
+        };
+        if tried < attempts && !self.clients[c].probe {
             self.write_attempt(c, request);
         } else {
             self.client_done(c);
+        }
+    }
+
+    /// A retry after "not leader" or "deposed": a moment later, so that an
+    /// election can end, then at a coordinator picked again.
+    pub(crate) fn client_retry(&mut self, c: usize, request: usize, attempt: u64) {
+        if self.clients[c].busy == (Busy::Writing { request, attempt }) {
+            self.write_failed(c, request);
         }
     }
 
@@ -148,8 +170,17 @@ impl World {
                             self.client_done(c);
                         }
                     }
-                    Err(WriteRefused::Busy | WriteRefused::Aborted(_)) => {
-                        self.write_failed(c, request)
+                    Err(WriteError::Refused(_)) => self.write_failed(c, request),
+                    Err(WriteError::Unknown(_)) => {
+                        let pause = self.rng.range(20, 200);
+                        self.schedule(
+                            pause,
+                            Ev::Retry {
+                                c,
+                                request,
+                                attempt,
+                            },
+                        );
                     }
                 }
             }

@@ -8,7 +8,11 @@
 //! epoch, when the coordinator forgets it, or after a long silence), refuse
 //! prepares and fenced reads unless registered with that epoch, copy from
 //! in-sync peers when told, report `CaughtUp`, and ask about transactions
-//! left in doubt.
+//! left in doubt. With several coordinators, a counter answers whoever
+//! called, and sends its own calls to the coordinator that last checked
+//! its health or prepared with the highest epoch it has seen (the leader,
+//! as far as it knows); a call that fails or meets one that does not lead
+//! goes to the next coordinator.
 
 use crate::disk::{Disk, Op};
 use crate::net::{counter_id, counter_index, ExportReply, Msg, Node, Reply};
@@ -39,10 +43,12 @@ const FENCE_TIMEOUT_MS: u64 = 1000;
 #[derive(Debug, Clone)]
 enum Answer {
     Vote {
+        to: Node,
         call: u64,
         committed: Vec<CommitIndex>,
     },
     Commit {
+        to: Node,
         call: u64,
         known: bool,
     },
@@ -57,6 +63,7 @@ enum Answer {
 #[derive(Debug, Clone)]
 enum Parked {
     Count {
+        to: Node,
         call: u64,
         tenant: String,
         fence: CommitIndex,
@@ -142,6 +149,10 @@ pub struct Counter {
     /// `(until, release)`: the answers it sends before `until` sit in a
     /// stalled connection that delivers them only from `release` on.
     pub stalled: (u64, u64),
+    /// The coordinator its own calls go to, and the highest epoch it has
+    /// heard a coordinator's core name.
+    coordinator: usize,
+    leader_epoch: u64,
 }
 
 impl Counter {
@@ -167,6 +178,8 @@ impl Counter {
             last_contact: 0,
             snapshots: Vec::new(),
             stalled: (0, 0),
+            coordinator: 0,
+            leader_epoch: 0,
         }
     }
 
@@ -211,6 +224,8 @@ impl World {
         c.last_contact = now;
         c.joined = false;
         c.register_backoff = 100;
+        c.coordinator = 0;
+        c.leader_epoch = 0;
         let life = c.life;
         self.trace(|| {
             let c = &self.counters[i];
@@ -276,6 +291,31 @@ impl World {
                 call: id,
             },
         );
+    }
+
+    /// Where the counter's own calls go.
+    fn coordinator_of(&self, i: usize) -> Node {
+        Node::Coordinator(self.counters[i].coordinator)
+    }
+
+    /// A coordinator's core called with `epoch`: the newest leader heard
+    /// of gets the counter's calls.
+    fn heard_from(&mut self, i: usize, from: Node, epoch: u64) {
+        let c = &mut self.counters[i];
+        if let Node::Coordinator(k) = from {
+            if epoch >= c.leader_epoch {
+                c.leader_epoch = epoch;
+                c.coordinator = k;
+            }
+        }
+    }
+
+    /// A call to the coordinator failed or met one that does not lead: the
+    /// next call goes to the next coordinator.
+    fn try_next_coordinator(&mut self, i: usize) {
+        let n = self.coordinators.len();
+        let c = &mut self.counters[i];
+        c.coordinator = (c.coordinator + 1) % n;
     }
 
     fn counter_timer_in(&mut self, i: usize, ms: u64, timer: Timer) {
@@ -345,19 +385,19 @@ impl World {
         let c = &self.counters[i];
         let (incarnation, applied) = (c.disk.incarnation, c.applied());
         match answer {
-            Answer::Vote { call, committed } => {
+            Answer::Vote {
+                to,
+                call,
+                committed,
+            } => {
                 let body = Reply::Vote(Ok(Vote {
                     incarnation,
                     applied,
                     committed,
                 }));
-                self.send(
-                    Node::Counter(i),
-                    Node::Coordinator,
-                    Msg::Reply { call, body },
-                );
+                self.send(Node::Counter(i), to, Msg::Reply { call, body });
             }
-            Answer::Commit { call, known } => {
+            Answer::Commit { to, call, known } => {
                 let body = Reply::Commit(if known {
                     CommitAnswer::Applied {
                         applied,
@@ -366,11 +406,7 @@ impl World {
                 } else {
                     CommitAnswer::NotPrepared
                 });
-                self.send(
-                    Node::Counter(i),
-                    Node::Coordinator,
-                    Msg::Reply { call, body },
-                );
+                self.send(Node::Counter(i), to, Msg::Reply { call, body });
             }
             Answer::Imported { last, end } => self.imported(i, last, end),
         }
@@ -427,15 +463,26 @@ impl World {
                 txn,
                 items,
                 commits,
-            } => self.on_prepare(i, call, txn, items, commits),
+            } => {
+                self.heard_from(i, from, txn.epoch());
+                self.on_prepare(i, from, call, txn, items, commits)
+            }
             Msg::Commit { call, commit } => {
                 let actions = self.counters[i].participant.step(Event::Commit {
                     txn: commit.txn,
                     index: commit.index,
                 });
                 self.carry(i, actions, None, |a| match a {
-                    Action::Ack { .. } => Some(Answer::Commit { call, known: true }),
-                    Action::UnknownTxn { .. } => Some(Answer::Commit { call, known: false }),
+                    Action::Ack { .. } => Some(Answer::Commit {
+                        to: from,
+                        call,
+                        known: true,
+                    }),
+                    Action::UnknownTxn { .. } => Some(Answer::Commit {
+                        to: from,
+                        call,
+                        known: false,
+                    }),
                     _ => None,
                 });
             }
@@ -444,6 +491,7 @@ impl World {
                 self.carry(i, actions, None, |_| None);
             }
             Msg::Status { call, epoch } => {
+                self.heard_from(i, from, epoch);
                 let c = &self.counters[i];
                 let report = HealthReport {
                     incarnation: c.disk.incarnation,
@@ -471,6 +519,7 @@ impl World {
                 }
                 let deadline = self.now + FENCE_TIMEOUT_MS;
                 self.counters[i].parked.push(Parked::Count {
+                    to: from,
                     call,
                     tenant,
                     fence,
@@ -517,6 +566,7 @@ impl World {
                     (Call::Export { peer }, Reply::Export(result)) => {
                         self.export_answered(i, peer, result.ok())
                     }
+                    (call, Reply::NotLeader) => self.call_failed(i, call),
                     (call, body) => panic!("c{i}: answer {body:?} to {call:?}"),
                 }
             }
@@ -528,6 +578,14 @@ impl World {
         let Some(call) = self.counters[i].calls.remove(&call) else {
             return;
         };
+        self.call_failed(i, call);
+    }
+
+    /// A call got no answer, or "not leader".
+    fn call_failed(&mut self, i: usize, call: Call) {
+        if !matches!(call, Call::Export { .. }) && self.coordinators.len() > 1 {
+            self.try_next_coordinator(i);
+        }
         match call {
             Call::Register => self.registered(i, None),
             Call::CaughtUp => self.caught_up_answered(i, None),
@@ -552,6 +610,7 @@ impl World {
     fn on_prepare(
         &mut self,
         i: usize,
+        from: Node,
         call: u64,
         txn: TxnId,
         items: Vec<Item>,
@@ -559,11 +618,7 @@ impl World {
     ) {
         if let Err(e) = self.counters[i].registration.check_vote(txn.epoch()) {
             let body = Reply::Vote(Err(e.to_string()));
-            self.send(
-                Node::Counter(i),
-                Node::Coordinator,
-                Msg::Reply { call, body },
-            );
+            self.send(Node::Counter(i), from, Msg::Reply { call, body });
             return;
         }
         let mut committed = Vec::new();
@@ -588,6 +643,7 @@ impl World {
             Action::VoteYes { .. } => {
                 voted = true;
                 Some(Answer::Vote {
+                    to: from,
                     call,
                     committed: committed.clone(),
                 })
@@ -619,6 +675,7 @@ impl World {
         for p in parked {
             match p {
                 Parked::Count {
+                    to,
                     call,
                     ref tenant,
                     fence,
@@ -635,11 +692,7 @@ impl World {
                         kept.push(p);
                         continue;
                     };
-                    self.send(
-                        Node::Counter(i),
-                        Node::Coordinator,
-                        Msg::Reply { call, body },
-                    );
+                    self.send(Node::Counter(i), to, Msg::Reply { call, body });
                 }
                 Parked::Export {
                     call,
@@ -711,9 +764,10 @@ impl World {
         if asking && !startup {
             return;
         }
+        let to = self.coordinator_of(i);
         self.counter_call(
             i,
-            Node::Coordinator,
+            to,
             Call::Ask { txn, startup },
             |call| Msg::AskOutcome { call, txn },
             CALL_TIMEOUT_MS,
@@ -771,11 +825,13 @@ impl World {
             prepared: c.participant.prepared().collect(),
             applied_above: c.participant.applied().above().collect(),
         };
+        let to = self.coordinator_of(i);
         self.counter_call(
             i,
-            Node::Coordinator,
+            to,
             Call::Register,
             |call| Msg::Register {
+                counter: i,
                 call,
                 incarnation,
                 applied,
@@ -859,11 +915,13 @@ impl World {
         if applied >= cu.until || cu.next_peer >= cu.peers.len() {
             let incarnation = self.counters[i].disk.incarnation;
             let registration = self.counters[i].registration.number();
+            let to = self.coordinator_of(i);
             self.counter_call(
                 i,
-                Node::Coordinator,
+                to,
                 Call::CaughtUp,
                 |call| Msg::CaughtUp {
+                    counter: i,
                     call,
                     incarnation,
                     registration,

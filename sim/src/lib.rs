@@ -4,22 +4,27 @@
 //! over a simulated network, simulated disks and a simulated clock, with
 //! crashes, wiped and restored disks, power cuts and partitions; clients
 //! write and read, and a checker judges every run (docs/testing.md,
-//! "Deterministic simulation").
+//! "Deterministic simulation"). Some worlds have three coordinators, each
+//! the real `tally_consensus::ReplicatedCoordinator`, replicating their
+//! decisions with Raft over the same simulated network.
 //!
 //! Single-threaded, no I/O, no wall clock: `run(seed)` is a pure function
 //! of the seed.
 
+mod agreement;
 mod checker;
 mod client;
 mod coordinator;
 mod counter;
 mod disk;
 mod net;
+mod replica;
 pub mod rng;
 mod world;
 
 pub use checker::Violation;
-pub use world::{run, RunReport, Settings};
+pub use replica::RaftSettings;
+pub use world::{run, run_with, Options, RunReport, Settings};
 
 /// The mutations of tally-common compiled into this build (features
 /// `mutate-*`), for the replay command a failure prints.
@@ -46,13 +51,17 @@ pub fn mutations() -> Vec<&'static str> {
     m
 }
 
-/// The command that replays `seed` with a step-by-step trace.
-pub fn replay_command(seed: u64) -> String {
+/// The command that replays `seed` with a step-by-step trace, with the
+/// shape `options` forced.
+pub fn replay_command(seed: u64, options: Options) -> String {
     let features = mutations();
     let features = if features.is_empty() {
         String::new()
     } else {
         format!(" --features {}", features.join(","))
     };
-    format!("cargo run --release -p tally-sim{features} -- --seed {seed} --trace")
+    let forced = options
+        .coordinators
+        .map_or(String::new(), |n| format!(" --coordinators {n}"));
+    format!("cargo run --release -p tally-sim{features} -- --seed {seed}{forced} --trace")
 }

@@ -4,6 +4,8 @@
 //! ```text
 //! sim --seeds N [--start S]     N seeds from S (default 1)
 //! sim --seed S [--trace]        one seed, step by step with --trace
+//! sim --coordinators N ...      every world with N coordinators (1 or 3);
+//!                               by default each seed draws it
 //! sim --mutation-check ...      succeed only if some seed fails (a build
 //!                               with a mutate-* feature must be caught)
 //! sim --keep-going ...          run every seed, list the failing ones
@@ -18,6 +20,7 @@ struct Args {
     trace: bool,
     mutation_check: bool,
     keep_going: bool,
+    options: tally_sim::Options,
 }
 
 fn parse() -> Result<Args, String> {
@@ -27,6 +30,7 @@ fn parse() -> Result<Args, String> {
         trace: false,
         mutation_check: false,
         keep_going: false,
+        options: tally_sim::Options::default(),
     };
     let mut it = std::env::args().skip(1);
     let number = |v: Option<String>, flag: &str| -> Result<u64, String> {
@@ -45,11 +49,14 @@ fn parse() -> Result<Args, String> {
             "--trace" => args.trace = true,
             "--mutation-check" => args.mutation_check = true,
             "--keep-going" => args.keep_going = true,
+            "--coordinators" => match number(it.next(), "--coordinators")? {
+                n @ (1 | 3) => args.options.coordinators = Some(n as usize),
+                n => return Err(format!("--coordinators: 1 or 3, not {n}")),
+            },
             "-h" | "--help" => {
-                return Err(
-                    "usage: sim [--seeds N] [--start S] | --seed S [--trace] [--mutation-check]"
-                        .into(),
-                )
+                return Err("usage: sim [--seeds N] [--start S] | --seed S [--trace] \
+                     [--coordinators 1|3] [--mutation-check] [--keep-going]"
+                    .into())
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -73,7 +80,7 @@ fn main() -> ExitCode {
     let mut events = 0;
     let mut failed = Vec::new();
     for seed in args.start..args.start + args.seeds {
-        let report = tally_sim::run(seed, args.trace);
+        let report = tally_sim::run_with(seed, args.trace, args.options);
         events += report.events;
         if args.seeds == 1 {
             println!(
@@ -86,7 +93,7 @@ fn main() -> ExitCode {
                 "FAIL seed {seed}: {} (at {} ms); replay: {}",
                 v.property,
                 v.time,
-                tally_sim::replay_command(seed)
+                tally_sim::replay_command(seed, args.options)
             );
             if args.keep_going {
                 failed.push(seed);

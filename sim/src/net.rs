@@ -5,18 +5,22 @@
 //! Calls are HTTP-like: a request names a call id, the answer carries it
 //! back, and the caller gives up at its own timeout. A request whose
 //! receiver restarted meanwhile is lost (its connection is gone); an answer
-//! reaches only the life of the caller that asked.
+//! reaches only the life of the caller that asked. Call, attempt and read
+//! ids come from one counter of the world, so a coordinator that proxies a
+//! request to the leader finds whom to relay the answer to by its id alone.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use tally_common::api::{CatchUpRequest, CommitRequest, ExportEntry, JoinPlan, Outcome};
 use tally_common::coordinator::{CommitAnswer, Holdings, JoinRefused, Vote, WriteRefused};
 use tally_common::membership::HealthReport;
 use tally_common::{CommitIndex, CounterId, Incarnation, Item, TxnId};
 
-/// A process or a client.
+/// A process or a client. Coordinators are numbered from 0; a world with
+/// one coordinator has only `Coordinator(0)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Node {
-    Coordinator,
+    Coordinator(usize),
     Counter(usize),
     Client(usize),
 }
@@ -51,14 +55,18 @@ pub enum Msg {
     CatchUp {
         request: CatchUpRequest,
     },
-    // A counter's calls to the coordinator.
+    // A counter's calls to the coordinator. Registrations and reports name
+    // the counter, as the real ones do: a coordinator that does not lead
+    // passes them on, so the sender is not always the counter.
     Register {
+        counter: usize,
         call: u64,
         incarnation: Incarnation,
         applied: CommitIndex,
         holds: Holdings,
     },
     CaughtUp {
+        counter: usize,
         call: u64,
         incarnation: Incarnation,
         registration: u64,
@@ -73,6 +81,15 @@ pub enum Msg {
         call: u64,
         since: CommitIndex,
         until: CommitIndex,
+    },
+    // Between coordinators: a Raft message as it travels (encoded), and
+    // the question an empty coordinator asks before it starts.
+    Raft {
+        bytes: Vec<u8>,
+    },
+    TermAsk,
+    TermIs {
+        log: tally_consensus::PeerLog,
     },
     // A client's calls to the coordinator.
     Write {
@@ -90,7 +107,7 @@ pub enum Msg {
     },
     WriteAnswer {
         attempt: u64,
-        result: Result<(), WriteRefused>,
+        result: Result<(), WriteError>,
     },
     ReadAnswer {
         read: u64,
@@ -109,6 +126,29 @@ pub enum Reply {
     Joined(Result<JoinPlan, JoinRefused>),
     Outcome(Outcome),
     Export(Result<ExportReply, String>),
+    /// The coordinator asked does not lead (or lost its leadership while
+    /// the call waited): the call failed and goes to another coordinator.
+    NotLeader,
+}
+
+/// Why a write attempt was not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteError {
+    /// The core refused it: nothing of it is counted.
+    Refused(WriteRefused),
+    /// No core answered for certain (the coordinator asked does not lead,
+    /// or its core was deposed while the write waited): it may have been
+    /// applied or not.
+    Unknown(&'static str),
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteError::Refused(r) => write!(f, "{r:?}"),
+            WriteError::Unknown(why) => write!(f, "outcome unknown ({why})"),
+        }
+    }
 }
 
 /// What a peer's export stream delivered: its disk's incarnation, the
@@ -135,6 +175,10 @@ pub struct ReadResult {
 pub struct Network {
     /// Processes cut off from the rest (clients stay with the rest).
     pub cut: BTreeSet<Node>,
+    /// Links that pass nothing, each as (lower, higher): a coordinator cut
+    /// from the other coordinators but not from the counters, or the
+    /// reverse.
+    pub blocked: BTreeSet<(Node, Node)>,
     pub loss: f64,
     pub dup: f64,
     /// Extra delay, ms, while the network is slow.
@@ -152,6 +196,12 @@ impl Network {
     /// A message between these two cannot pass now.
     pub fn partitioned(&self, a: Node, b: Node) -> bool {
         self.side(a) != self.side(b)
+            || (!self.blocked.is_empty() && self.blocked.contains(&(a.min(b), a.max(b))))
+    }
+
+    /// Blocks the link between `a` and `b`.
+    pub fn block(&mut self, a: Node, b: Node) {
+        self.blocked.insert((a.min(b), a.max(b)));
     }
 }
 

@@ -4,11 +4,13 @@
 //! spawns a thread or iterates a hash map, so a seed names one run, byte
 //! for byte.
 
+use crate::agreement::Agreement;
 use crate::checker::{History, Violation};
 use crate::client::Client;
 use crate::coordinator::Coordinator;
 use crate::counter::{Counter, Timer};
 use crate::net::{counter_id, Msg, Network, Node};
+use crate::replica::RaftSettings;
 use crate::rng::Rng;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -19,6 +21,10 @@ use tally_common::{CommitIndex, Incarnation, Item};
 /// The shape of one run, drawn from its seed.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// One coordinator, or three replicating their decisions with Raft.
+    pub coordinators: usize,
+    /// The Raft timing, with several coordinators.
+    pub raft: Option<RaftSettings>,
     pub counters: usize,
     pub min_insync: usize,
     pub clients: usize,
@@ -49,8 +55,42 @@ pub struct Settings {
     pub rejoin_after_ms: u64,
 }
 
+/// What a run may be told instead of drawing it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The number of coordinators (1 or 3); drawn from the seed if `None`.
+    pub coordinators: Option<usize>,
+}
+
+/// The share of seeds whose world has three coordinators.
+const REPLICATED_SHARE: f64 = 0.4;
+
 impl Settings {
-    fn draw(rng: &mut Rng) -> Self {
+    /// The number of coordinators comes from a generator of its own, so a
+    /// seed whose world has one coordinator plays exactly the run it
+    /// played before worlds could have three.
+    fn draw(seed: u64, rng: &mut Rng, options: Options) -> Self {
+        let coordinators = options.coordinators.unwrap_or_else(|| {
+            if Rng::new(seed ^ 0x3C00_4D1A).chance(REPLICATED_SHARE) {
+                3
+            } else {
+                1
+            }
+        });
+        let mut settings = Settings::draw_one(rng);
+        settings.coordinators = coordinators;
+        if coordinators > 1 {
+            settings.raft = Some(RaftSettings {
+                tick_ms: [10, 20][rng.pick(2)],
+                heartbeat_ticks: 2,
+                election_ticks: (10, 20),
+                snapshot_every: [3, 10, 50][rng.pick(3)],
+            });
+        }
+        settings
+    }
+
+    fn draw_one(rng: &mut Rng) -> Self {
         let counters = match rng.range(0, 9) {
             0 => 2,
             1 => 4,
@@ -58,6 +98,8 @@ impl Settings {
             _ => 3,
         };
         Settings {
+            coordinators: 1,
+            raft: None,
             counters,
             min_insync: if counters >= 3 && rng.chance(0.2) {
                 2
@@ -106,13 +148,27 @@ pub(crate) enum Ev {
         from: Node,
         to: Node,
         life: u64,
-        msg: Msg,
+        /// Boxed: the queue moves events around, and messages are large.
+        msg: Box<Msg>,
     },
     CoordinatorTick {
+        k: usize,
         life: u64,
     },
     CoordinatorFsync {
+        k: usize,
         life: u64,
+    },
+    /// An empty coordinator asks the others' terms again.
+    AskTerms {
+        k: usize,
+        life: u64,
+    },
+    /// Coordinator `k`'s Raft message to `peer` (a Raft id) found no one.
+    Unreachable {
+        k: usize,
+        life: u64,
+        peer: u64,
     },
     CounterSync {
         i: usize,
@@ -130,6 +186,12 @@ pub(crate) enum Ev {
     },
     Client {
         c: usize,
+    },
+    /// A client tries a write again after "not leader" or "deposed".
+    Retry {
+        c: usize,
+        request: usize,
+        attempt: u64,
     },
     Fault,
     /// Counter `i`, if still in that life, loses its disk.
@@ -214,7 +276,8 @@ pub struct World {
     queue: BinaryHeap<Scheduled>,
     pub(crate) rng: Rng,
     pub(crate) net: Network,
-    pub(crate) coordinator: Coordinator,
+    pub(crate) coordinators: Vec<Coordinator>,
+    pub(crate) agreement: Agreement,
     pub(crate) counters: Vec<Counter>,
     pub(crate) clients: Vec<Client>,
     pub(crate) history: History,
@@ -229,21 +292,25 @@ pub struct World {
 }
 
 impl World {
-    pub fn new(seed: u64, trace: bool) -> Self {
+    pub fn new(seed: u64, trace: bool, options: Options) -> Self {
         let mut rng = Rng::new(seed);
-        let settings = Settings::draw(&mut rng);
+        let settings = Settings::draw(seed, &mut rng, options);
         let counters = (0..settings.counters)
             .map(|_| Counter::new(Incarnation(rng.next_u64() >> 1)))
             .collect();
         let mut clients: Vec<Client> = (0..settings.clients).map(|_| Client::new(false)).collect();
         clients.push(Client::new(true));
+        let coordinators = (0..settings.coordinators)
+            .map(|_| Coordinator::new(settings.coordinators > 1))
+            .collect();
         World {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
             rng,
             net: Network::default(),
-            coordinator: Coordinator::default(),
+            coordinators,
+            agreement: Agreement::default(),
             counters,
             clients,
             history: History::default(),
@@ -282,9 +349,9 @@ impl World {
         });
     }
 
-    fn life_of(&self, node: Node) -> Option<u64> {
+    pub(crate) fn life_of(&self, node: Node) -> Option<u64> {
         match node {
-            Node::Coordinator => self.coordinator_life(),
+            Node::Coordinator(k) => self.coordinator_life(k),
             Node::Counter(i) => self.counter_life(i),
             Node::Client(_) => Some(0),
         }
@@ -307,9 +374,12 @@ impl World {
             return;
         }
         // Internal calls may arrive twice (a retrying proxy, a re-sent
-        // request); a client's write never does: two copies of one POST
-        // could be answered differently, and the client would hear only one.
-        let internal = !matches!(from, Node::Client(_)) && !matches!(to, Node::Client(_));
+        // request); a client's write never does, not even one a coordinator
+        // passes on to the leader: two copies of one POST could be answered
+        // differently, and the client would hear only one.
+        let internal = !matches!(from, Node::Client(_))
+            && !matches!(to, Node::Client(_))
+            && !matches!(msg, Msg::Write { .. } | Msg::WriteAnswer { .. });
         let copies = if internal && self.rng.chance(self.net.dup) {
             2
         } else {
@@ -336,14 +406,26 @@ impl World {
                     from,
                     to,
                     life,
-                    msg: msg.clone(),
+                    msg: Box::new(msg.clone()),
                 },
             );
         }
     }
 
     fn start(&mut self) {
-        self.coordinator_start();
+        if self.replicated() {
+            for k in 0..self.coordinators.len() {
+                let at = self.rng.range(0, 50);
+                self.schedule(
+                    at,
+                    Ev::Restart {
+                        node: Node::Coordinator(k),
+                    },
+                );
+            }
+        } else {
+            self.coordinator_start(0);
+        }
         for i in 0..self.counters.len() {
             let at = self.rng.range(0, 50);
             self.schedule(
@@ -378,13 +460,15 @@ impl World {
                     return;
                 }
                 match to {
-                    Node::Coordinator => self.coordinator_receive(from, msg),
-                    Node::Counter(i) => self.counter_receive(i, from, msg),
-                    Node::Client(c) => self.client_receive(c, msg),
+                    Node::Coordinator(k) => self.coordinator_receive(k, from, *msg),
+                    Node::Counter(i) => self.counter_receive(i, from, *msg),
+                    Node::Client(c) => self.client_receive(c, *msg),
                 }
             }
-            Ev::CoordinatorTick { life } => self.coordinator_tick(life),
-            Ev::CoordinatorFsync { life } => self.coordinator_fsync(life),
+            Ev::CoordinatorTick { k, life } => self.coordinator_tick(k, life),
+            Ev::CoordinatorFsync { k, life } => self.coordinator_fsync(k, life),
+            Ev::AskTerms { k, life } => self.replica_ask_again(k, life),
+            Ev::Unreachable { k, life, peer } => self.replica_unreachable(k, life, peer),
             Ev::CounterSync { i, life } => self.counter_sync(i, life),
             Ev::CounterTimer { i, life, timer } => {
                 if self.counter_life(i) == Some(life) {
@@ -396,12 +480,17 @@ impl World {
                     return;
                 }
                 match node {
-                    Node::Coordinator => self.coordinator_timeout(call),
+                    Node::Coordinator(k) => self.coordinator_timeout(k, call),
                     Node::Counter(i) => self.counter_timeout(i, call),
                     Node::Client(c) => self.client_timeout(c, call),
                 }
             }
             Ev::Client { c } => self.client_next(c),
+            Ev::Retry {
+                c,
+                request,
+                attempt,
+            } => self.client_retry(c, request, attempt),
             Ev::Fault => self.fault(),
             Ev::LoseDisk {
                 i,
@@ -423,7 +512,7 @@ impl World {
             Ev::Restart { node } => {
                 if self.life_of(node).is_none() {
                     match node {
-                        Node::Coordinator => self.coordinator_start(),
+                        Node::Coordinator(k) => self.coordinator_start(k),
                         Node::Counter(i) => self.counter_start(i),
                         Node::Client(_) => {}
                     }
@@ -432,6 +521,7 @@ impl World {
             Ev::Heal { generation } => {
                 if generation == self.generation {
                     self.net.cut.clear();
+                    self.net.blocked.clear();
                 }
             }
             Ev::Calm { generation } => {
@@ -466,9 +556,24 @@ impl World {
 
     fn crash(&mut self, node: Node) {
         match node {
-            Node::Coordinator => self.coordinator_crash(),
+            Node::Coordinator(k) => self.coordinator_crash(k),
             Node::Counter(i) => self.counter_crash(i),
             Node::Client(_) => {}
+        }
+    }
+
+    /// The highest commit index decided durably: in the lone coordinator's
+    /// log, or applied by any of several.
+    pub(crate) fn decided(&self) -> CommitIndex {
+        if self.replicated() {
+            self.history
+                .decided
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(CommitIndex::ZERO)
+        } else {
+            self.coordinators[0].log.decided
         }
     }
 
@@ -480,7 +585,7 @@ impl World {
     /// durably. Only an operator may give commits up, which the simulation
     /// never does, so a disk is lost only when this holds.
     fn disk_may_be_lost(&self, i: usize) -> bool {
-        let decided = self.coordinator.log.decided;
+        let decided = self.decided();
         self.counters[i].disk.prepared.is_empty()
             && !self.counters[i].has_unsynced()
             && (0..self.counters.len()).any(|j| j != i && self.counters[j].applied() >= decided)
@@ -492,126 +597,271 @@ impl World {
         }
         let next = self.rng.range(10, 2 * self.settings.fault_every_ms);
         self.schedule(next, Ev::Fault);
+        if self.replicated() {
+            self.fault_replicated();
+            return;
+        }
         let n = self.counters.len();
         let i = self.rng.pick(n);
         match self.rng.range(0, 99) {
-            0..=21 => {
-                self.trace(|| format!("FAULT: crash c{i}"));
-                self.counter_crash(i);
-                let back = self.rng.range(20, 1200);
-                self.schedule(
-                    back,
-                    Ev::Restart {
-                        node: Node::Counter(i),
-                    },
-                );
-            }
+            0..=21 => self.crash_counter_fault(i),
             22..=33 => {
                 self.trace(|| "FAULT: crash the coordinator".to_string());
-                self.coordinator_crash();
+                self.coordinator_crash(0);
                 let back = self.rng.range(10, 700);
                 self.schedule(
                     back,
                     Ev::Restart {
-                        node: Node::Coordinator,
+                        node: Node::Coordinator(0),
                     },
                 );
             }
-            34..=49 => {
-                let loss = if self.rng.chance(0.4) {
-                    DiskLoss::Wipe
-                } else {
-                    DiskLoss::Restore
-                };
-                let back = self.rng.range(10, 600);
-                if self.rng.chance(0.7) {
-                    // Its connection to the coordinator stalls first, for
-                    // about a health round: what it answers in its last
-                    // moments (a health check, a commit) arrives after it
-                    // came back on the other disk and registered.
-                    let after = self.rng.range(100, 300);
-                    let back = self.rng.range(5, 100);
-                    let release = self.now + after + back + self.rng.range(10, 100);
-                    self.counters[i].stalled = (self.now + after, release);
-                    let life = self.counters[i].life;
-                    self.trace(|| {
-                        format!("FAULT: c{i}'s connection stalls; its disk goes in {after} ms")
-                    });
-                    self.schedule(
-                        after,
-                        Ev::LoseDisk {
-                            i,
-                            life,
-                            loss,
-                            back,
-                        },
-                    );
-                } else {
-                    self.lose_disk(i, loss, back);
-                }
-            }
-            50..=53 => {
-                self.trace(|| "FAULT: power cut".to_string());
-                self.coordinator_crash();
-                let back = self.rng.range(10, 500);
-                self.schedule(
-                    back,
-                    Ev::Restart {
-                        node: Node::Coordinator,
-                    },
-                );
-                for j in 0..n {
-                    self.counter_crash(j);
-                    let back = self.rng.range(10, 500);
-                    self.schedule(
-                        back,
-                        Ev::Restart {
-                            node: Node::Counter(j),
-                        },
-                    );
-                }
-            }
-            54..=67 => {
-                self.generation += 1;
-                self.net.cut.clear();
-                if self.rng.chance(0.3) {
-                    self.net.cut.insert(Node::Coordinator);
-                }
-                for j in 0..n {
-                    if self.rng.chance(0.4) {
-                        self.net.cut.insert(Node::Counter(j));
-                    }
-                }
-                self.trace(|| format!("FAULT: partition {:?}", self.net.cut));
-                let heal = self.rng.range(50, 1200);
-                let generation = self.generation;
-                self.schedule(heal, Ev::Heal { generation });
-            }
-            68..=77 => {
-                self.generation += 1;
-                self.net.loss = self.rng.range(0, 30) as f64 / 100.0;
-                self.net.dup = self.rng.range(0, 10) as f64 / 100.0;
-                self.net.slow = if self.rng.chance(0.3) {
-                    self.rng.range(5, 40)
-                } else {
-                    0
-                };
-                self.trace(|| {
-                    format!(
-                        "FAULT: network loss {} dup {} slow {}",
-                        self.net.loss, self.net.dup, self.net.slow
-                    )
-                });
-                let calm = self.rng.range(100, 1200);
-                let generation = self.generation;
-                self.schedule(calm, Ev::Calm { generation });
-            }
+            34..=49 => self.lose_disk_fault(i),
+            50..=53 => self.power_cut(),
+            54..=67 => self.partition_fault(0.3),
+            68..=77 => self.weather_fault(),
             78..=89 => {
                 let disk = self.counters[i].disk.clone();
                 self.counters[i].snapshots.push(disk);
             }
             _ => {}
         }
+    }
+
+    /// The faults of a world with several coordinators: those of a lone
+    /// one's world, and a coordinator crashed (any, or the leader), two of
+    /// three down at once (writes must stall, not be lost), a coordinator's
+    /// disk wiped, and a coordinator cut off from the other coordinators
+    /// only, or from the counters only. Never more than one coordinator
+    /// down or wiped at a time, but for the deliberate two down and power
+    /// cuts, which lose no disk.
+    fn fault_replicated(&mut self) {
+        let n = self.counters.len();
+        let i = self.rng.pick(n);
+        let m = self.coordinators.len();
+        let k = self.rng.pick(m);
+        let all_up = self.coordinators_down() == 0;
+        match self.rng.range(0, 99) {
+            0..=17 => self.crash_counter_fault(i),
+            18..=25 if all_up => {
+                self.trace(|| format!("FAULT: crash coordinator {k}"));
+                self.crash_coordinator_for(k, 10, 700);
+            }
+            26..=31 if all_up => {
+                if let Some(leader) = self.leader() {
+                    self.trace(|| format!("FAULT: kill the leader, coordinator {leader}"));
+                    self.crash_coordinator_for(leader, 10, 700);
+                }
+            }
+            32..=33 if all_up => {
+                let other = (k + 1 + self.rng.pick(m - 1)) % m;
+                self.trace(|| format!("FAULT: coordinators {k} and {other} down together"));
+                self.crash_coordinator_for(k, 200, 1500);
+                self.crash_coordinator_for(other, 200, 1500);
+            }
+            34..=39 if self.coordinator_may_be_wiped(k) => {
+                self.trace(|| format!("FAULT: wipe coordinator {k}'s disk"));
+                self.coordinator_crash(k);
+                if let Some(r) = self.coordinators[k].replica.as_mut() {
+                    r.disk = Default::default();
+                }
+                let back = self.rng.range(10, 600);
+                self.schedule(
+                    back,
+                    Ev::Restart {
+                        node: Node::Coordinator(k),
+                    },
+                );
+            }
+            40..=51 => self.lose_disk_fault(i),
+            52..=54 => self.power_cut(),
+            55..=62 => self.partition_fault(0.3),
+            63..=67 => {
+                self.generation += 1;
+                self.net.cut.clear();
+                self.net.blocked.clear();
+                for j in (0..m).filter(|j| *j != k) {
+                    self.net.block(Node::Coordinator(k), Node::Coordinator(j));
+                }
+                self.trace(|| format!("FAULT: coordinator {k} cut from the other coordinators"));
+                self.heal_later();
+            }
+            68..=71 => {
+                self.generation += 1;
+                self.net.cut.clear();
+                self.net.blocked.clear();
+                for j in 0..n {
+                    self.net.block(Node::Coordinator(k), Node::Counter(j));
+                }
+                self.trace(|| format!("FAULT: coordinator {k} cut from the counters"));
+                self.heal_later();
+            }
+            72..=81 => self.weather_fault(),
+            82..=91 => {
+                let disk = self.counters[i].disk.clone();
+                self.counters[i].snapshots.push(disk);
+            }
+            _ => {}
+        }
+    }
+
+    /// Wiping coordinator `k`'s disk cannot lose a decision, nor leave
+    /// the others unable to elect a leader: both others are up, whole (not
+    /// rejoining after a loss of their own) and have applied every entry
+    /// any coordinator applied, so they hold all that a majority held.
+    /// One disk lost is what three coordinators survive; the simulation
+    /// never loses a second before the first has rejoined.
+    fn coordinator_may_be_wiped(&self, k: usize) -> bool {
+        let applied = |j: usize| {
+            self.coordinators[j]
+                .replica
+                .as_ref()
+                .and_then(|r| r.node.as_ref())
+                .map(|n| n.applied())
+        };
+        let highest = (0..self.coordinators.len())
+            .filter_map(applied)
+            .max()
+            .unwrap_or(0);
+        // Before anything was replicated, the others' empty disks could
+        // not be told from lost ones.
+        highest > 0
+            && self.coordinator_life(k).is_some()
+            && (0..self.coordinators.len()).all(|j| {
+                j == k
+                    || (self.coordinators[j]
+                        .replica
+                        .as_ref()
+                        .is_some_and(|r| r.up && !r.impaired())
+                        && applied(j).is_some_and(|a| a >= highest))
+            })
+    }
+
+    /// Crashes coordinator `k` and restarts it after `lo..=hi` ms.
+    fn crash_coordinator_for(&mut self, k: usize, lo: u64, hi: u64) {
+        self.coordinator_crash(k);
+        let back = self.rng.range(lo, hi);
+        self.schedule(
+            back,
+            Ev::Restart {
+                node: Node::Coordinator(k),
+            },
+        );
+    }
+
+    fn crash_counter_fault(&mut self, i: usize) {
+        self.trace(|| format!("FAULT: crash c{i}"));
+        self.counter_crash(i);
+        let back = self.rng.range(20, 1200);
+        self.schedule(
+            back,
+            Ev::Restart {
+                node: Node::Counter(i),
+            },
+        );
+    }
+
+    fn lose_disk_fault(&mut self, i: usize) {
+        let loss = if self.rng.chance(0.4) {
+            DiskLoss::Wipe
+        } else {
+            DiskLoss::Restore
+        };
+        let back = self.rng.range(10, 600);
+        if self.rng.chance(0.7) {
+            // Its connection to the coordinator stalls first, for
+            // about a health round: what it answers in its last
+            // moments (a health check, a commit) arrives after it
+            // came back on the other disk and registered.
+            let after = self.rng.range(100, 300);
+            let back = self.rng.range(5, 100);
+            let release = self.now + after + back + self.rng.range(10, 100);
+            self.counters[i].stalled = (self.now + after, release);
+            let life = self.counters[i].life;
+            self.trace(|| format!("FAULT: c{i}'s connection stalls; its disk goes in {after} ms"));
+            self.schedule(
+                after,
+                Ev::LoseDisk {
+                    i,
+                    life,
+                    loss,
+                    back,
+                },
+            );
+        } else {
+            self.lose_disk(i, loss, back);
+        }
+    }
+
+    /// Every process at once.
+    fn power_cut(&mut self) {
+        self.trace(|| "FAULT: power cut".to_string());
+        for k in 0..self.coordinators.len() {
+            self.coordinator_crash(k);
+            let back = self.rng.range(10, 500);
+            self.schedule(
+                back,
+                Ev::Restart {
+                    node: Node::Coordinator(k),
+                },
+            );
+        }
+        for j in 0..self.counters.len() {
+            self.counter_crash(j);
+            let back = self.rng.range(10, 500);
+            self.schedule(
+                back,
+                Ev::Restart {
+                    node: Node::Counter(j),
+                },
+            );
+        }
+    }
+
+    /// Some processes cut off from the rest: each coordinator with chance
+    /// `coordinator`, each counter with 0.4.
+    fn partition_fault(&mut self, coordinator: f64) {
+        self.generation += 1;
+        self.net.cut.clear();
+        self.net.blocked.clear();
+        for k in 0..self.coordinators.len() {
+            if self.rng.chance(coordinator) {
+                self.net.cut.insert(Node::Coordinator(k));
+            }
+        }
+        for j in 0..self.counters.len() {
+            if self.rng.chance(0.4) {
+                self.net.cut.insert(Node::Counter(j));
+            }
+        }
+        self.trace(|| format!("FAULT: partition {:?}", self.net.cut));
+        self.heal_later();
+    }
+
+    fn heal_later(&mut self) {
+        let heal = self.rng.range(50, 1200);
+        let generation = self.generation;
+        self.schedule(heal, Ev::Heal { generation });
+    }
+
+    fn weather_fault(&mut self) {
+        self.generation += 1;
+        self.net.loss = self.rng.range(0, 30) as f64 / 100.0;
+        self.net.dup = self.rng.range(0, 10) as f64 / 100.0;
+        self.net.slow = if self.rng.chance(0.3) {
+            self.rng.range(5, 40)
+        } else {
+            0
+        };
+        self.trace(|| {
+            format!(
+                "FAULT: network loss {} dup {} slow {}",
+                self.net.loss, self.net.dup, self.net.slow
+            )
+        });
+        let calm = self.rng.range(100, 1200);
+        let generation = self.generation;
+        self.schedule(calm, Ev::Calm { generation });
     }
 
     /// Counter `i` dies and comes back on another disk: an empty one (a
@@ -672,14 +922,16 @@ impl World {
         self.faults_on = false;
         self.generation += 1;
         self.net = Network::default();
-        if self.coordinator_life().is_none() {
-            let back = self.rng.range(0, 50);
-            self.schedule(
-                back,
-                Ev::Restart {
-                    node: Node::Coordinator,
-                },
-            );
+        for k in 0..self.coordinators.len() {
+            if self.coordinator_life(k).is_none() {
+                let back = self.rng.range(0, 50);
+                self.schedule(
+                    back,
+                    Ev::Restart {
+                        node: Node::Coordinator(k),
+                    },
+                );
+            }
         }
         for i in 0..self.counters.len() {
             if self.counter_life(i).is_none() {
@@ -698,9 +950,9 @@ impl World {
     // ---- liveness ----
 
     /// Every counter is up, in sync, registered and live in the
-    /// coordinator's view, and knows it.
+    /// coordinator's view (the leader's, with several), and knows it.
     fn all_in_sync(&self) -> bool {
-        let Some(core) = self.coordinator.core.as_ref() else {
+        let Some(core) = self.leader().and_then(|k| self.core_of(k)) else {
             return false;
         };
         let epoch = core.config().epoch;
@@ -766,8 +1018,11 @@ impl World {
 
     pub(crate) fn describe_cluster(&self) -> String {
         let mut s = String::new();
-        match self.coordinator.core.as_ref() {
-            None => s.push_str("coordinator down\n"),
+        if self.replicated() {
+            s.push_str(&self.describe_replicas());
+        }
+        match self.leader().and_then(|k| self.core_of(k)) {
+            None => s.push_str("no coordinator runs a core\n"),
             Some(core) => {
                 let _ = writeln!(
                     s,
@@ -805,7 +1060,25 @@ impl World {
     /// The end state, once everything settled: every counter holds exactly
     /// the decided commits, every acknowledged item and no refused one.
     fn final_check(&mut self) {
-        let decided = self.coordinator.log.decided;
+        let decided = self.decided();
+        if self.replicated() {
+            // Every coordinator is back, whole, and has applied every
+            // decision: a wiped one has rejoined, a lagging one caught up.
+            let behind = (0..self.coordinators.len()).find(|k| {
+                self.coordinators[*k].replica.as_ref().is_none_or(|r| {
+                    r.impaired() || r.node.as_ref().is_none_or(|n| n.state().decided < decided)
+                })
+            });
+            if let Some(k) = behind {
+                let detail = format!(
+                    "3 s after the cluster served again, coordinator {k} has not rejoined or not \
+                     applied every decision (decided {decided})\n{}",
+                    self.describe_cluster()
+                );
+                self.history.violation("liveness", detail);
+                return;
+            }
+        }
         let mut expected: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
             Default::default();
         for (index, (txn, _)) in &self.history.decided {
@@ -902,8 +1175,23 @@ impl World {
     }
 
     /// Runs until the end state is checked, a liveness deadline passes, or
-    /// the queue empties.
+    /// the queue empties. A panic in the code under test ends the run as a
+    /// violation of its own, with the seed that replays it.
     pub fn run(mut self, seed: u64) -> RunReport {
+        let played = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.play()));
+        if let Err(payload) = played {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            self.history
+                .violation("no panic", format!("the run panicked: {message}"));
+        }
+        self.report(seed)
+    }
+
+    fn play(&mut self) {
         self.start();
         while let Some(next) = self.queue.pop() {
             self.now = next.at;
@@ -921,6 +1209,9 @@ impl World {
                 break;
             }
         }
+    }
+
+    fn report(self, seed: u64) -> RunReport {
         let mut violation = self
             .history
             .violations
@@ -949,7 +1240,7 @@ impl World {
                 .values()
                 .filter(|r| r.answered.is_some())
                 .count(),
-            decided: self.coordinator.log.decided,
+            decided: self.decided(),
             settings: self.settings,
         }
     }
@@ -957,5 +1248,10 @@ impl World {
 
 /// Runs one seed.
 pub fn run(seed: u64, trace: bool) -> RunReport {
-    World::new(seed, trace).run(seed)
+    run_with(seed, trace, Options::default())
+}
+
+/// Runs one seed with some of its shape forced.
+pub fn run_with(seed: u64, trace: bool, options: Options) -> RunReport {
+    World::new(seed, trace, options).run(seed)
 }
