@@ -786,10 +786,16 @@ impl LocalCluster {
         .await
     }
 
-    /// Waits until the coordinator answers `/health`.
+    /// Waits until the (first) coordinator answers `/health`.
     pub async fn wait_coordinator(&self, timeout: Duration) -> anyhow::Result<()> {
-        let api = self.api.clone();
-        wait::until("coordinator health", timeout, || {
+        self.wait_coordinator_at(0, timeout).await
+    }
+
+    /// Waits until coordinator `i` answers `/health`, whatever its role.
+    pub async fn wait_coordinator_at(&self, i: usize, timeout: Duration) -> anyhow::Result<()> {
+        let api = Api::new(self.coordinator_urls[i].clone());
+        let what = format!("{} health", self.coordinators[i].name);
+        wait::until(&what, timeout, || {
             let api = api.clone();
             async move {
                 match api.get("/health").await {
