@@ -81,10 +81,11 @@ enum Input {
     Persisted(u64),
     /// A batch to this peer was not delivered.
     Unreachable(u64),
-    /// A peer's term, asked while this coordinator starts on an empty disk.
-    PeerTerm {
+    /// What a peer holds, asked while this coordinator starts on an empty
+    /// disk.
+    PeerLog {
         peer: u64,
-        term: u64,
+        log: tally_consensus::PeerLog,
     },
     Inspect(Inspect),
     Stop,
@@ -475,11 +476,19 @@ async fn run(
         }
         leadership.send_if_modified(|published| {
             let fresh = stepper.leadership(&io.peers);
+            if published.rejoining && !fresh.rejoining {
+                tracing::info!(
+                    "caught up with the leader after losing its data: this coordinator votes again"
+                );
+            }
+            if fresh.term > published.term {
+                metrics::counter!("tally_raft_elections_total").increment(1);
+            }
             let changed = *published != fresh;
             *published = fresh;
             changed
         });
-        io.ask_peer_terms(&stepper, clock.now());
+        io.ask_peer_logs(&stepper, clock.now());
         let wake = clock.instant(stepper.next_wakeup(clock.now()));
         let first = tokio::select! {
             input = rx.recv() => match input {
@@ -574,9 +583,9 @@ fn take(
         }
         Input::Persisted(number) => I::Persisted(number),
         Input::Unreachable(peer) => I::Unreachable(peer),
-        Input::PeerTerm { peer, term } => {
+        Input::PeerLog { peer, log } => {
             if let Stepper::Replicated(replica) = stepper {
-                match replica.peer_term(peer, term, now) {
+                match replica.peer_log(peer, log, now) {
                     Ok(more) => outputs.extend(more),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start the replica; exiting");
@@ -657,9 +666,9 @@ impl Io {
         }
     }
 
-    /// While starting on an empty disk, asks every peer for its term, at
+    /// While starting on an empty disk, asks every peer what it holds, at
     /// most twice a second.
-    fn ask_peer_terms(&mut self, stepper: &Stepper, now: Millis) {
+    fn ask_peer_logs(&mut self, stepper: &Stepper, now: Millis) {
         let Stepper::Replicated(replica) = stepper else {
             return;
         };
@@ -676,9 +685,9 @@ impl Io {
                 (raft.http.clone(), raft.token.clone(), self.inputs.clone());
             let url = url.to_string();
             tokio::spawn(async move {
-                if let Ok(term) = crate::replication::transport::peer_term(&http, &url, token).await
-                {
-                    let _ = inputs.send(Input::PeerTerm { peer, term });
+                let asked = crate::replication::transport::peer_log(&http, &url, token).await;
+                if let Ok(log) = asked {
+                    let _ = inputs.send(Input::PeerLog { peer, log });
                 }
             });
         }

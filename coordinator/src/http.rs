@@ -9,7 +9,7 @@
 use crate::error::{Error, Stopped};
 use crate::schema::{CountEvent, ItemList};
 use crate::state::Shared;
-use crate::{dashboard, group, stream};
+use crate::{dashboard, stream};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -127,8 +127,11 @@ async fn raft_messages(
 async fn raft_status(
     State(state): State<AppState>,
 ) -> Json<crate::replication::transport::RaftStatus> {
+    let leadership = state.shared.driver.leadership();
     Json(crate::replication::transport::RaftStatus {
-        term: state.shared.driver.leadership().term,
+        term: leadership.term,
+        has_log: leadership.has_log,
+        rejoining: leadership.rejoining,
     })
 }
 

@@ -657,6 +657,15 @@ impl LocalCluster {
     }
 
     /// Everything counter `i` has logged (its runs append to one file).
+    /// What coordinator `i` has logged so far.
+    pub fn coordinator_log(&self, i: usize) -> String {
+        let path = self
+            .options
+            .dir
+            .join(format!("{}.log", self.options.coordinator_name(i)));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
     pub fn counter_log(&self, i: usize) -> String {
         let path = self.options.dir.join(format!("{}.log", self.infos[i].id));
         std::fs::read_to_string(path).unwrap_or_default()

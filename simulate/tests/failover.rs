@@ -101,7 +101,9 @@ async fn probe_fresh_reads(apis: Vec<Api>, stop: Arc<AtomicBool>) -> (u64, Vec<S
     while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(120) {
         k += 1;
         let (writer, reader) = (&apis[k % apis.len()], &apis[(k + 1) % apis.len()]);
-        let outcome = writer.add(&[Item::new(format!("fresh-{k}"), "fresh")]).await;
+        let outcome = writer
+            .add(&[Item::new(format!("fresh-{k}"), "fresh")])
+            .await;
         if outcome == WriteOutcome::Ok {
             acknowledged += 1;
         }
@@ -185,7 +187,10 @@ async fn killing_the_leader_again_and_again_loses_nothing() {
         check.render()
     );
     assert!(stale.is_empty(), "stale reads: {stale:?}");
-    assert!(fresh_acked > 10, "the probe got {fresh_acked} writes through");
+    assert!(
+        fresh_acked > 10,
+        "the probe got {fresh_acked} writes through"
+    );
     for r in &read_reports {
         assert!(r.passed(), "{}", r.render());
         assert!(r.reads > 0, "a reader read nothing");
@@ -276,7 +281,11 @@ async fn two_of_three_coordinators_down_refuse_writes_and_lose_nothing() {
     .unwrap();
     let mut outcomes = Vec::new();
     for k in 0..10 {
-        outcomes.push(survivor.add(&[Item::new(format!("x-{k}"), "refused")]).await);
+        outcomes.push(
+            survivor
+                .add(&[Item::new(format!("x-{k}"), "refused")])
+                .await,
+        );
     }
     for outcome in &outcomes {
         assert!(
@@ -312,8 +321,14 @@ async fn a_wiped_coordinator_catches_up_and_can_lead_again() {
     cluster.wipe_coordinator_at(victim).unwrap();
     cluster.start_coordinator_at(victim).unwrap();
     let victim_api = cluster.coordinator_api(victim);
-    // It follows, and holds the log up to the leader's.
+    // It comes back rejoining, and ends up an ordinary follower holding
+    // the log up to the leader's.
     simulate::wait::until("the wiped coordinator to catch up", WAIT, || async {
+        let (status, body) = victim_api.get("/internal/raft/status").await?;
+        let raft: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        if status != 200 || raft["has_log"] != true || raft["rejoining"] != false {
+            return Err(format!("{status}: {body}"));
+        }
         let view = api.cluster().await?;
         let me = &view.coordinators[victim];
         if me.role == CoordinatorRole::Follower && me.lag == 0 && me.log_index > 0 {
@@ -323,8 +338,18 @@ async fn a_wiped_coordinator_catches_up_and_can_lead_again() {
         }
     })
     .await
-    .unwrap();
-    assert_eq!(health(&victim_api).await.unwrap().role, CoordinatorRole::Follower);
+    .unwrap_or_else(|e| panic!("{e}:\n{}", cluster.coordinator_log(victim)));
+    let role = health(&victim_api)
+        .await
+        .unwrap_or_else(|e| panic!("{e}:\n{}", cluster.coordinator_log(victim)))
+        .role;
+    assert_eq!(role, CoordinatorRole::Follower);
+    assert!(
+        cluster
+            .coordinator_log(victim)
+            .contains("rejoining (it votes again once it holds"),
+        "it started as a rejoining member, not as a fresh one"
+    );
 
     // Kill whoever leads until the wiped one does: it must be electable.
     let mut rounds = 0;
@@ -334,7 +359,10 @@ async fn a_wiped_coordinator_catches_up_and_can_lead_again() {
             break;
         }
         rounds += 1;
-        assert!(rounds < 12, "the rejoined coordinator never led in {rounds} elections");
+        assert!(
+            rounds < 12,
+            "the rejoined coordinator never led in {rounds} elections"
+        );
         cluster.kill_coordinator_at(leading).unwrap();
         let others: Vec<usize> = (0..3).filter(|i| *i != leading).collect();
         leader(&cluster, &others).await;

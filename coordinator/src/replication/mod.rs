@@ -19,7 +19,8 @@ use tally_common::api::{CoordinatorRole, CoordinatorStatus};
 use tally_common::coordinator::{CoordinatorCore, CoreConfig, Millis};
 use tally_common::CommitIndex;
 use tally_consensus::{
-    Input, NodeConfig, Output, ReplicatedConfig, ReplicatedCoordinator, RestoredRaft, Role, Start,
+    Input, NodeConfig, Output, PeerLog, ReplicatedConfig, ReplicatedCoordinator, RestoredRaft,
+    Role, Start,
 };
 
 /// One Raft tick. Heartbeats go every 2 ticks (100 ms); a follower that
@@ -51,6 +52,11 @@ pub struct Leadership {
     pub serving: bool,
     /// Every coordinator as this one sees it, in `--peers` order.
     pub coordinators: Vec<CoordinatorStatus>,
+    /// This coordinator holds Raft log entries or a snapshot (what a peer
+    /// starting on an empty disk asks).
+    pub has_log: bool,
+    /// It lost its data and has not caught up yet: it may not vote.
+    pub rejoining: bool,
 }
 
 impl Leadership {
@@ -63,6 +69,8 @@ impl Leadership {
             leader: group.leader,
             serving: true,
             coordinators: group.coordinators,
+            has_log: false,
+            rejoining: false,
         }
     }
 }
@@ -75,7 +83,7 @@ pub enum Phase {
     /// Empty disk: waiting to hear every peer's term.
     Starting {
         restored: Box<RestoredRaft>,
-        terms: BTreeMap<u64, u64>,
+        logs: BTreeMap<u64, PeerLog>,
         core: Box<CoreConfig>,
     },
     Running(Box<ReplicatedCoordinator>),
@@ -99,7 +107,7 @@ impl Replica {
         let mut replica = Replica {
             phase: Phase::Starting {
                 restored: Box::new(restored),
-                terms: BTreeMap::new(),
+                logs: BTreeMap::new(),
                 core: Box::new(core),
             },
             peers,
@@ -111,14 +119,14 @@ impl Replica {
     }
 
     /// A peer's answer to the status question, while starting.
-    pub fn peer_term(
+    pub fn peer_log(
         &mut self,
         peer: u64,
-        term: u64,
+        log: PeerLog,
         now: Millis,
     ) -> Result<Vec<Output>, crate::Error> {
-        if let Phase::Starting { terms, .. } = &mut self.phase {
-            terms.insert(peer, term);
+        if let Phase::Starting { logs, .. } = &mut self.phase {
+            logs.insert(peer, log);
         }
         self.try_start(now)
     }
@@ -126,25 +134,23 @@ impl Replica {
     fn try_start(&mut self, now: Millis) -> Result<Vec<Output>, crate::Error> {
         let Phase::Starting {
             restored,
-            terms,
+            logs,
             core,
         } = &self.phase
         else {
             return Ok(Vec::new());
         };
-        let heard: Vec<u64> = terms.values().copied().collect();
-        let rejoin_at = match tally_consensus::start(restored, &heard, self.peers.peers.len() - 1) {
+        let heard: Vec<PeerLog> = logs.values().copied().collect();
+        let start = tally_consensus::start(restored, &heard, self.peers.peers.len() - 1);
+        match start {
             Start::Wait => return Ok(Vec::new()),
-            Start::Restart | Start::Fresh => None,
-            Start::Rejoin { term } => {
-                tracing::warn!(
-                    term,
-                    "this coordinator's data directory is empty but its peers' are not: \
-                     rejoining (it votes again once it holds what the leader has committed)"
-                );
-                Some(term)
-            }
-        };
+            Start::Restart | Start::Fresh { .. } => {}
+            Start::Rejoin { term } => tracing::warn!(
+                term,
+                "this coordinator's data directory is empty but its peers' are not: \
+                 rejoining (it votes again once it holds what the leader has committed)"
+            ),
+        }
         let config = ReplicatedConfig {
             node: NodeConfig {
                 id: self.peers.raft_id(),
@@ -157,7 +163,7 @@ impl Replica {
             tick_ms: TICK_MS,
             snapshot_every: SNAPSHOT_EVERY,
         };
-        let (node, out) = ReplicatedCoordinator::new(config, (**restored).clone(), rejoin_at, now)
+        let (node, out) = ReplicatedCoordinator::new(config, (**restored).clone(), start, now)
             .map_err(|e| crate::Error::Io(format!("cannot start the raft node: {e}")))?;
         self.phase = Phase::Running(Box::new(node));
         Ok(out)
@@ -192,12 +198,19 @@ impl Replica {
         }
     }
 
-    /// What `GET /internal/raft/status` tells a starting peer: 0 while this
-    /// coordinator holds nothing.
+    /// The current term; 0 while this coordinator holds nothing.
     pub fn term(&self) -> u64 {
         match &self.phase {
             Phase::Running(node) => node.term(),
             Phase::Starting { restored, .. } => restored.hard_state.term,
+        }
+    }
+
+    /// What `GET /internal/raft/status` tells a starting peer.
+    pub fn log(&self) -> PeerLog {
+        match &self.phase {
+            Phase::Running(node) => node.peer_log(),
+            Phase::Starting { restored, .. } => PeerLog::of(restored),
         }
     }
 
@@ -224,6 +237,8 @@ impl Replica {
                         lag: 0,
                     })
                     .collect(),
+                has_log: self.log().has_log,
+                rejoining: false,
             };
         };
         let role = match node.role() {
@@ -267,7 +282,11 @@ impl Replica {
                     url: url.clone(),
                     role,
                     log_index,
-                    lag: if matched.is_empty() { 0 } else { last.saturating_sub(log_index) },
+                    lag: if matched.is_empty() {
+                        0
+                    } else {
+                        last.saturating_sub(log_index)
+                    },
                 }
             })
             .collect();
@@ -279,6 +298,8 @@ impl Replica {
                 .map(str::to_string),
             serving: node.role() == Role::Leader && node.core().is_some(),
             coordinators,
+            has_log: self.log().has_log,
+            rejoining: node.role() == Role::Rejoining,
         }
     }
 }

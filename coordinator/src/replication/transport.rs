@@ -131,15 +131,20 @@ pub fn decode_batch(mut body: &[u8]) -> Result<Vec<Message>, String> {
 /// peers (see `mod.rs`).
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct RaftStatus {
-    /// The peer's current term; 0 if it holds nothing.
+    /// The peer's current term; 0 if it never campaigned.
     pub term: u64,
+    /// It holds log entries or a snapshot: something was replicated.
+    pub has_log: bool,
+    /// It lost its data and is catching up; it votes again once it has.
+    #[serde(default)]
+    pub rejoining: bool,
 }
 
-pub async fn peer_term(
+pub async fn peer_log(
     http: &reqwest::Client,
     url: &str,
     token: Option<String>,
-) -> Result<u64, reqwest::Error> {
+) -> Result<tally_consensus::PeerLog, reqwest::Error> {
     let mut request = http
         .get(format!(
             "{}/internal/raft/status",
@@ -150,7 +155,10 @@ pub async fn peer_term(
         request = request.header(TOKEN_HEADER, token);
     }
     let status: RaftStatus = request.send().await?.error_for_status()?.json().await?;
-    Ok(status.term)
+    Ok(tally_consensus::PeerLog {
+        term: status.term,
+        has_log: status.has_log,
+    })
 }
 
 #[cfg(test)]
