@@ -6,8 +6,9 @@
 //! and only the peer's end marker proves the range (docs/protocol.md,
 //! "Catch-up"). Importing is idempotent (an item already held is not
 //! counted again). A cut stream resumes where the imported entries end,
-//! but only from the same peer's same disk: another peer may log an item
-//! under a different index, so a new peer starts a new pass.
+//! but never above the `until` it was asked to prove, and only from the
+//! same peer's same disk: another peer may log an item under a different
+//! index, so a new peer starts a new pass.
 
 use crate::coordinator_client::{self, Backoff};
 use crate::error::Error;
@@ -116,6 +117,11 @@ struct Pass {
     /// `(start, until]` when the peer's end marker arrives.
     start: CommitIndex,
     /// Every entry of the peer at or below this is imported and durable.
+    /// Never above the `until` of the stream that was cut: the peer held
+    /// every commit up to it when it began streaming, so its log below it
+    /// was whole in the stream; above it, the peer may apply a commit out
+    /// of order after its stream went past that index, and resuming past
+    /// the gap would prove a commit that no stream carried.
     next: CommitIndex,
     /// For the progress estimate: items the peer holds, and the counter
     /// held, when the pass began.
@@ -283,7 +289,7 @@ async fn stream_into(
                             importing
                                 .hand_over(state, std::mem::take(&mut batch), None, last)
                                 .await?;
-                            pass.next = pass.next.max(importing.durable_through);
+                            pass.next = resume_point(pass, importing.durable_through, until);
                             state.replica.set_copy_progress(Some(pass.progress()));
                             batch_items = 0;
                         }
@@ -310,9 +316,15 @@ async fn stream_into(
     if result.is_err() {
         // Entries already handed over still count toward a resumed pass.
         importing.finish().await?;
-        pass.next = pass.next.max(importing.durable_through);
+        pass.next = resume_point(pass, importing.durable_through, until);
     }
     result
+}
+
+/// Where a cut pass resumes: after the entries imported, but not above the
+/// `until` the stream was asked to prove (see [`Pass::next`]).
+fn resume_point(pass: &Pass, imported: CommitIndex, until: CommitIndex) -> CommitIndex {
+    pass.next.max(imported).min(until.max(pass.start))
 }
 
 fn copy_failed(reason: String) -> Error {
@@ -371,5 +383,42 @@ impl Importing {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass(start: u64) -> Pass {
+        Pass {
+            peer: "sim://c2".into(),
+            incarnation: Incarnation(7),
+            start: CommitIndex(start),
+            next: CommitIndex(start),
+            peer_items: 0,
+            own_items: 0,
+            copied: 0,
+            began: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_cut_copy_resumes_no_higher_than_the_index_its_stream_was_to_prove() {
+        // The peer held 1..=3 and had applied 5 out of order: a stream for
+        // until 3 carried 1, 2, 3 and 5, and was cut. The peer applies 4
+        // later; a copy resumed above 5 would never carry it.
+        let mut p = pass(0);
+        p.next = resume_point(&p, CommitIndex(5), CommitIndex(3));
+        assert_eq!(p.next, CommitIndex(3));
+        // A later stream, for until 7, cut after 6: resumes after 6.
+        p.next = resume_point(&p, CommitIndex(6), CommitIndex(7));
+        assert_eq!(p.next, CommitIndex(6));
+        // Nothing imported yet: it stays at the pass start.
+        let q = pass(4);
+        assert_eq!(
+            resume_point(&q, CommitIndex(0), CommitIndex(9)),
+            CommitIndex(4)
+        );
     }
 }

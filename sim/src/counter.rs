@@ -52,10 +52,12 @@ enum Answer {
         call: u64,
         known: bool,
     },
-    /// An import is durable: the copy goes on.
+    /// An import is durable: the copy goes on. `until` is what the stream
+    /// was asked to prove.
     Imported {
         last: Option<CommitIndex>,
         end: bool,
+        until: CommitIndex,
     },
 }
 
@@ -408,7 +410,7 @@ impl World {
                 });
                 self.send(Node::Counter(i), to, Msg::Reply { call, body });
             }
-            Answer::Imported { last, end } => self.imported(i, last, end),
+            Answer::Imported { last, end, until } => self.imported(i, last, end, until),
         }
     }
 
@@ -1009,17 +1011,25 @@ impl World {
             Answer::Imported {
                 last,
                 end: reply.end,
+                until,
             },
         );
     }
 
-    /// An import is durable: the pass moves on, or ends.
-    fn imported(&mut self, i: usize, last: Option<CommitIndex>, end: bool) {
+    /// An import is durable: the pass moves on, or ends. A cut pass
+    /// resumes from the last entry imported, but never above what the cut
+    /// stream was asked to prove (counter/src/catch_up.rs): the peer held
+    /// every commit up to that `until` when it began streaming, so every
+    /// entry of its log below it was in the stream; above it, the peer may
+    /// have applied a commit after its stream went past that index (it
+    /// applies out of order), and resuming past the gap would prove a
+    /// commit nothing carried.
+    fn imported(&mut self, i: usize, last: Option<CommitIndex>, end: bool, until: CommitIndex) {
         let Some(cu) = self.counters[i].catchup.as_mut() else {
             return;
         };
         if let (Some(p), Some(last)) = (cu.pass.as_mut(), last) {
-            p.next = p.next.max(last);
+            p.next = p.next.max(last).min(until.max(p.start));
         }
         if end {
             cu.pass = None;

@@ -83,3 +83,18 @@ fn the_seeds_that_found_consensus_bugs_pass() {
         assert_passes(seed, three());
     }
 }
+
+/// A counter copied from a peer that had applied commits 1-3 and 5 (4 not
+/// yet); the stream, asked to prove 3, carried 1, 2, 3 and 5 and was cut.
+/// The copy resumed after 5, the peer applied 4 meanwhile, and the next
+/// stream's end marker "proved" 1-5: the counter marked 4 applied without
+/// its item, and a read fenced at 6 missed an acknowledged write. A cut
+/// copy now resumes no higher than what its stream was to prove
+/// (counter/src/catch_up.rs, sim/src/counter.rs).
+#[test]
+fn a_resumed_copy_proves_only_what_its_streams_carried() {
+    if !tally_sim::mutations().is_empty() {
+        return;
+    }
+    assert_passes(202155, three());
+}
