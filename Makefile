@@ -153,9 +153,10 @@ schemathesis: build ## a live cluster against its OpenAPI document (docs/api.md)
 	scripts/install-schemathesis.sh
 	TALLY_BIN_DIR=$(CURDIR)/$(BIN) scripts/schemathesis.sh
 
-bench: build ## benchmarks, table on stdout, results in target/bench/
+bench: build ## benchmarks (and one coordinator against three), tables on stdout, results in target/bench/
 	scripts/install-bench-deps.sh
 	$(BIN)/simulate bench --out target/bench/results.json
+	$(BIN)/simulate coordinators-bench --out target/bench/coordinators.json
 
 bench-engines: ## the storage engine comparison (docs/storage-engine.md)
 	cd bench/engines && $(CARGO) run --release -- --out ../../target/engine-bench.json

@@ -327,13 +327,20 @@ pub(crate) async fn count_stream(
     ),
 )]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Error> {
-    let view = cluster_view(&state.shared).await?;
+    // A follower has no view of the counters; it still exports its own
+    // figures and its place in the group.
+    let view = match cluster_view(&state.shared).await {
+        Ok(view) => Some(view),
+        Err(Stopped::NotLeader) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let group = state.shared.driver.leadership();
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&state.metrics, &view),
+        crate::metrics::render(&state.metrics, view.as_ref(), &group),
     ))
 }
 

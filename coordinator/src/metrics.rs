@@ -9,11 +9,12 @@
 //! counter that left the view stop being refreshed and expire.
 
 use crate::error::Error;
+use crate::replication::Leadership;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tally_common::api::{ClusterView, CounterState};
+use tally_common::api::{ClusterView, CoordinatorRole, CounterState};
 
 /// Size buckets for items or requests per transaction (group commit size).
 const SIZE_BUCKETS: &[f64] = &[
@@ -117,13 +118,60 @@ fn describe() {
         "Acknowledged POST /items requests."
     );
     describe_gauge!(
+        "tally_coordinator_role",
+        "1 for this coordinator's role in its group (leader, follower, candidate), 0 for the others; a coordinator alone leads."
+    );
+    describe_gauge!(
+        "tally_raft_term",
+        "The Raft term this coordinator is in; 0 for a coordinator alone."
+    );
+    describe_gauge!(
+        "tally_raft_replication_lag_entries",
+        "Raft log entries each coordinator is behind the leader, as this coordinator knows it (the leader knows all)."
+    );
+    describe_counter!(
+        "tally_raft_elections_total",
+        "Terms this coordinator has seen begin: each is an election."
+    );
+    describe_counter!(
+        "tally_raft_leaderships_total",
+        "Times this coordinator started leading."
+    );
+    describe_histogram!(
+        "tally_raft_log_write_seconds",
+        "Time to write and fsync one batch of the Raft log."
+    );
+    describe_gauge!(
         "tally_count_streams",
         "Open count streams (GET /items/{tenant}/count/stream)."
     );
 }
 
-/// The Prometheus text: refreshes the cluster gauges, then renders.
-pub fn render(handle: &PrometheusHandle, view: &ClusterView) -> String {
+/// The Prometheus text: refreshes the group's and the cluster's gauges
+/// (the cluster's only on the coordinator that has a view of it: the
+/// leader, or the only one), then renders.
+pub fn render(handle: &PrometheusHandle, view: Option<&ClusterView>, group: &Leadership) -> String {
+    let roles = [
+        CoordinatorRole::Leader,
+        CoordinatorRole::Follower,
+        CoordinatorRole::Candidate,
+    ];
+    for role in roles {
+        let on = if group.role == role { 1.0 } else { 0.0 };
+        metrics::gauge!("tally_coordinator_role", "role" => role.name()).set(on);
+    }
+    metrics::gauge!("tally_raft_term").set(group.term as f64);
+    for c in &group.coordinators {
+        metrics::gauge!("tally_raft_replication_lag_entries", "coordinator" => c.url.clone())
+            .set(c.lag as f64);
+    }
+    if let Some(view) = view {
+        cluster_gauges(view);
+    }
+    handle.render()
+}
+
+fn cluster_gauges(view: &ClusterView) {
     metrics::gauge!("tally_decided_index").set(view.decided_index.0 as f64);
     metrics::gauge!("tally_in_sync_counters").set(view.in_sync as f64);
     metrics::gauge!("tally_min_insync").set(view.min_insync as f64);
@@ -150,7 +198,6 @@ pub fn render(handle: &PrometheusHandle, view: &ClusterView) -> String {
             .set(c.applied_index.0 as f64);
         metrics::gauge!("tally_replica_lag_transactions", "counter" => id).set(c.lag as f64);
     }
-    handle.render()
 }
 
 /// Totals the dashboard charts; kept beside the Prometheus counters because

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use tally_common::Item;
 
 #[derive(Debug, Clone, serde::Serialize)]
-struct Row {
-    workload: String,
+pub(crate) struct Row {
+    pub(crate) workload: String,
     driver: String,
     clients: usize,
     requests_per_sec: f64,
@@ -33,7 +33,7 @@ struct Row {
 }
 
 impl Row {
-    fn from_load(workload: &str, clients: usize, report: &LoadReport) -> Self {
+    pub(crate) fn from_load(workload: &str, clients: usize, report: &LoadReport) -> Self {
         Row {
             workload: workload.into(),
             driver: "simulate".into(),
@@ -195,7 +195,7 @@ async fn throughput_rows(dir: &Path, duration: Duration) -> anyhow::Result<(Vec<
     Ok((rows, mismatches))
 }
 
-fn rows_table(rows: &[Row]) -> Table {
+pub(crate) fn rows_table(rows: &[Row]) -> Table {
     let mut table = Table::new([
         "workload", "driver", "clients", "req/s", "items/s", "p50", "p99", "errors",
     ]);
@@ -235,7 +235,7 @@ fn catch_up_table(catch_up: &CatchUp) -> Table {
     table
 }
 
-fn has(program: &str) -> bool {
+pub(crate) fn has(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .stdout(Stdio::null())
@@ -243,7 +243,12 @@ fn has(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-async fn timed(api: &Api, clients: usize, batch: usize, duration: Duration) -> LoadReport {
+pub(crate) async fn timed(
+    api: &Api,
+    clients: usize,
+    batch: usize,
+    duration: Duration,
+) -> LoadReport {
     let mut options = LoadOptions::new(clients, 0, batch);
     options.requests = None;
     options.duration = Some(duration);
@@ -321,7 +326,7 @@ async fn reads(api: &Api, tenant: &str, clients: usize, duration: Duration) -> a
 /// wrk's figures: count reads, and POSTs through bench/post_items.lua where
 /// every item is new: single items, then 1,000-item requests with ids in a
 /// sequence per client (as every other row has them) and with random ids.
-fn wrk_rows(base: &str, tenant: &str, duration: Duration) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn wrk_rows(base: &str, tenant: &str, duration: Duration) -> anyhow::Result<Vec<Row>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/post_items.lua");
     let script = script.to_str().context("script path")?;
     let secs = format!("{}s", duration.as_secs().max(1));

@@ -3,6 +3,7 @@
 //! benchmarks, and a status table.
 
 mod bench;
+mod coordinators_bench;
 mod presence_bench;
 
 use anyhow::{bail, Context};
@@ -117,6 +118,18 @@ enum Command {
         /// Run only this part (the default runs them all).
         #[arg(long, value_enum)]
         only: Option<bench::Part>,
+    },
+    /// One coordinator against three: write throughput, and failover
+    /// from kill -9 of the leader to the next acknowledged write.
+    CoordinatorsBench {
+        /// Times the leader is killed.
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// Seconds per throughput row.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "target/bench/coordinators.json")]
+        out: PathBuf,
     },
     /// A table of the cluster's counters.
     Status {
@@ -244,6 +257,11 @@ async fn main() -> anyhow::Result<()> {
             out,
             only,
         } => bench::run(duration, catch_up_items, only, &out).await,
+        Command::CoordinatorsBench {
+            kills,
+            duration,
+            out,
+        } => coordinators_bench::run(kills, duration, &out).await,
         Command::Status {
             coordinator,
             wait_counters,

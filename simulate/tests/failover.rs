@@ -253,6 +253,21 @@ async fn a_frozen_leader_acknowledges_nothing_after_it_was_replaced() {
     );
     assert_eq!(new_api.count("meanwhile").await.unwrap(), 20);
     assert_eq!(old_api.count("before").await.unwrap(), 1);
+
+    // A follower exports its own metrics: its role, the term, elections.
+    let (status, metrics) = old_api.get("/metrics").await.unwrap();
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("tally_coordinator_role{role=\"follower\"} 1"),
+        "{metrics}"
+    );
+    let term = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tally_raft_term "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no tally_raft_term:\n{metrics}"));
+    assert!(term >= 2.0, "a second leader means a second term: {term}");
+    assert!(metrics.contains("tally_raft_elections_total"), "{metrics}");
 }
 
 /// Two of three coordinators down: no majority, so no write may be
