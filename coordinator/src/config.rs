@@ -157,6 +157,13 @@ pub struct Args {
     /// Write requests that may wait for a transaction; beyond, 503.
     #[arg(long, env = "TALLY_MAX_QUEUED_WRITES", default_value_t = 20_000, value_parser = at_least_one)]
     pub max_queued_writes: usize,
+    /// Recovery of a lost decision log (docs/operations.md): start an
+    /// empty log as if every commit up to this index had been decided, so
+    /// the counters that hold them can register; then promote the most
+    /// complete one by hand. Refused when the log is not empty, and with
+    /// --peers (a group rebuilds a lost log from its other members).
+    #[arg(long, env = "TALLY_RECOVER_DECIDED_INDEX")]
+    pub recover_decided_index: Option<u64>,
     /// URL the other coordinators and the counters reach this coordinator
     /// at; required with `--peers` [default: http://<--listen>].
     #[arg(long, env = "TALLY_ADVERTISE", value_parser = base_url)]
@@ -266,6 +273,13 @@ impl Args {
                  the view only after it has been declared dead",
                 self.remove_after, self.dead_after
             ));
+        }
+        if self.recover_decided_index.is_some() && self.peers.len() > 1 {
+            return Err(
+                "--recover-decided-index is for a coordinator alone: in a group, a \
+                 coordinator that lost its log copies it from the others"
+                    .into(),
+            );
         }
         self.check_peers()
     }

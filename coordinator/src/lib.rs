@@ -57,7 +57,10 @@ pub async fn run(
     let advertise = peers.my_url().to_string();
     let brain = if peers.is_single() {
         {
-            let (log, restored) = log::DecisionLog::open(&args.data_dir)?;
+            let (log, mut restored) = log::DecisionLog::open(&args.data_dir)?;
+            if let Some(index) = args.recover_decided_index {
+                restored = log::recover_decided(&log, restored, tally_common::CommitIndex(index))?;
+            }
             tracing::info!(
                 epoch = restored.epoch, decided = %restored.decided,
                 counters = restored.members.len(),

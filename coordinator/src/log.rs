@@ -163,6 +163,43 @@ impl Batch {
     }
 }
 
+/// Recovery of a lost decision log: an empty log (its first epoch, nothing
+/// decided, no members) is started at `decided`, durably, so counters that
+/// applied commits up to it may register again. Decisions of transactions
+/// still in doubt are gone: presumed abort answers "aborted" for them, and
+/// a counter that applied one keeps it, since it copies by commit index
+/// from whichever counter is promoted. A log that holds anything is
+/// refused: this is for a lost log only.
+pub fn recover_decided(
+    log: &DecisionLog,
+    mut restored: RestoredLog,
+    decided: CommitIndex,
+) -> Result<RestoredLog, Error> {
+    let empty = restored.epoch == 1
+        && restored.decided == CommitIndex(0)
+        && restored.decisions.is_empty()
+        && restored.members.is_empty();
+    if !empty {
+        return Err(Error::Conflict(format!(
+            "--recover-decided-index is for a lost decision log, and this one is not empty \
+             (decided {}, {} members, epoch {}): start without it",
+            restored.decided,
+            restored.members.len(),
+            restored.epoch
+        )));
+    }
+    let mut batch = log.begin()?;
+    batch.raise_decided(decided)?;
+    batch.commit()?;
+    tracing::warn!(
+        %decided,
+        "decision log recovered: commits up to this index count as decided; promote the most \
+         complete counter by hand (docs/operations.md)"
+    );
+    restored.decided = decided;
+    Ok(restored)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +236,18 @@ mod tests {
         assert_eq!(restored.members.len(), 1);
         assert!(restored.members[0].in_sync);
         assert_eq!(restored.members[0].incarnation, Some(Incarnation(7)));
+    }
+
+    #[test]
+    fn only_an_empty_log_is_recovered_and_the_recovery_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, restored) = DecisionLog::open(dir.path()).unwrap();
+        let recovered = recover_decided(&log, restored, CommitIndex(41)).unwrap();
+        assert_eq!(recovered.decided, CommitIndex(41));
+        drop(log);
+        let (log, restored) = DecisionLog::open(dir.path()).unwrap();
+        assert_eq!(restored.decided, CommitIndex(41), "durable");
+        let refused = recover_decided(&log, restored, CommitIndex(99));
+        assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
     }
 }

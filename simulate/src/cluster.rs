@@ -681,6 +681,16 @@ impl LocalCluster {
         }
     }
 
+    /// Sets `--flag value` on coordinator `i`'s command line for its next
+    /// start.
+    pub fn set_coordinator_arg(&mut self, i: usize, flag: &str, value: &str) {
+        let args = &mut self.coordinators[i].args;
+        match args.iter().position(|a| a == flag) {
+            Some(at) => args[at + 1] = value.to_string(),
+            None => args.extend([flag.to_string(), value.to_string()]),
+        }
+    }
+
     /// Replaces every coordinator's environment for its next start.
     pub fn set_coordinator_env(&mut self, env: Vec<(String, String)>) {
         for coordinator in &mut self.coordinators {

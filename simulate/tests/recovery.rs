@@ -376,6 +376,66 @@ async fn a_stalled_cluster_says_why_and_an_operator_can_promote_by_hand() {
     assert_eq!(promote(true).await.status(), 409, "nothing to promote now");
 }
 
+/// The only coordinator's decision log is lost for good. Started on an
+/// empty directory with `--recover-decided-index` at the highest index a
+/// counter applied, it lets the counters register again; the cluster says
+/// it is stalled until an operator promotes the most complete counter, and
+/// then every acknowledged write is counted and writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_decision_log_is_recovered_from_the_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(&dir, 2).await;
+    let api = cluster.api().clone();
+    api.add_bulk("t", "bulk", 500).await.unwrap();
+    assert_eq!(acknowledged(&write_singles(&api, "t", 20).await), 20);
+    cluster.check_counts(&[("t", 520)]).await.unwrap();
+    let urls: Vec<String> = cluster.counters().iter().map(|c| c.url.clone()).collect();
+    api.wait_applied(&urls, WAIT).await.unwrap();
+
+    cluster.kill_coordinator().unwrap();
+    std::fs::remove_dir_all(dir.path().join("coordinator")).unwrap();
+    // What the operator reads off each counter (docs/operations.md).
+    let mut highest = 0;
+    for url in &urls {
+        highest = highest.max(api.counter_health(url).await.unwrap().applied_index.0);
+    }
+    assert!(highest > 0);
+    cluster.set_coordinator_arg(0, "--recover-decided-index", &highest.to_string());
+    cluster.start_coordinator().unwrap();
+    cluster.wait_coordinator(WAIT).await.unwrap();
+    // A new coordinator knows no counter to call: restarted, each
+    // registers at once (or by itself after --rejoin-after).
+    for i in 0..2 {
+        cluster.kill_counter(i).unwrap();
+        cluster.start_counter(i).unwrap();
+    }
+    simulate::wait::until("the counters registered again", WAIT, || async {
+        let view = api.cluster().await?;
+        if view.counters.len() == 2 && view.counters.iter().all(|c| c.registered) {
+            Ok(())
+        } else {
+            Err(format!("{view:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{}/internal/promote", cluster.coordinator_url()))
+        .json(&serde_json::json!({"counter": "counter-1", "accept_loss": true}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    // Either the promotion was needed and done, or the counters already
+    // proved they hold everything decided.
+    assert!(status == 200 || body.contains("nothing to promote"), "{status}: {body}");
+    cluster.wait_all_in_sync(WAIT).await.unwrap();
+    cluster.check_counts(&[("t", 520)]).await.unwrap();
+    assert_eq!(acknowledged(&write_singles(&api, "after", 5).await), 5);
+    cluster.check_counts(&[("t", 520), ("after", 5)]).await.unwrap();
+}
+
 /// A process at a counter's address that answers reads in another
 /// counter's name is not read from: before the fix the coordinator
 /// checked the answering id on prepare, commit and status, but not on
