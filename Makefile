@@ -115,13 +115,13 @@ chaos-long: build ## the chaos tests over CHAOS_SEEDS seeds of CHAOS_DURATION ea
 # The deterministic simulation (docs/testing.md, "Deterministic
 # simulation"): SEEDS seeds from a random start it prints, or SEED=S to
 # replay one seed step by step. Each seed draws one coordinator or three;
-# COORDINATORS=1 or 3 makes every world so. make test runs seeds 1-2000
-# (and 1-500 with three coordinators) through cargo test, and
+# COORDINATORS=1 or 3 on the command line makes every world so (make run's
+# default of 1 does not count: left alone, worlds are mixed). make test runs
+# seeds 1-2000 (and 1-500 with three coordinators) through cargo test, and
 # sim-mutations.
 SEEDS        ?= 2000
 SEED         ?=
-COORDINATORS ?=
-SIM_SHAPE    := $(if $(COORDINATORS),--coordinators $(COORDINATORS))
+SIM_SHAPE    := $(if $(filter command line environment,$(origin COORDINATORS)),--coordinators $(COORDINATORS))
 
 sim: ## the deterministic simulation: SEEDS ($(SEEDS)) seeds from a random start, or SEED=S traced
 	$(CARGO) build --release -p tally-sim
