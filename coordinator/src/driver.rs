@@ -234,10 +234,11 @@ async fn run(
             io.carry_out(action, &mut waiting);
         }
         view.send_if_modified(|published| {
-            let fresh = core.read_view();
-            let changed = *published != fresh;
-            *published = fresh;
-            changed
+            if core.read_view_is(published) {
+                return false;
+            }
+            *published = core.read_view();
+            true
         });
         if stop {
             break;

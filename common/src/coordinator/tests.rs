@@ -128,6 +128,36 @@ fn a_write_is_answered_only_once_its_decision_is_durable() {
     assert_eq!(core.read_view().fence, CommitIndex(1));
 }
 
+/// The driver publishes a new read view only when `read_view_is` says the
+/// published one is stale: a raised fence or a counter leaving the readable
+/// set must both say so.
+#[test]
+fn a_published_read_view_is_stale_once_the_fence_or_the_readable_set_changes() {
+    let (mut core, now) = cluster_of(2);
+    let published = core.read_view();
+    assert!(core.read_view_is(&published));
+    let txn = write(&mut core, now, 1);
+    core.step(now, voted(txn, "c1", 1));
+    core.step(now, voted(txn, "c2", 2));
+    assert!(core.read_view_is(&published), "nothing is durable yet");
+    core.step(now, Event::LogWritten);
+    assert!(!core.read_view_is(&published), "the fence was raised");
+    let published = core.read_view();
+    assert!(core.read_view_is(&published));
+
+    let txn = write(&mut core, now, 2);
+    core.step(now, voted(txn, "c1", 1));
+    let later = now.plus(core.config().prepare_timeout_ms);
+    core.step(later, Event::Tick);
+    core.step(later, Event::LogWritten);
+    assert_eq!(core.read_view().readable.len(), 1);
+    assert!(!core.read_view_is(&published), "c2 left the set");
+    let mut fewer = core.read_view();
+    assert!(core.read_view_is(&fewer));
+    fewer.readable.clear();
+    assert!(!core.read_view_is(&fewer), "a view missing a counter");
+}
+
 #[test]
 fn an_in_sync_counter_that_does_not_vote_leaves_the_set_with_the_decision() {
     let (mut core, now) = cluster_of(2);
