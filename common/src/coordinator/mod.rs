@@ -34,7 +34,9 @@
 //!    never acted on: presumed abort then says "aborted", and nobody heard
 //!    otherwise.
 //! 5. **Deliver** ([`delivery`]). A commit rides on the next prepare when
-//!    one follows within `commit_linger`, or goes out on its own. Commits
+//!    one follows within `commit_linger` (longer while writes wait for a
+//!    transaction, since a prepare is then about to start), or goes out
+//!    on its own. Commits
 //!    not acknowledged are re-sent until every yes voter has them; the log
 //!    is trimmed once every in-sync counter applied a decision.
 //!
@@ -469,7 +471,7 @@ impl CoordinatorCore {
                 next = next.min(deadline);
             }
         }
-        if let Some(due) = self.deliveries.next_linger() {
+        if let Some(due) = self.deliveries.next_linger(self.writes_waiting()) {
             next = next.min(due);
         }
         next
