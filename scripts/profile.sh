@@ -7,8 +7,10 @@
 # runs, so a change is measured on a busy machine too. docs/benchmarks.md
 # records the top entries.
 #
-#   scripts/profile.sh [coordinator|counter] [clients] [seconds] [items per request]
+#   scripts/profile.sh [coordinator|counter] [clients] [seconds] [items per request | count]
 #
+# With `count` the measured load is count reads of the tenant the warm-up
+# wrote, instead of POSTs.
 # Prints instructions per request and the top functions (inclusive and
 # self); the raw profile stays in $OUT (target/profile/ by default) for
 # callgrind_annotate. Under callgrind the profiled process runs about 50x
@@ -70,14 +72,20 @@ done
 vg_pid=$(cat "$work/profiled.pid")
 script="$repo/bench/post_items.lua"
 url="http://127.0.0.1:$port/"
-wrk -t1 -c"$clients" -d5s -s "$script" "$url" -- "warm$RANDOM" sequential "$items" >/dev/null
+warm_items=$items
+[ "$items" = count ] && warm_items=1
+wrk -t1 -c"$clients" -d5s -s "$script" "$url" -- "warm$RANDOM" sequential "$warm_items" >/dev/null
 txns() {
   curl -fs "http://127.0.0.1:$port/metrics" |
     awk '/^tally_transactions_total\{outcome="committed"\}/{print $2}'
 }
 txns_before=$(txns)
 callgrind_control -z "$vg_pid" >/dev/null
-result=$(wrk -t1 -c"$clients" -d"${secs}s" -s "$script" "$url" -- "prof$RANDOM" sequential "$items")
+if [ "$items" = count ]; then
+  result=$(wrk -t1 -c"$clients" -d"${secs}s" "${url}items/wrk/count")
+else
+  result=$(wrk -t1 -c"$clients" -d"${secs}s" -s "$script" "$url" -- "prof$RANDOM" sequential "$items")
+fi
 callgrind_control -d "$vg_pid" >/dev/null
 txns_after=$(txns)
 requests=$(echo "$result" | awk '/ requests in /{print $1}')
@@ -86,7 +94,7 @@ requests=$((requests - ${non2xx:-0}))
 # The dump just made: the newest file of this process.
 profile=$(ls -t "$out"/callgrind."$which"."$vg_pid".* | head -1)
 total=$(callgrind_annotate "$profile" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
-echo "$which under callgrind: $requests requests acknowledged in ${secs}s at $clients clients, $items item(s) each"
+echo "$which under callgrind: $requests requests acknowledged in ${secs}s at $clients clients, $items item(s) each (count: reads)"
 echo "instructions: $total, per acknowledged request: $((total / (requests > 0 ? requests : 1)))"
 echo "transactions committed: $((txns_after - txns_before)) (from the coordinator's metrics, the dump included)"
 echo "profile: $profile"
