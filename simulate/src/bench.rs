@@ -140,7 +140,10 @@ pub async fn run(
         mismatches,
     } = results;
 
-    let mut tables = vec![rows_table(&rows)];
+    let mut tables = Vec::new();
+    if !rows.is_empty() {
+        tables.push(rows_table(&rows));
+    }
     if let Some(versus) = versus_redis_table(&rows) {
         tables.push(versus);
     }
