@@ -336,11 +336,18 @@ impl Cluster {
     /// Counters that may answer reads: in sync, registered with this
     /// coordinator and answering health checks.
     pub fn readable(&self) -> Vec<(CounterId, String)> {
+        self.readable_members()
+            .map(|(id, url)| (id.clone(), url.to_string()))
+            .collect()
+    }
+
+    /// [`readable`](Self::readable) without copying: for comparing with a
+    /// view already published.
+    pub fn readable_members(&self) -> impl Iterator<Item = (&CounterId, &str)> {
         self.members
             .values()
             .filter(|m| m.serves())
-            .map(|m| (m.id.clone(), m.url.clone()))
-            .collect()
+            .map(|m| (&m.id, m.url.as_str()))
     }
 
     /// Where a joining counter may copy from.

@@ -6,7 +6,8 @@
 //! has no lock (the driver owns it); what sits behind one is the reads in
 //! flight, which a half-finished change could leave pointing later reads
 //! at an answer that never comes, and which a restart simply starts
-//! without. Everything acknowledged is in the decision log.
+//! without, and the parsed URLs of the counters' endpoints (`client.rs`),
+//! a cache. Everything acknowledged is in the decision log.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -42,14 +42,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     raise_open_file_limit(limits.max_connections);
-    let in_flight = Arc::new(Semaphore::new(limits.max_inflight_requests));
     let draining = Arc::new(AtomicBool::new(false));
-    let app = app
-        .layer(middleware::from_fn_with_state(in_flight, shed_load))
-        .layer(middleware::from_fn_with_state(
-            draining.clone(),
-            close_when_draining,
-        ));
+    let gate = Gate {
+        in_flight: Arc::new(Semaphore::new(limits.max_inflight_requests)),
+        draining: draining.clone(),
+    };
+    let app = app.layer(middleware::from_fn_with_state(gate, shed_or_close));
     let connections = Arc::new(Semaphore::new(limits.max_connections));
 
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -124,40 +122,44 @@ pub async fn serve(
     Ok(())
 }
 
-/// Middleware: while the server stops, every answer closes its connection,
-/// so no client sends another request on a connection about to close.
-async fn close_when_draining(
-    State(draining): State<Arc<AtomicBool>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let mut response = next.run(request).await;
-    if draining.load(Ordering::SeqCst) {
-        response.headers_mut().insert(
-            header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-    }
-    response
+/// What every request passes before the router: the bound on requests in
+/// hand, and whether the server is stopping.
+#[derive(Clone)]
+struct Gate {
+    in_flight: Arc<Semaphore>,
+    draining: Arc<AtomicBool>,
 }
 
-/// Middleware: a request beyond `--max-inflight-requests` is answered 503
-/// at once, without reading its body.
-async fn shed_load(
-    State(in_flight): State<Arc<Semaphore>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Ok(_permit) = in_flight.try_acquire() else {
+/// Middleware, both of the serving path's checks in one (each middleware
+/// layer boxes the request's future once more, per request):
+/// - a request beyond `--max-inflight-requests` is answered 503 at once,
+///   without reading its body;
+/// - while the server stops, every answer closes its connection, so no
+///   client sends another request on a connection about to close.
+async fn shed_or_close(State(gate): State<Gate>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = gate.in_flight.try_acquire() else {
         metrics::counter!("tally_http_requests_shed_total").increment(1);
-        return (
+        let mut response = (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
             Json(Message::new("too many requests in flight, retry later")),
         )
             .into_response();
+        close_if_draining(&gate, &mut response);
+        return response;
     };
-    next.run(request).await
+    let mut response = next.run(request).await;
+    close_if_draining(&gate, &mut response);
+    response
+}
+
+fn close_if_draining(gate: &Gate, response: &mut Response) {
+    if gate.draining.load(Ordering::SeqCst) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
 }
 
 /// Errors on accept are about one connection (reset before accept) or about

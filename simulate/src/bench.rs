@@ -13,6 +13,7 @@
 use anyhow::{bail, Context};
 use simulate::api::{Api, WriteOutcome};
 use simulate::cluster::{free_port, ClusterOptions, LocalCluster};
+use simulate::cpu::{self, Snapshot};
 use simulate::load::{self, LoadOptions, LoadReport};
 use simulate::table::Table;
 use std::path::Path;
@@ -22,7 +23,7 @@ use tally_common::Item;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct Row {
-    pub(crate) workload: String,
+    workload: String,
     driver: String,
     clients: usize,
     requests_per_sec: f64,
@@ -61,28 +62,64 @@ struct CatchUp {
 pub enum Part {
     /// The write and read rows on one cluster (and wrk's, if installed).
     Throughput,
-    /// A restarted counter copying what it missed while writes go on.
-    CatchUp,
+    /// wrk's rows alone on a fresh cluster, with CPU per request: the
+    /// quick check of a change to the servers (`--only wrk,redis`).
+    Wrk,
     /// Redis doing the same job, if installed.
     Redis,
+    /// A restarted counter copying what it missed while writes go on.
+    CatchUp,
     /// Presence sockets held, join-to-seen latency, memory per socket.
     Presence,
+}
+
+/// CPU time per acknowledged request of every process in one wrk (or
+/// redis-benchmark) run, in µs.
+#[derive(Debug, Clone, serde::Serialize)]
+struct CpuRow {
+    workload: String,
+    clients: usize,
+    acknowledged_per_sec: f64,
+    /// The coordinator, or redis-server.
+    server: f64,
+    /// Each counter (none for Redis).
+    counters: Vec<f64>,
+    /// wrk or redis-benchmark.
+    load_generator: f64,
+}
+
+impl CpuRow {
+    fn total(&self) -> f64 {
+        self.server + self.counters.iter().sum::<f64>() + self.load_generator
+    }
+}
+
+/// What the tables of one run hold.
+#[derive(Default)]
+struct Results {
+    rows: Vec<Row>,
+    cpu: Vec<CpuRow>,
+    steps: Option<Steps>,
+    mismatches: usize,
 }
 
 pub async fn run(
     duration: Duration,
     catch_up_items: usize,
-    only: Option<Part>,
+    only: &[Part],
     out: &Path,
 ) -> anyhow::Result<()> {
-    let runs = |part: Part| only.is_none_or(|o| o == part);
+    let runs = |part: Part| only.is_empty() || only.contains(&part);
     let dir = std::env::temp_dir().join(format!("tally-bench-{:x}", rand::random::<u32>()));
-    let mut rows = Vec::new();
-    let mut mismatches = 0;
+    let mut results = Results::default();
     if runs(Part::Throughput) {
-        let (throughput, wrong) = throughput_rows(&dir.join("throughput"), duration).await?;
-        rows.extend(throughput);
-        mismatches += wrong;
+        throughput(&dir.join("throughput"), duration, true, &mut results).await?;
+    } else if runs(Part::Wrk) {
+        throughput(&dir.join("wrk"), duration, false, &mut results).await?;
+    }
+    // Right after tally's rows, so both see the machine in the same state.
+    if runs(Part::Redis) {
+        redis_rows_if_installed(&dir.join("redis"), duration, &mut results)?;
     }
     let catch_up = if runs(Part::CatchUp) {
         eprintln!("catch-up of {catch_up_items} missed items");
@@ -90,24 +127,36 @@ pub async fn run(
     } else {
         None
     };
-    if runs(Part::Redis) {
-        rows.extend(redis_rows_if_installed(&dir.join("redis"), duration)?);
-    }
     let presence = if runs(Part::Presence) {
         Some(crate::presence_bench::run(&dir.join("presence")).await?)
     } else {
         None
     };
     let _ = std::fs::remove_dir_all(&dir);
-    let presence_table = presence.as_ref().map(crate::presence_bench::table);
+    let Results {
+        rows,
+        cpu,
+        steps,
+        mismatches,
+    } = results;
 
-    let table = rows_table(&rows);
-    let catch_table = catch_up.as_ref().map(catch_up_table);
-    let catch_text = catch_table.as_ref().map(Table::render).unwrap_or_default();
-    print!("{}\n{catch_text}", table.render());
-    if let Some(presence) = &presence_table {
-        print!("\n{}", presence.render());
+    let mut tables = Vec::new();
+    if !rows.is_empty() {
+        tables.push(rows_table(&rows));
     }
+    if let Some(versus) = versus_redis_table(&rows) {
+        tables.push(versus);
+    }
+    if !cpu.is_empty() {
+        tables.push(cpu_table(&cpu));
+    }
+    if let Some(steps) = &steps {
+        tables.push(steps_table(steps));
+    }
+    tables.extend(catch_up.as_ref().map(catch_up_table));
+    tables.extend(presence.as_ref().map(crate::presence_bench::table));
+    let text: Vec<String> = tables.iter().map(Table::render).collect();
+    print!("{}", text.join("\n"));
     println!(
         "counts verified after the run: {}",
         if mismatches == 0 { "exact" } else { "MISMATCH" }
@@ -115,10 +164,14 @@ pub async fn run(
 
     let json = serde_json::json!({
         "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "commit": git_commit(),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "load_average": load_average(),
         "seconds_per_row": duration.as_secs_f64(),
         "counts_exact": mismatches == 0,
         "rows": rows,
+        "cpu_per_request": cpu,
+        "single_client_steps": steps,
         "catch_up": catch_up,
         "presence": presence,
     });
@@ -126,19 +179,14 @@ pub async fn run(
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(out, serde_json::to_string_pretty(&json)?)?;
-    let catch_markdown = catch_table
-        .as_ref()
-        .map(Table::markdown)
-        .unwrap_or_default();
+    let markdown: Vec<String> = tables.iter().map(Table::markdown).collect();
     std::fs::write(
         out.with_extension("md"),
         format!(
-            "{}\n{catch_markdown}\n{}",
-            table.markdown(),
-            presence_table
-                .as_ref()
-                .map(Table::markdown)
-                .unwrap_or_default()
+            "Commit {}, load average before the run {}.\n\n{}",
+            git_commit(),
+            load_average(),
+            markdown.join("\n")
         ),
     )?;
     println!(
@@ -152,10 +200,35 @@ pub async fn run(
     Ok(())
 }
 
-/// The write and read rows on one fresh cluster, and how many counts
-/// disagreed with what the writes were acknowledged for.
-async fn throughput_rows(dir: &Path, duration: Duration) -> anyhow::Result<(Vec<Row>, usize)> {
-    let mut rows = Vec::new();
+/// The commit the binaries were built from, as far as git in the current
+/// directory knows (`-dirty` when the tree has changes).
+fn git_commit() -> String {
+    Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The 1-minute load average, to say how busy the shared machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The write and read rows on one fresh cluster (the `simulate` driver's
+/// only with `with_simulate`), then wrk's with their CPU per request; the
+/// counts the simulate driver's writes were acknowledged for are checked.
+async fn throughput(
+    dir: &Path,
+    duration: Duration,
+    with_simulate: bool,
+    results: &mut Results,
+) -> anyhow::Result<()> {
     let mut options = ClusterOptions::new(dir, 3);
     options.health_interval = Duration::from_secs(1);
     let cluster = LocalCluster::start(options).await?;
@@ -165,34 +238,42 @@ async fn throughput_rows(dir: &Path, duration: Duration) -> anyhow::Result<(Vec<
     // Warm the connection pools and the page cache.
     load::run(&api, &LoadOptions::new(16, 50, 1)).await;
 
-    for clients in [1, 16, 64] {
-        eprintln!("single-item POSTs, {clients} clients, {duration:?}");
-        let report = timed(&api, clients, 1, duration).await;
-        rows.push(Row::from_load("POST 1 item", clients, &report));
+    if with_simulate {
+        for clients in [1, 16, 64] {
+            eprintln!("single-item POSTs, {clients} clients, {duration:?}");
+            let report = timed(&api, clients, 1, duration).await;
+            results
+                .rows
+                .push(Row::from_load("POST 1 item", clients, &report));
+            verified.push(report);
+        }
+        eprintln!("1,000-item POSTs, 8 clients, {duration:?}");
+        let report = timed(&api, 8, 1000, duration).await;
+        results
+            .rows
+            .push(Row::from_load("POST 1,000 items", 8, &report));
         verified.push(report);
     }
-    eprintln!("1,000-item POSTs, 8 clients, {duration:?}");
-    let report = timed(&api, 8, 1000, duration).await;
-    rows.push(Row::from_load("POST 1,000 items", 8, &report));
-    verified.push(report);
 
-    eprintln!("count reads at 100,000 items, 16 clients, {duration:?}");
+    eprintln!("filling a tenant with 100,000 items for the read rows");
     let tenant = fill_read_tenant(&api).await?;
-    rows.push(reads(&api, &tenant, 16, duration).await?);
+    if with_simulate {
+        eprintln!("count reads at 100,000 items, 16 clients, {duration:?}");
+        results.rows.push(reads(&api, &tenant, 16, duration).await?);
+    }
 
     if has("wrk") {
-        eprintln!("wrk: single-item POSTs, count reads, 1,000-item POSTs");
-        rows.extend(wrk_rows(cluster.coordinator_url(), &tenant, duration)?);
+        eprintln!("wrk: single-item POSTs at 1 and 64 clients, count reads, 1,000-item POSTs");
+        wrk_rows(&cluster, &tenant, duration, results).await?;
     } else {
         eprintln!("wrk not installed: skipping its rows");
     }
 
     let urls: Vec<String> = cluster.counters().iter().map(|c| c.url.clone()).collect();
-    let mut mismatches = 0;
     for report in &verified {
-        mismatches += load::verify(&api, &urls, report).await.mismatches.len();
+        results.mismatches += load::verify(&api, &urls, report).await.mismatches.len();
     }
-    Ok((rows, mismatches))
+    Ok(())
 }
 
 pub(crate) fn rows_table(rows: &[Row]) -> Table {
@@ -323,85 +404,185 @@ async fn reads(api: &Api, tenant: &str, clients: usize, duration: Duration) -> a
     })
 }
 
-/// wrk's figures: count reads, and POSTs through bench/post_items.lua where
-/// every item is new: single items, then 1,000-item requests with ids in a
-/// sequence per client (as every other row has them) and with random ids.
-pub(crate) fn wrk_rows(base: &str, tenant: &str, duration: Duration) -> anyhow::Result<Vec<Row>> {
+/// One wrk run: its figures as a row, and how many requests it had
+/// acknowledged (answered 2xx).
+struct WrkRun {
+    row: Row,
+    /// The mean latency, where the p50 and p99 are in `row`.
+    mean_ms: f64,
+    acknowledged: u64,
+    seconds: f64,
+    cpu: Duration,
+}
+
+/// wrk's figures, each with the CPU every process spent on it: single-item
+/// POSTs through bench/post_items.lua (every item new) at one client (the
+/// latency row) and at 64, count reads at 16, then 1,000-item requests
+/// with ids in a sequence per client (as every other row has them) and
+/// with random ids. The single-item and read rows use one wrk thread, as
+/// the targets were set with; the 1,000-item rows two, since building
+/// their bodies in Lua is most of wrk's work there.
+async fn wrk_rows(
+    cluster: &LocalCluster,
+    tenant: &str,
+    duration: Duration,
+    results: &mut Results,
+) -> anyhow::Result<()> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/post_items.lua");
-    let script = script.to_str().context("script path")?;
+    let script = script.to_str().context("script path")?.to_string();
+    let base = cluster.coordinator_url().to_string();
     let secs = format!("{}s", duration.as_secs().max(1));
-    let posts = |clients: &str, ids: &str, per_request: &str| {
-        run_wrk(&[
-            "-t2",
-            clients,
+    // The coordinator first, then the counters in order.
+    let mut pids = vec![cluster
+        .coordinator_pid()
+        .context("the coordinator is not running")?];
+    for (i, info) in cluster.counters().iter().enumerate() {
+        let pid = cluster
+            .counter_pid(i)
+            .with_context(|| format!("{} is not running", info.id))?;
+        pids.push(pid);
+    }
+    let posts = |threads: &str, clients: usize, ids: &str, per_request: &str| -> Vec<String> {
+        [
+            threads,
+            &format!("-c{clients}"),
             "-d",
             &secs,
             "--latency",
             "-s",
-            script,
+            &script,
             &format!("{base}/"),
             "--",
             &format!("wrk{:x}", rand::random::<u32>()),
             ids,
             per_request,
-        ])
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
-    let post = posts("-c64", "sequential", "1")?;
-    let read = run_wrk(&[
-        "-t2",
+    let reads: Vec<String> = [
+        "-t1",
         "-c16",
         "-d",
         &secs,
         "--latency",
         &format!("{base}/items/{tenant}/count"),
-    ])?;
-    // Last: they leave the most compaction work behind.
-    let sequential = posts("-c8", "sequential", "1000")?;
-    let random = posts("-c8", "random", "1000")?;
-    Ok(vec![
-        Row {
-            workload: "POST 1 item".into(),
-            driver: "wrk".into(),
-            clients: 64,
-            items_per_sec: post.0,
-            ..post.1
-        },
-        Row {
-            workload: "GET count (100k items)".into(),
-            driver: "wrk".into(),
-            clients: 16,
-            ..read.1
-        },
-        Row {
-            workload: "POST 1,000 items".into(),
-            driver: "wrk".into(),
-            clients: 8,
-            items_per_sec: sequential.0 * 1000.0,
-            ..sequential.1
-        },
-        Row {
-            workload: "POST 1,000 items, random ids".into(),
-            driver: "wrk".into(),
-            clients: 8,
-            items_per_sec: random.0 * 1000.0,
-            ..random.1
-        },
-    ])
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+
+    // (workload, clients, items per request, wrk's arguments); the
+    // 1,000-item rows last: they leave the most compaction work behind.
+    let runs = [
+        ("POST 1 item", 1, 1, posts("-t1", 1, "sequential", "1")),
+        ("POST 1 item", 64, 1, posts("-t1", 64, "sequential", "1")),
+        ("GET count (100k items)", 16, 0, reads),
+        (
+            "POST 1,000 items",
+            8,
+            1000,
+            posts("-t2", 8, "sequential", "1000"),
+        ),
+        (
+            "POST 1,000 items, random ids",
+            8,
+            1000,
+            posts("-t2", 8, "random", "1000"),
+        ),
+    ];
+    for (workload, clients, items, args) in runs {
+        let single_client = clients == 1;
+        let metrics_before = if single_client {
+            Some(step_sums(cluster).await?)
+        } else {
+            None
+        };
+        let before = Snapshot::take(&pids)?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = run_wrk(&args)?;
+        let used = Snapshot::take(&pids)?.since(&before);
+        if let Some(before) = metrics_before {
+            let after = step_sums(cluster).await?;
+            results.steps = Some(Steps::between(&before, &after, &run));
+        }
+        results.cpu.push(cpu_row(
+            workload,
+            clients,
+            run.acknowledged,
+            run.seconds,
+            used[0],
+            &used[1..],
+            run.cpu,
+        ));
+        results.rows.push(Row {
+            workload: workload.into(),
+            clients,
+            items_per_sec: run.row.requests_per_sec * items as f64,
+            ..run.row
+        });
+    }
+    Ok(())
 }
 
-/// Runs wrk and returns (requests/s, row with latencies and errors).
-fn run_wrk(args: &[&str]) -> anyhow::Result<(f64, Row)> {
-    let output = Command::new("wrk")
-        .args(args)
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&output.stdout).to_string();
-    if !output.status.success() {
-        bail!(
-            "wrk failed: {text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+fn cpu_row(
+    workload: &str,
+    clients: usize,
+    acknowledged: u64,
+    seconds: f64,
+    server: Duration,
+    counters: &[Duration],
+    load_generator: Duration,
+) -> CpuRow {
+    let per = |cpu: Duration| cpu.as_secs_f64() * 1e6 / acknowledged.max(1) as f64;
+    CpuRow {
+        workload: workload.into(),
+        clients,
+        acknowledged_per_sec: acknowledged as f64 / seconds.max(1e-9),
+        server: per(server),
+        counters: counters.iter().copied().map(per).collect(),
+        load_generator: per(load_generator),
     }
+}
+
+/// Runs wrk and returns its figures and its own CPU time.
+/// One wrk run of POSTs of `per_request` new items each (sequential ids)
+/// from `clients` connections against `base`: its row, named `workload`.
+pub(crate) fn wrk_post_row(
+    base: &str,
+    workload: &str,
+    clients: usize,
+    per_request: usize,
+    duration: Duration,
+) -> anyhow::Result<Row> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/post_items.lua");
+    let script = script.to_str().context("script path")?;
+    let threads = if per_request > 1 { "-t2" } else { "-t1" };
+    let run = run_wrk(&[
+        threads,
+        &format!("-c{clients}"),
+        "-d",
+        &format!("{}s", duration.as_secs().max(1)),
+        "--latency",
+        "-s",
+        script,
+        &format!("{base}/"),
+        "--",
+        &format!("wrk{:x}", rand::random::<u32>()),
+        "sequential",
+        &per_request.to_string(),
+    ])?;
+    let mut row = run.row;
+    row.workload = workload.to_string();
+    row.clients = clients;
+    row.items_per_sec = row.requests_per_sec * per_request as f64;
+    Ok(row)
+}
+
+fn run_wrk(args: &[&str]) -> anyhow::Result<WrkRun> {
+    let measured = cpu::run_measured("wrk", args)?;
+    let text = measured.stdout;
     let field = |prefix: &str| -> Option<String> {
         text.lines()
             .map(str::trim)
@@ -411,15 +592,34 @@ fn run_wrk(args: &[&str]) -> anyhow::Result<(f64, Row)> {
     let rps: f64 = field("Requests/sec:")
         .context("no Requests/sec in wrk output")?
         .parse()?;
-    let errors = text
+    // "  183456 requests in 10.00s, 20.12MB read"
+    let (requests, seconds) = text
+        .lines()
+        .find_map(|l| {
+            let (n, rest) = l.trim().split_once(" requests in ")?;
+            let secs = rest.split(',').next()?;
+            Some((n.parse::<u64>().ok()?, wrk_ms(secs) / 1e3))
+        })
+        .context("no request total in wrk output")?;
+    let non_2xx: u64 = text
         .lines()
         .find(|l| l.contains("Non-2xx or 3xx responses"))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
-    Ok((
-        rps,
-        Row {
+    // "Socket errors: connect 0, read 0, write 0, timeout 0"
+    let socket_errors: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map(|l| {
+            l.split(',')
+                .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Ok(WrkRun {
+        mean_ms: field("Latency").map_or(0.0, |v| wrk_ms(&v)),
+        row: Row {
             workload: String::new(),
             driver: "wrk".into(),
             clients: 0,
@@ -427,23 +627,247 @@ fn run_wrk(args: &[&str]) -> anyhow::Result<(f64, Row)> {
             items_per_sec: 0.0,
             p50_ms: field("50%").map_or(0.0, |v| wrk_ms(&v)),
             p99_ms: field("99%").map_or(0.0, |v| wrk_ms(&v)),
-            errors,
+            errors: (non_2xx + socket_errors) as usize,
         },
-    ))
+        acknowledged: requests.saturating_sub(non_2xx),
+        seconds,
+        cpu: measured.cpu,
+    })
 }
 
-/// wrk prints latencies as `812.00us`, `1.20ms` or `1.01s`.
+/// wrk prints latencies and durations as `812.00us`, `1.20ms`, `10.00s`
+/// or `1.01m`.
 fn wrk_ms(value: &str) -> f64 {
+    let value = value.trim();
     let (number, scale) = if let Some(v) = value.strip_suffix("us") {
         (v, 1e-3)
     } else if let Some(v) = value.strip_suffix("ms") {
         (v, 1.0)
     } else if let Some(v) = value.strip_suffix('s') {
         (v, 1e3)
+    } else if let Some(v) = value.strip_suffix('m') {
+        (v, 60e3)
     } else {
         (value, 1.0)
     };
     number.parse::<f64>().unwrap_or(0.0) * scale
+}
+
+/// Where one single-client write's time goes, as means over a wrk run at
+/// one connection, from the processes' own histograms (sum and count
+/// before and after). The coordinator's core times the prepare and decide
+/// phases on a millisecond clock, so those two are means of rounded
+/// spans; over thousands of writes the rounding averages out.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Steps {
+    client_mean_ms: f64,
+    client_p50_ms: f64,
+    client_p99_ms: f64,
+    /// `POST /items` from the coordinator's routing to its answer.
+    coordinator_request_ms: f64,
+    /// Prepares sent to every vote in (the slowest counter's round trip).
+    prepare_phase_ms: f64,
+    /// A counter's `/internal/prepare` handler, mean of the three.
+    counter_prepare_ms: f64,
+    /// A counter's storage write with its fsync, mean of the three.
+    counter_store_write_ms: f64,
+    /// Votes in to decision durable.
+    decide_phase_ms: f64,
+    /// The decision log write with its fsync.
+    decision_log_write_ms: f64,
+    transactions: f64,
+}
+
+/// Sums and counts of the histograms [`Steps`] reads, per process.
+#[derive(Debug, Clone)]
+struct StepSums {
+    coordinator: Vec<(f64, f64)>,
+    counters: Vec<Vec<(f64, f64)>>,
+}
+
+const COORDINATOR_STEPS: [(&str, &[(&str, &str)]); 4] = [
+    (
+        "tally_http_request_duration_seconds",
+        &[("route", "/items"), ("method", "POST")],
+    ),
+    ("tally_prepare_phase_seconds", &[]),
+    ("tally_decide_phase_seconds", &[]),
+    ("tally_decision_log_write_seconds", &[]),
+];
+const COUNTER_STEPS: [(&str, &[(&str, &str)]); 2] = [
+    (
+        "tally_http_request_duration_seconds",
+        &[("route", "/internal/prepare"), ("method", "POST")],
+    ),
+    ("tally_store_write_seconds", &[]),
+];
+
+async fn step_sums(cluster: &LocalCluster) -> anyhow::Result<StepSums> {
+    async fn read(
+        url: &str,
+        wanted: &[(&str, &[(&str, &str)])],
+    ) -> anyhow::Result<Vec<(f64, f64)>> {
+        let samples = simulate::prometheus::scrape(url)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        Ok(wanted
+            .iter()
+            .map(|(name, labels)| {
+                let get = |suffix: &str| {
+                    simulate::prometheus::try_value(&samples, &format!("{name}{suffix}"), labels)
+                        .unwrap_or(0.0)
+                };
+                (get("_sum"), get("_count"))
+            })
+            .collect())
+    }
+    let coordinator = read(cluster.coordinator_url(), &COORDINATOR_STEPS).await?;
+    let mut counters = Vec::new();
+    for info in cluster.counters() {
+        counters.push(read(&info.url, &COUNTER_STEPS).await?);
+    }
+    Ok(StepSums {
+        coordinator,
+        counters,
+    })
+}
+
+impl Steps {
+    fn between(before: &StepSums, after: &StepSums, client: &WrkRun) -> Steps {
+        let mean = |b: (f64, f64), a: (f64, f64)| (a.0 - b.0) * 1e3 / (a.1 - b.1).max(1.0);
+        let coordinator = |i: usize| mean(before.coordinator[i], after.coordinator[i]);
+        let counters = |i: usize| {
+            let n = after.counters.len().max(1) as f64;
+            before
+                .counters
+                .iter()
+                .zip(&after.counters)
+                .map(|(b, a)| mean(b[i], a[i]))
+                .sum::<f64>()
+                / n
+        };
+        Steps {
+            client_mean_ms: client.mean_ms,
+            client_p50_ms: client.row.p50_ms,
+            client_p99_ms: client.row.p99_ms,
+            coordinator_request_ms: coordinator(0),
+            prepare_phase_ms: coordinator(1),
+            decide_phase_ms: coordinator(2),
+            decision_log_write_ms: coordinator(3),
+            counter_prepare_ms: counters(0),
+            counter_store_write_ms: counters(1),
+            transactions: after.coordinator[1].1 - before.coordinator[1].1,
+        }
+    }
+}
+
+fn steps_table(steps: &Steps) -> Table {
+    let mut table = Table::new(["one client, single-item POST", "ms (mean unless said)"]);
+    let ms = |v: f64| format!("{v:.3}");
+    let rest = steps.coordinator_request_ms - steps.prepare_phase_ms - steps.decide_phase_ms;
+    for (step, value) in [
+        ("client sees, mean (wrk)", ms(steps.client_mean_ms)),
+        ("client sees, p50 (wrk)", ms(steps.client_p50_ms)),
+        ("client sees, p99 (wrk)", ms(steps.client_p99_ms)),
+        (
+            "coordinator: POST /items, routing to answer",
+            ms(steps.coordinator_request_ms),
+        ),
+        (
+            "  prepare round trip (send to last vote)",
+            ms(steps.prepare_phase_ms),
+        ),
+        ("    counter: prepare handler", ms(steps.counter_prepare_ms)),
+        (
+            "      counter: storage write + fsync",
+            ms(steps.counter_store_write_ms),
+        ),
+        (
+            "  decide (last vote to decision durable)",
+            ms(steps.decide_phase_ms),
+        ),
+        (
+            "    decision log write + fsync",
+            ms(steps.decision_log_write_ms),
+        ),
+        ("  body, parse, queue and reply (the rest)", ms(rest)),
+        (
+            "HTTP in and out: client's mean minus the coordinator's",
+            ms(steps.client_mean_ms - steps.coordinator_request_ms),
+        ),
+        (
+            "transactions in the run",
+            format!("{:.0}", steps.transactions),
+        ),
+    ] {
+        table.row([step.to_string(), value]);
+    }
+    table
+}
+
+fn cpu_table(rows: &[CpuRow]) -> Table {
+    let mut table = Table::new([
+        "CPU µs per acknowledged request",
+        "clients",
+        "req/s",
+        "coordinator (redis-server)",
+        "each counter",
+        "wrk (redis-benchmark)",
+        "all",
+    ]);
+    for r in rows {
+        let counters: Vec<String> = r.counters.iter().map(|us| format!("{us:.1}")).collect();
+        table.row([
+            r.workload.clone(),
+            r.clients.to_string(),
+            format!("{:.0}", r.acknowledged_per_sec),
+            format!("{:.1}", r.server),
+            if counters.is_empty() {
+                "–".to_string()
+            } else {
+                counters.join(" / ")
+            },
+            format!("{:.1}", r.load_generator),
+            format!("{:.1}", r.total()),
+        ]);
+    }
+    table
+}
+
+/// tally against Redis of the same run, where both were measured.
+fn versus_redis_table(rows: &[Row]) -> Option<Table> {
+    let find = |workload: &str, driver: &str, clients: usize| {
+        rows.iter()
+            .find(|r| r.workload == workload && r.driver == driver && r.clients == clients)
+    };
+    let pairs = [
+        (
+            "single-item writes/s, 64 clients",
+            find("POST 1 item", "wrk", 64),
+            find("SADD 1 member (AOF fsync always)", "redis-benchmark", 64),
+        ),
+        (
+            "count reads/s, 16 clients",
+            find("GET count (100k items)", "wrk", 16),
+            find("SCARD", "redis-benchmark", 16),
+        ),
+    ];
+    let mut table = Table::new(["against Redis", "tally", "p99", "Redis", "p99", "ratio"]);
+    let mut any = false;
+    for (what, tally, redis) in pairs {
+        if let (Some(t), Some(r)) = (tally, redis) {
+            any = true;
+            table.row([
+                what.to_string(),
+                format!("{:.0}", t.requests_per_sec),
+                format!("{:.2}ms", t.p99_ms),
+                format!("{:.0}", r.requests_per_sec),
+                format!("{:.2}ms", r.p99_ms),
+                format!("{:.2}x", t.requests_per_sec / r.requests_per_sec.max(1.0)),
+            ]);
+        }
+    }
+    any.then_some(table)
 }
 
 /// A counter misses `missed` items, then restarts while 8 clients keep
@@ -515,19 +939,24 @@ async fn catch_up(dir: &Path, missed: usize, duration: Duration) -> anyhow::Resu
     })
 }
 
-fn redis_rows_if_installed(dir: &Path, duration: Duration) -> anyhow::Result<Vec<Row>> {
+fn redis_rows_if_installed(
+    dir: &Path,
+    duration: Duration,
+    results: &mut Results,
+) -> anyhow::Result<()> {
     if has("redis-server") && has("redis-benchmark") {
         eprintln!("redis reference (appendfsync always)");
-        redis_rows(dir, duration)
+        redis_rows(dir, duration, results)
     } else {
         eprintln!("redis-server not installed: skipping the reference rows");
-        Ok(Vec::new())
+        Ok(())
     }
 }
 
 /// The reference: Redis, fsync on every write, SADD of random members at
-/// 64 clients and SCARD at 16.
-fn redis_rows(dir: &Path, duration: Duration) -> anyhow::Result<Vec<Row>> {
+/// 64 clients and SCARD at 16, with the CPU redis-server and
+/// redis-benchmark spent per request.
+fn redis_rows(dir: &Path, duration: Duration, results: &mut Results) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let port = free_port()?.to_string();
     let server = Command::new("redis-server")
@@ -548,7 +977,7 @@ fn redis_rows(dir: &Path, duration: Duration) -> anyhow::Result<Vec<Row>> {
         .stdout(Stdio::null())
         .spawn()
         .context("starting redis-server")?;
-    let _server = KillOnDrop(server);
+    let server = KillOnDrop(server);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Command::new("redis-cli")
         .args(["-p", &port, "ping"])
@@ -562,8 +991,9 @@ fn redis_rows(dir: &Path, duration: Duration) -> anyhow::Result<Vec<Row>> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let requests = (duration.as_secs().max(1) * 20_000).to_string();
-    let sadd = redis_benchmark(&[
+    let n = duration.as_secs().max(1) * 20_000;
+    let requests = n.to_string();
+    let sadd_args = [
         "-p",
         &port,
         "-c",
@@ -575,32 +1005,48 @@ fn redis_rows(dir: &Path, duration: Duration) -> anyhow::Result<Vec<Row>> {
         "sadd",
         "bench",
         "__rand_int__",
-    ])?;
-    let scard = redis_benchmark(&["-p", &port, "-c", "16", "-n", &requests, "scard", "bench"])?;
-    Ok(vec![
-        Row {
-            workload: "SADD 1 member (AOF fsync always)".into(),
-            clients: 64,
-            items_per_sec: sadd.requests_per_sec,
-            ..sadd
-        },
-        Row {
-            workload: "SCARD".into(),
-            clients: 16,
-            ..scard
-        },
-    ])
+    ];
+    let scard_args = ["-p", &port, "-c", "16", "-n", &requests, "scard", "bench"];
+    let runs: [(&str, usize, &[&str]); 2] = [
+        ("SADD 1 member (AOF fsync always)", 64, &sadd_args),
+        ("SCARD", 16, &scard_args),
+    ];
+    for (workload, clients, args) in runs {
+        let pid = [server.0.id()];
+        let before = Snapshot::take(&pid)?;
+        let (row, cpu) = redis_benchmark(args)?;
+        let used = Snapshot::take(&pid)?.since(&before);
+        results.cpu.push(cpu_row(
+            workload,
+            clients,
+            n,
+            n as f64 / row.requests_per_sec.max(1.0),
+            used[0],
+            &[],
+            cpu,
+        ));
+        let items_per_sec = if clients == 64 {
+            row.requests_per_sec
+        } else {
+            0.0
+        };
+        results.rows.push(Row {
+            workload: workload.into(),
+            clients,
+            items_per_sec,
+            ..row
+        });
+    }
+    Ok(())
 }
 
-fn redis_benchmark(args: &[&str]) -> anyhow::Result<Row> {
-    let output = Command::new("redis-benchmark")
-        .arg("--csv")
-        .args(args)
-        .output()
-        .context("running redis-benchmark")?;
-    let text = String::from_utf8_lossy(&output.stdout).to_string();
+fn redis_benchmark(args: &[&str]) -> anyhow::Result<(Row, Duration)> {
+    let mut all = vec!["--csv"];
+    all.extend_from_slice(args);
+    let measured = cpu::run_measured("redis-benchmark", &all)?;
     // --csv: a header line, then "name","rps","avg","min","p50","p95","p99","max".
-    let line = text
+    let line = measured
+        .stdout
         .lines()
         .rfind(|l| !l.starts_with("\"test\""))
         .context("no redis-benchmark result")?;
@@ -609,7 +1055,7 @@ fn redis_benchmark(args: &[&str]) -> anyhow::Result<Row> {
         .skip(1)
         .map(|f| f.trim_matches('"').parse().unwrap_or(0.0))
         .collect();
-    Ok(Row {
+    let row = Row {
         workload: String::new(),
         driver: "redis-benchmark".into(),
         clients: 0,
@@ -618,7 +1064,8 @@ fn redis_benchmark(args: &[&str]) -> anyhow::Result<Row> {
         p50_ms: fields.get(3).copied().unwrap_or(0.0),
         p99_ms: fields.get(5).copied().unwrap_or(0.0),
         errors: 0,
-    })
+    };
+    Ok((row, measured.cpu))
 }
 
 struct KillOnDrop(Child);

@@ -460,6 +460,11 @@ impl LocalCluster {
         self.coordinators[0].child.as_ref().map(|c| c.id())
     }
 
+    /// Process id of counter `i` (0-based, as in `counters()`), if running.
+    pub fn counter_pid(&self, i: usize) -> Option<u32> {
+        self.counters.get(i)?.child.as_ref().map(|c| c.id())
+    }
+
     /// The first process that was started and has exited since, with how
     /// it ended: a process that cannot start (bad flag, data directory
     /// locked) is reported at once instead of after a wait.

@@ -5,7 +5,7 @@
 //! coordinator — over repeated kills. `make bench` runs it after the main
 //! table; docs/benchmarks.md keeps the figures.
 
-use crate::bench::{has, rows_table, timed, wrk_rows, Row};
+use crate::bench::{has, rows_table, timed, wrk_post_row, Row};
 use anyhow::{bail, Context};
 use simulate::api::{Api, WriteOutcome};
 use simulate::cluster::{ClusterOptions, LocalCluster};
@@ -73,12 +73,20 @@ async fn throughput(
     let label = |what: &str| format!("{what}, {coordinators} coordinator(s)");
     let mut rows = Vec::new();
     if has("wrk") {
-        for mut row in wrk_rows(api.base(), "warm", duration)? {
-            if row.workload.starts_with("POST") {
-                row.workload = label(&row.workload);
-                rows.push(row);
-            }
-        }
+        rows.push(wrk_post_row(
+            api.base(),
+            &label("POST 1 item"),
+            64,
+            1,
+            duration,
+        )?);
+        rows.push(wrk_post_row(
+            api.base(),
+            &label("POST 1,000 items"),
+            8,
+            1000,
+            duration,
+        )?);
     } else {
         let report = timed(&api, 64, 1, duration).await;
         rows.push(Row::from_load(&label("POST 1 item"), 64, &report));

@@ -6,6 +6,7 @@ pub mod api;
 pub mod chaos;
 pub mod checker;
 pub mod cluster;
+pub mod cpu;
 pub mod docker;
 pub mod fake;
 pub mod load;

@@ -115,9 +115,10 @@ enum Command {
         /// Where to write the results (JSON; a Markdown table beside it).
         #[arg(long, default_value = "target/bench/results.json")]
         out: PathBuf,
-        /// Run only this part (the default runs them all).
-        #[arg(long, value_enum)]
-        only: Option<bench::Part>,
+        /// Run only these parts, comma-separated (the default runs them
+        /// all): `--only wrk,redis` measures tally's wrk rows and Redis's.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Part>,
     },
     /// One coordinator against three: write throughput, and failover
     /// from kill -9 of the leader to the next acknowledged write.
@@ -256,7 +257,7 @@ async fn main() -> anyhow::Result<()> {
             catch_up_items,
             out,
             only,
-        } => bench::run(duration, catch_up_items, only, &out).await,
+        } => bench::run(duration, catch_up_items, &only, &out).await,
         Command::CoordinatorsBench {
             kills,
             duration,

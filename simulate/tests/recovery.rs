@@ -429,11 +429,17 @@ async fn a_lost_decision_log_is_recovered_from_the_counters() {
     let body = response.text().await.unwrap();
     // Either the promotion was needed and done, or the counters already
     // proved they hold everything decided.
-    assert!(status == 200 || body.contains("nothing to promote"), "{status}: {body}");
+    assert!(
+        status == 200 || body.contains("nothing to promote"),
+        "{status}: {body}"
+    );
     cluster.wait_all_in_sync(WAIT).await.unwrap();
     cluster.check_counts(&[("t", 520)]).await.unwrap();
     assert_eq!(acknowledged(&write_singles(&api, "after", 5).await), 5);
-    cluster.check_counts(&[("t", 520), ("after", 5)]).await.unwrap();
+    cluster
+        .check_counts(&[("t", 520), ("after", 5)])
+        .await
+        .unwrap();
 }
 
 /// A process at a counter's address that answers reads in another

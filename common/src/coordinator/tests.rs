@@ -128,6 +128,36 @@ fn a_write_is_answered_only_once_its_decision_is_durable() {
     assert_eq!(core.read_view().fence, CommitIndex(1));
 }
 
+/// The driver publishes a new read view only when `read_view_is` says the
+/// published one is stale: a raised fence or a counter leaving the readable
+/// set must both say so.
+#[test]
+fn a_published_read_view_is_stale_once_the_fence_or_the_readable_set_changes() {
+    let (mut core, now) = cluster_of(2);
+    let published = core.read_view();
+    assert!(core.read_view_is(&published));
+    let txn = write(&mut core, now, 1);
+    core.step(now, voted(txn, "c1", 1));
+    core.step(now, voted(txn, "c2", 2));
+    assert!(core.read_view_is(&published), "nothing is durable yet");
+    core.step(now, Event::LogWritten);
+    assert!(!core.read_view_is(&published), "the fence was raised");
+    let published = core.read_view();
+    assert!(core.read_view_is(&published));
+
+    let txn = write(&mut core, now, 2);
+    core.step(now, voted(txn, "c1", 1));
+    let later = now.plus(core.config().prepare_timeout_ms);
+    core.step(later, Event::Tick);
+    core.step(later, Event::LogWritten);
+    assert_eq!(core.read_view().readable.len(), 1);
+    assert!(!core.read_view_is(&published), "c2 left the set");
+    let mut fewer = core.read_view();
+    assert!(core.read_view_is(&fewer));
+    fewer.readable.clear();
+    assert!(!core.read_view_is(&fewer), "a view missing a counter");
+}
+
 #[test]
 fn an_in_sync_counter_that_does_not_vote_leaves_the_set_with_the_decision() {
     let (mut core, now) = cluster_of(2);
@@ -183,6 +213,77 @@ fn a_commit_rides_on_the_next_prepare_when_one_follows_within_the_linger() {
         !actions.iter().any(|a| matches!(a, Action::Commit { .. })),
         "carried, not sent alone"
     );
+}
+
+/// Under load the next prepare starts only when the one preparing has its
+/// votes, often later than the linger: while writes wait for it, the
+/// commit waits too, and rides on it.
+#[test]
+fn a_commit_waits_past_the_linger_for_the_prepare_that_waiting_writes_will_start() {
+    let (mut core, now) = cluster_of(1);
+    let first = write(&mut core, now, 1);
+    core.step(now, voted(first, "c1", 1));
+    let second = write(&mut core, now, 2);
+    core.step(now, Event::LogWritten);
+    let queued = core.step(
+        now,
+        Event::Write {
+            request: RequestId(3),
+            items: vec![],
+        },
+    );
+    assert!(
+        !queued.iter().any(|a| matches!(a, Action::Prepare { .. })),
+        "waits while the second transaction prepares"
+    );
+    let after_linger = now.plus(core.config().commit_linger_ms);
+    let actions = core.step(after_linger, Event::Tick);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Commit { .. })),
+        "a prepare is about to start: {actions:?}"
+    );
+    let actions = core.step(after_linger, voted(second, "c1", 1));
+    let carried = actions.iter().find_map(|a| match a {
+        Action::Prepare { commits, .. } => Some(commits.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        carried,
+        Some(vec![CommitRequest {
+            txn: first,
+            index: CommitIndex(1)
+        }])
+    );
+}
+
+/// A prepare that takes long (a slow counter) holds the commit back no
+/// longer than `BUSY_LINGER_MS`: fenced reads wait for the counters to
+/// apply it.
+#[test]
+fn a_commit_waits_for_a_prepare_no_longer_than_the_busy_linger() {
+    let (mut core, now) = cluster_of(1);
+    let first = write(&mut core, now, 1);
+    core.step(now, voted(first, "c1", 1));
+    write(&mut core, now, 2);
+    core.step(now, Event::LogWritten);
+    core.step(
+        now,
+        Event::Write {
+            request: RequestId(3),
+            items: vec![],
+        },
+    );
+    let busy_limit = now.plus(delivery::BUSY_LINGER_MS);
+    assert_eq!(
+        core.deliveries.next_linger(core.writes_waiting()),
+        Some(busy_limit),
+        "the driver sleeps until then, not in a loop from the linger on"
+    );
+    let early = core.step(Millis(busy_limit.0 - 1), Event::Tick);
+    assert!(!early.iter().any(|a| matches!(a, Action::Commit { .. })));
+    let actions = core.step(busy_limit, Event::Tick);
+    assert!(actions.iter().any(|a| matches!(a,
+        Action::Commit { to, commit } if to.id == id("c1") && commit.index == CommitIndex(1))));
 }
 
 #[test]

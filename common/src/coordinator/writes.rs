@@ -30,6 +30,14 @@ impl WriteQueue {
     }
 }
 
+impl CoordinatorCore {
+    /// Writes are waiting for a transaction: a prepare starts as soon as
+    /// the rules allow (`start_transactions`).
+    pub(super) fn writes_waiting(&self) -> bool {
+        !self.queue.waiting.is_empty()
+    }
+}
+
 /// One transaction between its first prepare and its durable decision.
 #[derive(Debug)]
 pub(super) struct Txn {
