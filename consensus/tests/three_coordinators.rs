@@ -330,22 +330,29 @@ fn an_empty_coordinator_waits_for_every_peer_before_calling_the_cluster_new() {
     );
 }
 
-#[test]
-fn a_follower_that_caught_up_from_a_snapshot_can_still_campaign() {
+/// A leader, a follower that crashed (`behind`) and the other one; the
+/// leader's log reached index 8 meanwhile. Snapshots are taken every 4
+/// applied entries, so the newest snapshot holds all of it and `behind`
+/// can catch up only from a snapshot.
+fn one_down_behind_a_snapshot() -> (Cluster, u64, u64, u64) {
     let mut c = Cluster::new();
     c.run(1_000);
     let leader = c.leader().unwrap();
     let behind = (1..=3).find(|id| *id != leader).unwrap();
     let other = (1..=3).find(|id| *id != leader && *id != behind).unwrap();
     c.crash(behind);
-    // Snapshots are taken every 4 applied entries: with 8 in the log, the
-    // newest snapshot holds them all.
     let mut i = 0;
     while c.nodes[&leader].last_index() < 8 {
         c.step(leader, Input::Core(register(&format!("c{i}"))));
         c.run(50);
         i += 1;
     }
+    (c, leader, behind, other)
+}
+
+#[test]
+fn a_follower_that_caught_up_from_a_snapshot_can_still_campaign() {
+    let (mut c, leader, behind, other) = one_down_behind_a_snapshot();
     assert_eq!(c.nodes[&leader].last_index(), 8);
     // Back on its own disk, behind a log the leader has compacted: it
     // catches up from a snapshot, with no entry after it.
@@ -469,18 +476,7 @@ fn a_heartbeat_sent_to_a_wiped_coordinators_earlier_life_is_ignored() {
 
 #[test]
 fn a_follower_whose_snapshot_is_not_yet_durable_waits_to_campaign() {
-    let mut c = Cluster::new();
-    c.run(1_000);
-    let leader = c.leader().unwrap();
-    let behind = (1..=3).find(|id| *id != leader).unwrap();
-    let other = (1..=3).find(|id| *id != leader && *id != behind).unwrap();
-    c.crash(behind);
-    let mut i = 0;
-    while c.nodes[&leader].last_index() < 8 {
-        c.step(leader, Input::Core(register(&format!("c{i}"))));
-        c.run(50);
-        i += 1;
-    }
+    let (mut c, leader, behind, other) = one_down_behind_a_snapshot();
     // It catches up from a snapshot, on a disk slow to make it durable.
     c.slow.push(behind);
     c.boot(behind, Start::Restart);
