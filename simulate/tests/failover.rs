@@ -157,8 +157,21 @@ async fn killing_the_leader_again_and_again_loses_nothing() {
     }
 
     let mut killed = Vec::new();
+    let mut seen = 0;
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Writes flow again (the probe's count grows) before each kill.
+        let api = apis[0].clone();
+        seen = simulate::wait::until("writes to flow again", WAIT, || {
+            let api = api.clone();
+            async move {
+                match api.count("fresh").await {
+                    Ok(n) if n >= seen + 20 => Ok(n),
+                    other => Err(format!("{other:?}, {seen} before")),
+                }
+            }
+        })
+        .await
+        .unwrap();
         let leading = leader(&cluster, &[0, 1, 2]).await;
         cluster.kill_coordinator_at(leading).unwrap();
         killed.push(leading);
