@@ -430,17 +430,25 @@ fn items(tenant: &str, prefix: &str, n: usize) -> Vec<Item> {
         .collect()
 }
 
-/// Sends `items` through `api` until they are acknowledged. A retry is
-/// safe: an item is counted once however often it is sent.
-async fn write_acknowledged(api: &Api, what: &str, items: &[Item]) {
+/// Sends `items` through `api` until they are acknowledged, and returns
+/// the answers before that. A retry is safe: an item is counted once
+/// however often it is sent.
+async fn write_acknowledged(api: &Api, what: &str, items: &[Item]) -> Vec<String> {
+    let refused = Mutex::new(Vec::new());
     simulate::wait::until(what, WAIT, || async {
+        let started = Instant::now();
         match api.add(items).await {
             WriteOutcome::Ok => Ok(()),
-            other => Err(format!("{other:?}")),
+            other => {
+                let seen = format!("{other:?} after {:?}", started.elapsed());
+                refused.lock().unwrap().push(seen.clone());
+                Err(seen)
+            }
         }
     })
     .await
     .unwrap();
+    refused.into_inner().unwrap()
 }
 
 /// Three coordinators in containers; the leader's container is taken off
@@ -479,13 +487,16 @@ async fn three_coordinators_keep_writing_when_the_leader_is_disconnected_and_it_
     // Through another coordinator, which forwards to whichever leads: the
     // first write is acknowledged once the two left elected one of them.
     let api = coordinator_api(&project, survivor).await;
-    write_acknowledged(
+    let refused = write_acknowledged(
         &api,
         "the first write after the cut",
         &items(tenant, "after-0", 20),
     )
     .await;
-    eprintln!("first write acknowledged {:?} after the cut", cut.elapsed());
+    eprintln!(
+        "first write acknowledged {:?} after the cut; before it: {refused:?}",
+        cut.elapsed()
+    );
     acknowledged += 20;
     // A new leader, which no longer hears the old one.
     simulate::wait::until("the old leader unreachable", WAIT, || async {
