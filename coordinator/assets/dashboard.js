@@ -1,11 +1,12 @@
-// tally dashboard: polls /cluster and /stats once a second, follows one
-// tenant's count through the Server-Sent Events stream, and writes through
-// POST /items like any client. No framework, no build step.
+// tally dashboard: polls /cluster (coordinators and counters) and /stats
+// once a second, follows one tenant's count through the Server-Sent Events
+// stream, and writes through POST /items like any client. No framework, no
+// build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 
-// ---- counters --------------------------------------------------------
+// ---- coordinators and counters --------------------------------------------------------
 
 function cell(text, cls) {
   const td = document.createElement("td");
@@ -24,6 +25,7 @@ function renderCluster(view) {
   availability.hidden = !problem;
   availability.dataset.status = problem ? view.availability.status : "ok";
   availability.textContent = problem ? view.availability.status + ": " + problem : "";
+  renderCoordinators(view);
   const body = $("counters").tBodies[0];
   body.replaceChildren();
   if (view.counters.length === 0) {
@@ -51,6 +53,38 @@ function renderCluster(view) {
     const seen = c.last_seen_ms_ago == null ? "never" : (c.last_seen_ms_ago / 1000).toFixed(1) + " s ago";
     tr.appendChild(cell(seen, "num"));
     tr.appendChild(cell(copyProgress(c.catch_up), "catch-up"));
+    body.appendChild(tr);
+  }
+}
+
+// The coordinators that replicate the decision log, in `--peers` order,
+// as the coordinator answering /cluster sees them; the leader's row stands
+// out. A coordinator running alone is one row, the leader.
+function renderCoordinators(view) {
+  const coordinators = view.coordinators || [];
+  $("leader-note").textContent = view.leader ? "" : "(no leader right now)";
+  const body = $("coordinators").tBodies[0];
+  body.replaceChildren();
+  if (coordinators.length === 0) {
+    const tr = document.createElement("tr");
+    tr.className = "empty";
+    tr.appendChild(cell("none reported")).colSpan = 4;
+    body.appendChild(tr);
+  }
+  for (const c of coordinators) {
+    const tr = document.createElement("tr");
+    tr.dataset.coordinator = c.url;
+    tr.dataset.role = c.role;
+    if (c.url === view.leader) tr.className = "leader";
+    tr.appendChild(cell(c.url, "url"));
+    const role = cell("");
+    const badge = document.createElement("span");
+    badge.className = "badge " + c.role + "-role";
+    badge.textContent = c.role;
+    role.appendChild(badge);
+    tr.appendChild(role);
+    tr.appendChild(cell(c.log_index, "num"));
+    tr.appendChild(cell(c.lag, "num"));
     body.appendChild(tr);
   }
 }

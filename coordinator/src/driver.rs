@@ -343,6 +343,16 @@ impl Driver {
         self.leadership.borrow().clone()
     }
 
+    /// Resolves once this coordinator no longer takes `leader` for the
+    /// leader (an election began, or another won one).
+    pub async fn replaced(&self, leader: &str) {
+        let mut changes = self.leadership.clone();
+        // An error means the driver stopped: nothing will lead from here.
+        let _ = changes
+            .wait_for(|now| now.leader.as_deref() != Some(leader))
+            .await;
+    }
+
     /// Raft messages from a peer.
     pub fn raft(&self, messages: Vec<Message>) -> Result<(), Stopped> {
         self.send(Input::Raft(messages))

@@ -75,7 +75,23 @@ async fn proxy(shared: &Shared, leader: &str, request: Request) -> Response {
         out = out.header(TOKEN_HEADER, value);
     }
     out = out.body(reqwest::Body::wrap_stream(body.into_data_stream()));
-    match out.send().await {
+    // A leader cut off from the network leaves a pooled connection that
+    // nothing closes: the request would wait for as long as the client
+    // does (15 s in the Docker test where the leader's container is
+    // disconnected), well after the others elected a new leader in about a
+    // second. Once this coordinator no longer takes it for the leader, the
+    // request ends like any other unanswered one.
+    let answer = tokio::select! {
+        answer = out.send() => answer,
+        () = shared.driver.replaced(leader) => {
+            return Error::Indeterminate(format!(
+                "the leader {leader} was replaced before it answered; the request may or may \
+                 not have been carried out, and retrying is safe"
+            ))
+            .into_response();
+        }
+    };
+    match answer {
         Ok(answer) => {
             let mut response = Response::builder().status(answer.status());
             for name in ANSWER_HEADERS.iter() {

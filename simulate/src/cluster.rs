@@ -304,7 +304,6 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A port nobody listens on right now.
 /// A port to give a process of a test cluster. Not one the kernel picks
 /// for port 0: that comes from the ephemeral range, which every outgoing
 /// connection also draws its local port from, so between this call and the
@@ -313,20 +312,31 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 /// Below the ephemeral range (Linux: 32768-60999) only listeners compete;
 /// each port is handed out once per test process, and checked free.
 pub fn free_port() -> anyhow::Result<u16> {
+    free_ports(1)
+}
+
+/// The first of `n` consecutive ports, each as [`free_port`] hands one
+/// out: for a compose project that publishes its coordinators on the ports
+/// after the first (scripts/compose-coordinators.sh).
+pub fn free_ports(n: u16) -> anyhow::Result<u16> {
     use std::sync::Mutex;
     static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
-        let port = 20_000 + (rand::random::<u16>() % 12_000);
-        if handed_out.contains(&port) {
+        let first = 20_000 + (rand::random::<u16>() % (12_000 - n));
+        let ports = first..first + n;
+        if ports.clone().any(|port| handed_out.contains(&port)) {
             continue;
         }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            handed_out.push(port);
-            return Ok(port);
+        if ports
+            .clone()
+            .all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        {
+            handed_out.extend(ports);
+            return Ok(first);
         }
     }
-    bail!("no free port between 20000 and 32000")
+    bail!("no {n} free consecutive ports between 20000 and 32000")
 }
 
 impl LocalCluster {

@@ -19,6 +19,9 @@ use std::process::{Command, Stdio};
 /// The port counters listen on inside their containers (docker-compose.yml).
 pub const COUNTER_PORT: u16 = 8081;
 
+/// The port coordinators listen on inside their containers.
+pub const COORDINATOR_PORT: u16 = 8080;
+
 /// Runs `docker ARGS` and returns its trimmed stdout; fails with its stderr.
 pub async fn docker(args: &[&str]) -> anyhow::Result<String> {
     let mut command = Command::new("docker");
@@ -102,6 +105,15 @@ impl Container {
     pub fn counter_url(&self) -> Option<String> {
         self.ip(None)
             .map(|ip| format!("http://{ip}:{COUNTER_PORT}"))
+    }
+
+    /// Where the host reaches this coordinator's HTTP API, across the
+    /// project's network rather than a published port: after a
+    /// `docker network disconnect` and `connect` the container has a new
+    /// address, and this follows it.
+    pub fn coordinator_url(&self) -> Option<String> {
+        self.ip(None)
+            .map(|ip| format!("http://{ip}:{COORDINATOR_PORT}"))
     }
 }
 
@@ -226,7 +238,8 @@ impl Backend for DockerBackend {
 pub struct ComposeProject {
     compose: Vec<String>,
     pub project: String,
-    file: PathBuf,
+    /// docker-compose.yml, then the file of the extra coordinators if any.
+    files: Vec<PathBuf>,
     env: Vec<(String, String)>,
     pub http_port: u16,
 }
@@ -235,7 +248,57 @@ impl ComposeProject {
     /// `file`: docker-compose.yml; `env_file`: the containers' settings;
     /// `image`: an image built from Dockerfile.dev or Dockerfile.
     pub fn new(project: &str, file: &Path, env_file: &Path, image: &str) -> anyhow::Result<Self> {
-        let http_port = crate::cluster::free_port()?;
+        Self::on_port(project, file, env_file, image, crate::cluster::free_port()?)
+    }
+
+    /// The same with `coordinators` coordinators (3, 5 or 7) that
+    /// replicate the decision log: on top of `file`, the compose file that
+    /// `make up COORDINATORS=n` uses, written by
+    /// scripts/compose-coordinators.sh (beside `file`) into `dir`. Each
+    /// coordinator is published on loopback, on consecutive free ports.
+    pub fn with_coordinators(
+        project: &str,
+        file: &Path,
+        env_file: &Path,
+        image: &str,
+        coordinators: u16,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let http_port = crate::cluster::free_ports(coordinators)?;
+        let script = file
+            .parent()
+            .context("docker-compose.yml has no directory")?
+            .join("scripts/compose-coordinators.sh");
+        let output = Command::new(&script)
+            .arg(coordinators.to_string())
+            .arg(format!("127.0.0.1:{http_port}"))
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", script.display()))?;
+        if !output.status.success() {
+            bail!(
+                "{} failed: {}",
+                script.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let extra = dir.join("coordinators.yml");
+        std::fs::write(&extra, &output.stdout)
+            .with_context(|| format!("cannot write {}", extra.display()))?;
+        let mut project = Self::on_port(project, file, env_file, image, http_port)?;
+        project.files.push(extra);
+        Ok(project)
+    }
+
+    /// The project with its first coordinator published on
+    /// `127.0.0.1:http_port`.
+    fn on_port(
+        project: &str,
+        file: &Path,
+        env_file: &Path,
+        image: &str,
+        http_port: u16,
+    ) -> anyhow::Result<Self> {
         let env = vec![
             ("IMAGE".to_string(), image.to_string()),
             ("ENV_FILE".to_string(), env_file.display().to_string()),
@@ -245,7 +308,7 @@ impl ComposeProject {
         Ok(ComposeProject {
             compose: compose_command()?,
             project: project.to_string(),
-            file: file.to_path_buf(),
+            files: vec![file.to_path_buf()],
             env,
             http_port,
         })
@@ -256,10 +319,11 @@ impl ComposeProject {
         command
             .args(&self.compose[1..])
             .arg("-p")
-            .arg(&self.project)
-            .arg("-f")
-            .arg(&self.file)
-            .args(args);
+            .arg(&self.project);
+        for file in &self.files {
+            command.arg("-f").arg(file);
+        }
+        command.args(args);
         for (k, v) in &self.env {
             command.env(k, v);
         }
@@ -285,12 +349,18 @@ impl ComposeProject {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// The first coordinator (the `coordinator` service).
     pub async fn coordinator(&self) -> anyhow::Result<Container> {
-        containers(&self.project, "coordinator")
+        self.container("coordinator").await
+    }
+
+    /// The one container of `service` (`coordinator-2`, ...).
+    pub async fn container(&self, service: &str) -> anyhow::Result<Container> {
+        containers(&self.project, service)
             .await?
             .into_iter()
             .next()
-            .context("no coordinator container")
+            .with_context(|| format!("no {service} container"))
     }
 
     pub async fn counters(&self) -> anyhow::Result<Vec<Container>> {
@@ -330,7 +400,7 @@ impl Drop for ComposeProject {
         // by now (a temporary directory dropped first): any file will do
         // for `down`, and .env.dist sits beside the compose file.
         let mut down = self.command(&["down", "-v", "--remove-orphans", "-t", "5"]);
-        if let Some(dir) = self.file.parent() {
+        if let Some(dir) = self.files[0].parent() {
             down.env("ENV_FILE", dir.join(".env.dist"));
         }
         let _ = down

@@ -1,5 +1,5 @@
 //! The web dashboard in a real (headless) chromium against a real local
-//! cluster: the counters appear live, items added through the form show up
+//! cluster: the coordinator shows as the leader, the counters appear live, items added through the form show up
 //! in the live count without a reload, presence joined from the page
 //! follows other clients coming and going, the bounded load button reports its
 //! result, a killed counter turns dead on the page, and a cluster with no
@@ -48,6 +48,31 @@ async fn dashboard_shows_live_counts_and_a_dead_counter_in_a_browser() {
     )
     .await
     .unwrap();
+    // The coordinator runs alone: one row in the coordinators' card, the
+    // leader, highlighted, at its own URL, its log at the decided index
+    // (both read from the same /cluster answer).
+    let card = page
+        .wait_for(
+            "the coordinator on the page as the leader",
+            WAIT,
+            "({ decided: document.getElementById('decided').textContent,
+                rows: Array.from(document.querySelectorAll('#coordinators tbody tr'), (tr) => ({
+                  url: tr.dataset.coordinator ?? null, role: tr.dataset.role ?? null,
+                  highlighted: tr.classList.contains('leader'),
+                  cells: Array.from(tr.cells, (td) => td.textContent) })) })",
+            |v| v["rows"][0]["role"] == "leader",
+        )
+        .await
+        .unwrap();
+    let me = cluster.coordinator_url();
+    let decided = card["decided"].as_str().unwrap();
+    assert_eq!(
+        card["rows"],
+        serde_json::json!([{
+            "url": me, "role": "leader", "highlighted": true,
+            "cells": [me, "leader", decided, "0"],
+        }]),
+    );
     // Set in the page; a reload would lose it.
     page.eval("window.__sameDocument = true").await.unwrap();
 

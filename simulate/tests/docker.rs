@@ -1,6 +1,7 @@
 //! The cluster in containers, across a real bridge network: the
 //! walkthrough scenario with the docker backend, a network partition, `docker kill` of
-//! the coordinator, and scaling from 3 to 5 counters, each under load.
+//! the coordinator, and scaling from 3 to 5 counters, each under load; and
+//! three coordinators whose leader is cut off from the network.
 //!
 //! Each test runs its own compose project (own network, containers and
 //! volumes, removed by a drop guard even on failure) from the image that
@@ -8,14 +9,15 @@
 //! or without `docker compose` / `docker-compose`, each test says on one
 //! line that it is skipped and passes, unless `TALLY_REQUIRE_DOCKER=1`.
 
-use simulate::api::Api;
+use simulate::api::{Api, WriteOutcome};
 use simulate::docker::{self, ComposeProject, DockerBackend};
 use simulate::load::{self, LoadOptions, LoadReport};
 use simulate::scenario;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tally_common::api::CounterState;
+use tally_common::api::{ClusterView, CoordinatorRole, CounterState, Health};
+use tally_common::Item;
 
 const WAIT: Duration = Duration::from_secs(90);
 const IMAGE: &str = "tally:dev";
@@ -84,6 +86,13 @@ fn missing_docker() -> Option<String> {
 /// `TALLY_REQUIRE_DOCKER=1` (CI sets it) a missing piece fails the test
 /// instead: a machine meant to run them must not pass by skipping.
 async fn project(test: &str, counters: usize) -> Option<Project> {
+    project_of(test, 1, counters).await
+}
+
+/// The same with `coordinators` coordinators (1, or 3, 5 or 7 from the
+/// compose file `make up COORDINATORS=n` uses), once one of them leads and
+/// every counter is in sync.
+async fn project_of(test: &str, coordinators: u16, counters: usize) -> Option<Project> {
     if let Some(why) = missing_docker() {
         if std::env::var("TALLY_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
             panic!("{test}: {why}, and TALLY_REQUIRE_DOCKER=1 requires the Docker tests");
@@ -115,12 +124,20 @@ async fn project(test: &str, counters: usize) -> Option<Project> {
         test.replace('_', ""),
         rand::random::<u16>()
     );
-    let compose =
-        ComposeProject::new(&name, &repo().join("docker-compose.yml"), &env_file, IMAGE).unwrap();
+    let file = repo().join("docker-compose.yml");
+    let compose = if coordinators == 1 {
+        ComposeProject::new(&name, &file, &env_file, IMAGE)
+    } else {
+        ComposeProject::with_coordinators(&name, &file, &env_file, IMAGE, coordinators, dir.path())
+    }
+    .unwrap();
     // The guard exists before anything starts, so a failed `up` is
     // cleaned up too.
     let project = Project { compose, _dir: dir };
     project.up(counters).await.expect("compose up");
+    if coordinators > 1 {
+        wait_leader(&Api::new(project.url()), None).await;
+    }
     wait_in_sync(&project, counters).await;
     Some(project)
 }
@@ -128,7 +145,11 @@ async fn project(test: &str, counters: usize) -> Option<Project> {
 /// Waits until the coordinator lists `n` counters, every one live and in
 /// sync, and returns their ids (host names).
 async fn wait_in_sync(project: &ComposeProject, n: usize) -> Vec<String> {
-    let api = Api::new(project.url());
+    wait_in_sync_at(&Api::new(project.url()), n).await
+}
+
+/// The same through the coordinator behind `api`.
+async fn wait_in_sync_at(api: &Api, n: usize) -> Vec<String> {
     simulate::wait::until(&format!("{n} counters in sync"), WAIT, || async {
         let view = api.cluster().await?;
         let ready: Vec<String> = view
@@ -357,4 +378,211 @@ async fn counters_scaled_from_3_to_5_during_load_catch_up_exactly() {
     let urls = counter_urls(&project).await;
     assert_eq!(urls.len(), 5);
     assert_converged(&api, &urls, &report).await;
+}
+
+/// Waits until the coordinator behind `api` names a leader (other than
+/// `not`) and sees every other coordinator follow it, and returns its
+/// view.
+async fn wait_leader(api: &Api, not: Option<&str>) -> ClusterView {
+    simulate::wait::until("a leader followed by every coordinator", WAIT, || async {
+        let view = api.cluster().await?;
+        let settled = view.coordinators.iter().all(|c| {
+            let leads = view.leader.as_deref() == Some(c.url.as_str());
+            c.role
+                == if leads {
+                    CoordinatorRole::Leader
+                } else {
+                    CoordinatorRole::Follower
+                }
+        });
+        match view.leader.as_deref() {
+            Some(leader) if settled && not != Some(leader) => Ok(view),
+            _ => Err(format!("leader {:?}, {:?}", view.leader, view.coordinators)),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// A coordinator's compose service from its advertised URL
+/// (`http://coordinator-2:8080` is service `coordinator-2`).
+fn service_of(url: &str) -> &str {
+    url.trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap_or_default()
+}
+
+/// Where the host reaches `service`'s coordinator now, at its address on
+/// the project's network (it changes when the container reconnects).
+async fn coordinator_api(project: &ComposeProject, service: &str) -> Api {
+    let container = project.container(service).await.unwrap();
+    Api::new(
+        container
+            .coordinator_url()
+            .expect("a connected coordinator has an IP"),
+    )
+}
+
+fn items(tenant: &str, prefix: &str, n: usize) -> Vec<Item> {
+    (0..n)
+        .map(|k| Item::new(format!("{prefix}-{k}"), tenant))
+        .collect()
+}
+
+/// Sends `items` through `api` until they are acknowledged, and returns
+/// the answers before that. A retry is safe: an item is counted once
+/// however often it is sent.
+async fn write_acknowledged(api: &Api, what: &str, items: &[Item]) -> Vec<String> {
+    let refused = Mutex::new(Vec::new());
+    simulate::wait::until(what, WAIT, || async {
+        let started = Instant::now();
+        match api.add(items).await {
+            WriteOutcome::Ok => Ok(()),
+            other => {
+                let seen = format!("{other:?} after {:?}", started.elapsed());
+                refused.lock().unwrap().push(seen.clone());
+                Err(seen)
+            }
+        }
+    })
+    .await
+    .unwrap();
+    refused.into_inner().unwrap()
+}
+
+/// Three coordinators in containers; the leader's container is taken off
+/// the network. The other two elect a leader among themselves and keep
+/// acknowledging writes; the old leader, connected again, follows the new
+/// one, and every coordinator reads every acknowledged item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_coordinators_keep_writing_when_the_leader_is_disconnected_and_it_rejoins_as_follower(
+) {
+    let Some(project) = project_of("leadercut", 3, 3).await else {
+        return;
+    };
+    let services = ["coordinator", "coordinator-2", "coordinator-3"];
+    let network = project.network().await.unwrap();
+    let view = wait_leader(&Api::new(project.url()), None).await;
+    assert_eq!(view.coordinators.len(), 3, "{view:?}");
+    let old_leader = view.leader.clone().unwrap();
+    let old_service = service_of(&old_leader);
+    assert!(services.contains(&old_service), "{old_leader}");
+    let survivor = *services.iter().find(|s| **s != old_service).unwrap();
+    let victim = project.container(old_service).await.unwrap();
+
+    // Written before the cut, through the leader.
+    let tenant = "cut";
+    let leader_api = coordinator_api(&project, old_service).await;
+    for batch in 0..5 {
+        let before = items(tenant, &format!("before-{batch}"), 20);
+        write_acknowledged(&leader_api, "a write through the leader", &before).await;
+    }
+    let mut acknowledged = 100;
+
+    docker::docker(&["network", "disconnect", &network, &victim.id])
+        .await
+        .unwrap();
+    let cut = Instant::now();
+    // Through another coordinator, which forwards to whichever leads: the
+    // first write is acknowledged once the two left elected one of them.
+    let api = coordinator_api(&project, survivor).await;
+    let refused = write_acknowledged(
+        &api,
+        "the first write after the cut",
+        &items(tenant, "after-0", 20),
+    )
+    .await;
+    eprintln!(
+        "first write acknowledged {:?} after the cut; before it: {refused:?}",
+        cut.elapsed()
+    );
+    // A new leader is elected in about a second; a write forwarded to the
+    // old one must not wait out the client's whole timeout (15 s).
+    assert!(
+        cut.elapsed() < Duration::from_secs(10),
+        "{:?}: {refused:?}",
+        cut.elapsed()
+    );
+    acknowledged += 20;
+    // A new leader, which no longer hears the old one.
+    simulate::wait::until("the old leader unreachable", WAIT, || async {
+        let view = api.cluster().await?;
+        let old = view.coordinators.iter().find(|c| c.url == old_leader);
+        match (view.leader.as_deref(), old.map(|c| c.role)) {
+            (Some(leader), Some(CoordinatorRole::Unreachable)) if leader != old_leader => Ok(()),
+            _ => Err(format!("leader {:?}, {:?}", view.leader, view.coordinators)),
+        }
+    })
+    .await
+    .unwrap();
+    for batch in 1..10 {
+        let after = items(tenant, &format!("after-{batch}"), 20);
+        assert_eq!(api.add(&after).await, WriteOutcome::Ok, "batch {batch}");
+        acknowledged += 20;
+    }
+
+    // Connected again under the names the others reach it by.
+    docker::docker(&[
+        "network",
+        "connect",
+        "--alias",
+        old_service,
+        "--alias",
+        &victim.host_name,
+        &network,
+        &victim.id,
+    ])
+    .await
+    .unwrap();
+    let rejoined = coordinator_api(&project, old_service).await;
+    simulate::wait::until("the old leader a follower", WAIT, || async {
+        let (status, body) = rejoined.get("/health").await?;
+        let health: Health = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        match (status, health.role) {
+            (200, CoordinatorRole::Follower) => Ok(()),
+            _ => Err(format!("{status} {body}")),
+        }
+    })
+    .await
+    .unwrap();
+    // It caught up: the leader sees it following with nothing missing.
+    let view = wait_leader(&api, Some(&old_leader)).await;
+    simulate::wait::until("the old leader caught up", WAIT, || async {
+        let view = api.cluster().await?;
+        let old = view
+            .coordinators
+            .iter()
+            .find(|c| c.url == old_leader)
+            .unwrap();
+        if old.role == CoordinatorRole::Follower && old.lag == 0 {
+            Ok(())
+        } else {
+            Err(format!("{view:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    eprintln!("after the reconnect: leader {:?}", view.leader);
+
+    // Every acknowledged item, read through each coordinator, the one that
+    // was cut off included; and every counter holds them.
+    for service in services {
+        let api = coordinator_api(&project, service).await;
+        let count = simulate::wait::until(&format!("a count through {service}"), WAIT, || {
+            let api = api.clone();
+            async move { api.count(tenant).await }
+        })
+        .await
+        .unwrap();
+        assert_eq!(count, acknowledged, "through {service}");
+    }
+    wait_in_sync_at(&api, 3).await;
+    for url in counter_urls(&project).await {
+        assert_eq!(
+            api.counter_count(&url, tenant).await,
+            Ok(acknowledged),
+            "counter at {url}"
+        );
+    }
 }
