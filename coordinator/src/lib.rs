@@ -13,7 +13,6 @@ mod dashboard;
 mod driver;
 mod error;
 mod forward;
-mod group;
 mod http;
 mod log;
 mod metrics;

@@ -60,15 +60,21 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// A coordinator alone: it leads, and its log is its decision log.
+    /// A coordinator alone: it leads its group of one, and its log is its
+    /// decision log, up to its decided index.
     pub fn single(peers: &Peers, decided: CommitIndex) -> Self {
-        let group = crate::group::status(peers, decided);
+        let me = peers.my_url().to_string();
         Leadership {
-            role: group.role,
+            role: CoordinatorRole::Leader,
             term: 0,
-            leader: group.leader,
+            leader: Some(me.clone()),
             serving: true,
-            coordinators: group.coordinators,
+            coordinators: vec![CoordinatorStatus {
+                url: me,
+                role: CoordinatorRole::Leader,
+                log_index: decided.0,
+                lag: 0,
+            }],
             has_log: false,
             rejoining: false,
         }
@@ -327,4 +333,27 @@ fn seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_coordinator_alone_leads_with_the_whole_log() {
+        let alone = Peers::single("http://127.0.0.1:8080".into());
+        let view = Leadership::single(&alone, CommitIndex(42));
+        assert_eq!(view.role, CoordinatorRole::Leader);
+        assert!(view.serving);
+        assert_eq!(view.leader.as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(
+            view.coordinators,
+            [CoordinatorStatus {
+                url: "http://127.0.0.1:8080".into(),
+                role: CoordinatorRole::Leader,
+                log_index: 42,
+                lag: 0,
+            }]
+        );
+    }
 }
